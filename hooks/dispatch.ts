@@ -1,0 +1,37 @@
+// Which hook calls we act on. Everything not in this table exits 0 at once, before
+// stdin is even read: libvirt calls the hook for every operation of every domain.
+import type { Config } from '../lib/config.js';
+import type { DomainRecord } from '../lib/domain-xml.js';
+import type { Logger } from '../lib/log.js';
+
+export interface HookContext {
+  domain: DomainRecord;
+  op: string;
+  subop: string;
+  extra: string;
+  config: Config;
+  log: Logger;
+}
+
+export type HookHandler = (context: HookContext) => Promise<void>;
+
+export interface HookEntry {
+  /**
+   * Whether a failure exits non-zero. Only in prepare does that mean something (libvirt
+   * aborts the start and shows our stderr); elsewhere a non-zero exit is ignored at
+   * best, and in `reconnect` it would kill a running VM.
+   */
+  failureAbortsStart: boolean;
+  /** Loads the handler on demand, so that the hook loads only what the call needs. */
+  load: () => Promise<HookHandler>;
+}
+
+const TABLE: Record<string, HookEntry> = {
+  'prepare/begin': { failureAbortsStart: true, load: async () => (await import('./prepare.js')).prepareBegin },
+  'release/end': { failureAbortsStart: false, load: async () => (await import('./release.js')).releaseEnd },
+};
+
+/** The entry for a hook call, or undefined when the call is not ours to handle. */
+export function findHookEntry(op: string | undefined, subop: string | undefined): HookEntry | undefined {
+  return Object.hasOwn(TABLE, `${op}/${subop}`) ? TABLE[`${op}/${subop}`] : undefined;
+}

@@ -1,0 +1,11 @@
+// What every command writes to: results on stdout, diagnostics on stderr.
+
+export interface Output {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+}
+
+/** Prints a value as indented JSON, for --json. */
+export function printJson(out: Output, value: unknown): void {
+  out.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}

@@ -1,0 +1,161 @@
+// The configuration file: `validateConfig` (pure) turns parsed JSON into a Config or a
+// ConfigError that names the key and the file; `readConfig` does the I/O around it.
+// Defaults live here and nowhere else.
+import { readFile } from 'node:fs/promises';
+import { hostname as osHostname } from 'node:os';
+import { isAbsolute } from 'node:path';
+import { ConfigError } from './errors.js';
+
+export const DEFAULT_CONFIG_PATH = '/etc/kvm-snapshot-sync/config.json';
+
+/** Where the NAS is: a directory (mounted share or local disk), or a path over SSH. */
+export type NasLocation =
+  | { kind: 'dir'; path: string }
+  | { kind: 'ssh'; user: string | undefined; host: string; port: number; path: string };
+
+export interface Config {
+  /** The file this came from, for messages. */
+  file: string;
+  /** This host's name as recorded on the NAS (leases, generations). */
+  host: string;
+  nas: NasLocation;
+  /** SSH private key; unset means ssh's own default. */
+  sshIdentity: string | undefined;
+  /** known_hosts file used to check the NAS host key; unset means ssh's own default. */
+  sshKnownHosts: string | undefined;
+  /** Per-domain local state: last synced generation, unpushed generations, flags, locks. */
+  stateDir: string;
+  /** Per-domain hook and push logs. */
+  logDir: string;
+  /** How many sealed layers a disk's chain may have before compaction merges some. */
+  maxChainDepth: number;
+}
+
+export const DEFAULTS = {
+  stateDir: '/var/lib/kvm-snapshot-sync',
+  logDir: '/var/log/kvm-snapshot-sync',
+  maxChainDepth: 8,
+} as const;
+
+const KEYS = ['host', 'nas', 'sshIdentity', 'sshKnownHosts', 'stateDir', 'logDir', 'maxChainDepth'] as const;
+type Key = (typeof KEYS)[number];
+
+const HOST_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/u;
+
+/** Validates parsed config JSON; `defaultHost` is used when `host` is not set. */
+export function validateConfig(raw: unknown, file: string, defaultHost: string): Config {
+  const fail = (key: Key | undefined, problem: string): never => {
+    const where = key === undefined ? file : `"${key}" in ${file}`;
+    throw new ConfigError(`invalid configuration: ${where}: ${problem}`, {
+      remedy: `edit ${file} (the README's "Configuration" section lists every key)`,
+    });
+  };
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(undefined, 'must be a JSON object');
+  const obj = raw as Record<string, unknown>;
+  for (const key of Object.keys(obj)) {
+    if (!(KEYS as readonly string[]).includes(key)) {
+      throw new ConfigError(`invalid configuration: unknown key "${key}" in ${file}`, {
+        remedy: `remove or correct it in ${file}; the known keys are ${KEYS.join(', ')}`,
+      });
+    }
+  }
+
+  const optionalString = (key: Key): string | undefined => {
+    const value = obj[key];
+    if (value === undefined) return undefined;
+    if (typeof value !== 'string' || value === '') return fail(key, 'must be a non-empty string');
+    return value;
+  };
+  const optionalPath = (key: Key): string | undefined => {
+    const value = optionalString(key);
+    if (value !== undefined && !isAbsolute(value)) fail(key, `must be an absolute path, got "${value}"`);
+    return value;
+  };
+
+  const host = optionalString('host') ?? defaultHost;
+  if (!HOST_NAME.test(host)) {
+    fail('host', `"${host}" is not a usable host name (letters, digits, ".", "_", "-"; at most 63)`);
+  }
+
+  const nasText = optionalString('nas');
+  if (nasText === undefined) return fail('nas', 'is required: a directory path or ssh://user@host[:port]/path');
+  let nas: NasLocation;
+  try {
+    nas = parseNasLocation(nasText);
+  } catch (error) {
+    return fail('nas', (error as Error).message);
+  }
+
+  const depth = obj.maxChainDepth ?? DEFAULTS.maxChainDepth;
+  if (typeof depth !== 'number' || !Number.isInteger(depth) || depth < 1 || depth > 64) {
+    fail('maxChainDepth', `must be a whole number from 1 to 64, got ${JSON.stringify(depth)}`);
+  }
+
+  return {
+    file,
+    host,
+    nas,
+    sshIdentity: optionalPath('sshIdentity'),
+    sshKnownHosts: optionalPath('sshKnownHosts'),
+    stateDir: optionalPath('stateDir') ?? DEFAULTS.stateDir,
+    logDir: optionalPath('logDir') ?? DEFAULTS.logDir,
+    maxChainDepth: depth as number,
+  };
+}
+
+/** Parses `/abs/dir`, `file:///abs/dir` or `ssh://[user@]host[:port]/abs/path`. */
+export function parseNasLocation(text: string): NasLocation {
+  if (text.startsWith('/')) return { kind: 'dir', path: text };
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`"${text}" is neither an absolute directory nor an ssh:// URL`);
+  }
+  const path = decodeURIComponent(url.pathname);
+  if (url.protocol === 'file:') {
+    if (url.host !== '') throw new Error(`"${text}": a file: URL names a local directory (file:///path)`);
+    return { kind: 'dir', path };
+  }
+  if (url.protocol !== 'ssh:') throw new Error(`"${text}": only directories and ssh:// URLs are supported`);
+  if (url.hostname === '') throw new Error(`"${text}" names no host`);
+  if (path === '' || path === '/') throw new Error(`"${text}" names no directory on the NAS (ssh://host/path)`);
+  if (url.password !== '') throw new Error(`"${text}" holds a password: use an SSH key (sshIdentity) instead`);
+  return {
+    kind: 'ssh',
+    user: url.username === '' ? undefined : decodeURIComponent(url.username),
+    host: url.hostname.replace(/^\[(.*)\]$/u, '$1'),
+    port: url.port === '' ? 22 : Number(url.port),
+    path,
+  };
+}
+
+/** Which config file to read: the --config flag, then $KSS_CONFIG, then the default. */
+export function configPath(flag: string | undefined, env: NodeJS.ProcessEnv): string {
+  return flag ?? env.KSS_CONFIG ?? DEFAULT_CONFIG_PATH;
+}
+
+/** Reads and validates the config file. */
+export async function readConfig(file: string, defaultHost: string = osHostname()): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const problem = code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? String(error)})`;
+    throw new ConfigError(`configuration file ${file} ${problem}`, {
+      remedy: 'run install.sh to create it, or point KSS_CONFIG / --config at one',
+      cause: error,
+    });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`configuration file ${file} is not valid JSON: ${(error as Error).message}`, {
+      remedy: `correct the JSON syntax in ${file}`,
+      cause: error,
+    });
+  }
+  return validateConfig(raw, file, defaultHost);
+}

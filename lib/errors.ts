@@ -1,0 +1,97 @@
+// Typed errors and the one place that turns any thrown value into an exit code and a
+// message. Every user-facing failure says what failed, what it means, and the fix.
+
+/** The exit codes of the CLI and the hook; README.md documents this table. */
+export const ExitCode = {
+  ok: 0,
+  usage: 2,
+  config: 3,
+  tool: 4,
+  diskState: 5,
+  integrity: 6,
+  locked: 7,
+  internal: 70,
+} as const;
+
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+export interface KssErrorOptions {
+  /** What the person can do about it, ideally a command to run. */
+  remedy?: string;
+  cause?: unknown;
+}
+
+/** Base of every failure that is not a bug: it carries its exit code and a remedy. */
+export abstract class KssError extends Error {
+  abstract readonly exitCode: ExitCodeValue;
+  readonly remedy: string | undefined;
+
+  constructor(message: string, options: KssErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.remedy = options.remedy;
+  }
+}
+
+/** The command line was wrong. */
+export class UsageError extends KssError {
+  readonly exitCode = ExitCode.usage;
+}
+
+/** The configuration file is missing, unreadable or invalid. */
+export class ConfigError extends KssError {
+  readonly exitCode = ExitCode.config;
+}
+
+/** An external program (qemu-img, ssh, …) could not run or failed. */
+export class ToolError extends KssError {
+  readonly exitCode = ExitCode.tool;
+  constructor(
+    message: string,
+    readonly command: string,
+    readonly status: number | undefined,
+    readonly stderrTail: string,
+    options: KssErrorOptions = {},
+  ) {
+    super(message, options);
+  }
+}
+
+/** A disk or its chain is not in the shape the operation needs. */
+export class DiskStateError extends KssError {
+  readonly exitCode = ExitCode.diskState;
+}
+
+/** Bytes are not what their name or checksum says: corruption or tampering. */
+export class IntegrityError extends KssError {
+  readonly exitCode = ExitCode.integrity;
+}
+
+/** Another kss process holds the lock this operation needs. */
+export class LockedError extends KssError {
+  readonly exitCode = ExitCode.locked;
+}
+
+/** Decides the exit code for anything thrown: typed failures keep theirs, the rest are bugs. */
+export function exitCodeFor(error: unknown): ExitCodeValue {
+  return error instanceof KssError ? error.exitCode : ExitCode.internal;
+}
+
+/** The text shown to a person for a failure: message, cause, remedy; bugs get their stack. */
+export function describeError(error: unknown): string {
+  if (error instanceof KssError) {
+    const lines = [error.message];
+    if (error instanceof ToolError && error.stderrTail) lines.push(indent(error.stderrTail));
+    if (error.remedy) lines.push(`To fix: ${error.remedy}`);
+    return lines.join('\n');
+  }
+  const detail = error instanceof Error ? (error.stack ?? error.message) : String(error);
+  return `internal error (a bug in kvm-snapshot-sync; please report it with this text):\n${indent(detail)}`;
+}
+
+function indent(text: string): string {
+  return text
+    .split('\n')
+    .map((line) => `  ${line}`)
+    .join('\n');
+}

@@ -1,0 +1,317 @@
+// The layer engine: a disk is a qcow2 chain
+//
+//     base <- layer 1 <- ... <- layer N <- top
+//
+// The top is the file the domain XML names; its path never changes. Sealed layers live
+// in `<top>.layers/` beside it (same filesystem, so renames are atomic), each named by
+// the SHA-256 of its bytes, read-only, never modified. A layer refers to its parent as
+// `<parent-hash>.qcow2`, relative, so the chain works wherever a host keeps its images,
+// and a layer's hash pins its whole ancestry.
+//
+// Every operation here is a real qemu-img call built by lib/qemu-img.ts and run by an
+// injected runner. Operations that change files are sequences of named steps; a kill
+// at any step leaves files from which the next call recovers without losing a byte.
+import { chmod, link, mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { DiskStateError, IntegrityError } from './errors.js';
+import { fsyncDir, fsyncFile, renameDurably, tempPathBeside } from './durable-fs.js';
+import { isSha256, sha256File, type ProgressCallback } from './hash.js';
+import {
+  checkCommand,
+  createOverlayCommand,
+  flattenCommand,
+  infoChainCommand,
+  infoCommand,
+  mapCommand,
+  mapShowsOwnData,
+  parseChain,
+  parseCheck,
+  rebaseSafeCommand,
+  rebaseUnsafeCommand,
+  type ChainEntry,
+  type CheckReport,
+} from './qemu-img.js';
+import { runCommand, type Runner } from './runner.js';
+
+export interface EngineDeps {
+  run: Runner;
+  /** Told the name of each step just before it runs (logging, fault-injection tests). */
+  onStep?: (step: string) => void;
+  onProgress?: ProgressCallback;
+}
+
+const defaultDeps: EngineDeps = { run: runCommand };
+
+const LAYER_SUFFIX = '.qcow2';
+/** A sealed top that is not yet published under its hash (see sealTop). */
+const INCOMING = 'incoming.qcow2';
+/** Prefix of a merge's temporary output. */
+const MERGING_PREFIX = 'merging-';
+
+/** The directory holding a disk's sealed layers. */
+export function layersDirOf(topPath: string): string {
+  return `${topPath}.layers`;
+}
+
+/** A layer's file name: its hash. */
+export function layerFileName(hash: string): string {
+  return `${hash}${LAYER_SUFFIX}`;
+}
+
+/** The hash a layer file name stands for, or undefined if it is not a layer's name. */
+export function hashOfLayerFileName(name: string): string | undefined {
+  const hash = name.endsWith(LAYER_SUFFIX) ? name.slice(0, -LAYER_SUFFIX.length) : '';
+  return isSha256(hash) ? hash : undefined;
+}
+
+/** The backing reference the top writes to one of its layers (relative to the top's directory). */
+export function topBackingRef(topPath: string, hash: string): string {
+  return `${basename(layersDirOf(topPath))}/${layerFileName(hash)}`;
+}
+
+/** Reads an image's backing chain, top first. */
+export async function readChain(path: string, deps: EngineDeps = defaultDeps): Promise<ChainEntry[]> {
+  const { stdout } = await deps.run(infoChainCommand(path));
+  return parseChain(stdout);
+}
+
+/** Reads one image's header, without opening its backing file. */
+export async function readImageInfo(path: string, deps: EngineDeps = defaultDeps): Promise<ChainEntry> {
+  const { stdout } = await deps.run(infoCommand(path));
+  return parseChain(stdout)[0] as ChainEntry;
+}
+
+/** The layer hashes below a top, nearest first (the top itself excluded). */
+export async function readLayerHashes(topPath: string, deps: EngineDeps = defaultDeps): Promise<string[]> {
+  const chain = await readChain(topPath, deps);
+  return chain.slice(1).map((entry) => {
+    const hash = hashOfLayerFileName(basename(entry.path));
+    if (hash === undefined) {
+      throw new DiskStateError(`${topPath}: its chain holds ${entry.path}, which is not a sealed layer`, {
+        remedy: 'this disk is not managed by kvm-snapshot-sync, or its chain was changed by hand',
+      });
+    }
+    return hash;
+  });
+}
+
+/** Whether an overlay holds anything of its own (data, or zeroes written over its backing). */
+export async function hasOwnData(path: string, deps: EngineDeps = defaultDeps): Promise<boolean> {
+  const { stdout } = await deps.run(mapCommand(path));
+  return mapShowsOwnData(stdout);
+}
+
+/**
+ * Makes `topPath` a fresh, empty overlay on layer `hash`. Atomic: the new top is made
+ * under a temporary name and renamed over the old one. Refuses to replace a top that
+ * holds data of its own: that would lose guest writes (seal it first).
+ */
+export async function createTop(topPath: string, hash: string, deps: EngineDeps = defaultDeps): Promise<void> {
+  const layer = join(layersDirOf(topPath), layerFileName(hash));
+  if (!(await exists(layer))) {
+    throw new DiskStateError(`cannot put a new top on ${topPath}: layer ${layer} does not exist`);
+  }
+  if ((await exists(topPath)) && (await hasOwnData(topPath, deps))) {
+    throw new DiskStateError(`${topPath} holds writes that are not sealed yet; replacing it would lose them`, {
+      remedy: 'seal the top first (it happens when the VM shuts down), then try again',
+    });
+  }
+  await removeLeftovers(dirname(topPath), `.${basename(topPath)}.new-`);
+  const temp = tempPathBeside(topPath, 'new');
+  deps.onStep?.('create-top:overlay');
+  try {
+    await deps.run(createOverlayCommand(temp, topBackingRef(topPath, hash)));
+    await fsyncFile(temp);
+    deps.onStep?.('create-top:rename');
+    await renameDurably(temp, topPath);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+export interface SealResult {
+  /** The new layer's hash. */
+  hash: string;
+  /** Its parent layer's hash; undefined when it is a base (no backing). */
+  parent: string | undefined;
+}
+
+/**
+ * Seals the top into an immutable layer named by its SHA-256, and puts a fresh empty top
+ * on it. Returns undefined, touching nothing, when the top holds nothing of its own.
+ *
+ * Steps (each safe to be killed in; the next sealTop or recoverSeal finishes the work):
+ *   seal:move-aside     rename the top to <layers>/incoming.qcow2 (same inode, no copy)
+ *   seal:rebase-header  its backing reference becomes the parent's bare file name
+ *   seal:hash           SHA-256 of its bytes, streamed
+ *   seal:publish        read-only, hard-linked under its hash
+ *   seal:new-top        a fresh empty top on the new layer
+ *   seal:drop-incoming  the incoming name is removed
+ */
+export async function sealTop(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult | undefined> {
+  const recovered = await recoverSeal(topPath, deps);
+  if (recovered) return recovered;
+  if (!(await hasOwnData(topPath, deps))) return undefined;
+
+  const layersDir = layersDirOf(topPath);
+  const [top] = await readChain(topPath, deps);
+  if (top?.backingPath !== undefined && dirname(resolve(top.backingPath)) !== layersDir) {
+    throw new DiskStateError(`${topPath} is backed by ${top.backingPath}, which is not one of its sealed layers`, {
+      remedy: 'this disk is not managed by kvm-snapshot-sync, or its chain was changed by hand',
+    });
+  }
+  await mkdir(layersDir, { recursive: true, mode: 0o755 });
+  deps.onStep?.('seal:move-aside');
+  await renameDurably(topPath, join(layersDir, INCOMING));
+  return finishSeal(topPath, deps);
+}
+
+/**
+ * Finishes a seal that was interrupted (see sealTop), or does nothing when none was.
+ * Returns the sealed layer when it finished one.
+ */
+export async function recoverSeal(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult | undefined> {
+  const incoming = join(layersDirOf(topPath), INCOMING);
+  if (!(await exists(incoming))) return undefined;
+  if (!(await exists(topPath))) return finishSeal(topPath, deps);
+
+  // Killed after the new top was made: that top must stand on the incoming layer.
+  const [top, parent] = await readChain(topPath, deps);
+  const incomingIno = (await stat(incoming)).ino;
+  if (parent !== undefined && (await stat(parent.path)).ino === incomingIno) {
+    deps.onStep?.('seal:drop-incoming');
+    await unlink(incoming);
+    await fsyncDir(layersDirOf(topPath));
+    const hash = hashOfLayerFileName(basename(parent.path)) as string;
+    const grandparent = (await readChain(parent.path, deps))[1];
+    return { hash, parent: grandparent && hashOfLayerFileName(basename(grandparent.path)) };
+  }
+  throw new DiskStateError(
+    `${topPath} and an unfinished seal (${incoming}) both exist, and the top (${top?.path}) is not on it`,
+    { remedy: `keep both files; move ${incoming} away only after checking which one holds the newest data` },
+  );
+}
+
+async function finishSeal(topPath: string, deps: EngineDeps): Promise<SealResult> {
+  const layersDir = layersDirOf(topPath);
+  const incoming = join(layersDir, INCOMING);
+
+  deps.onStep?.('seal:rebase-header');
+  const sealed = await readImageInfo(incoming, deps);
+  let parent: string | undefined;
+  if (sealed.backingRef !== undefined) {
+    const parentName = basename(sealed.backingRef);
+    parent = hashOfLayerFileName(parentName);
+    if (parent === undefined) throw new DiskStateError(`${incoming}: its backing ${sealed.backingRef} is not a layer`);
+    // The reference was relative to the top's directory; make it relative to the layers'.
+    if (sealed.backingRef !== parentName) await deps.run(rebaseUnsafeCommand(incoming, parentName));
+  }
+
+  deps.onStep?.('seal:hash');
+  const hash = await sha256File(incoming, deps.onProgress);
+
+  deps.onStep?.('seal:publish');
+  await chmod(incoming, 0o444);
+  await fsyncFile(incoming);
+  await linkIfAbsent(incoming, join(layersDir, layerFileName(hash)));
+  await fsyncDir(layersDir);
+
+  deps.onStep?.('seal:new-top');
+  await createTop(topPath, hash, deps);
+
+  deps.onStep?.('seal:drop-incoming');
+  await unlink(incoming);
+  await fsyncDir(layersDir);
+  return { hash, parent };
+}
+
+/**
+ * Merges the consecutive layers from `top` down to just above `onto` into one new
+ * layer whose parent is `onto` (or a standalone base when `onto` is undefined). The
+ * old layers are left as they are: published files are never rewritten. Returns the
+ * new layer's hash; its guest content equals that of `top`.
+ *
+ * Steps: merge:copy (qemu-img rebase or convert into a temporary file), merge:publish.
+ */
+export async function mergeLayers(
+  layersDir: string,
+  top: string,
+  onto: string | undefined,
+  deps: EngineDeps = defaultDeps,
+): Promise<string> {
+  const topFile = join(layersDir, layerFileName(top));
+  if (onto !== undefined) {
+    const ancestors = (await readChain(topFile, deps)).slice(1).map((entry) => basename(entry.path));
+    if (!ancestors.includes(layerFileName(onto))) {
+      throw new DiskStateError(`cannot merge: layer ${onto} is not below ${top} in ${layersDir}`);
+    }
+  }
+  const temp = join(layersDir, `${MERGING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  try {
+    deps.onStep?.('merge:copy');
+    if (onto === undefined) {
+      await deps.run(flattenCommand(topFile, temp));
+    } else {
+      // An empty overlay on `top`, moved onto `onto` by a safe rebase: qemu-img copies
+      // into it exactly the clusters where the two chains differ.
+      await deps.run(createOverlayCommand(temp, layerFileName(top)));
+      await deps.run(rebaseSafeCommand(temp, layerFileName(onto)));
+    }
+    const hash = await sha256File(temp, deps.onProgress);
+    deps.onStep?.('merge:publish');
+    await chmod(temp, 0o444);
+    await fsyncFile(temp);
+    await linkIfAbsent(temp, join(layersDir, layerFileName(hash)));
+    await fsyncDir(layersDir);
+    return hash;
+  } finally {
+    await rm(temp, { force: true });
+  }
+}
+
+/** Removes what interrupted merges left behind in a layers directory (never guest data). */
+export async function removeMergeLeftovers(layersDir: string): Promise<void> {
+  await removeLeftovers(layersDir, MERGING_PREFIX);
+}
+
+async function removeLeftovers(dir: string, prefix: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names.filter((n) => n.startsWith(prefix))) await rm(join(dir, name), { force: true });
+}
+
+/** Runs qemu-img check on one image. */
+export async function checkImage(path: string, deps: EngineDeps = defaultDeps): Promise<CheckReport> {
+  const { stdout } = await deps.run(checkCommand(path));
+  return parseCheck(stdout);
+}
+
+/** Fails with an IntegrityError when a layer's bytes do not hash to its name. */
+export async function verifyLayer(layersDir: string, hash: string, deps: Partial<EngineDeps> = {}): Promise<void> {
+  const path = join(layersDir, layerFileName(hash));
+  const actual = await sha256File(path, deps.onProgress);
+  if (actual !== hash) {
+    throw new IntegrityError(`layer ${path} is corrupt: its bytes hash to ${actual}`, {
+      remedy: 'remove the file; it will be fetched again from the NAS',
+    });
+  }
+}
+
+async function linkIfAbsent(from: string, to: string): Promise<void> {
+  try {
+    await link(from, to);
+  } catch (error) {
+    // Same hash, same bytes: a layer that is already there is the one we would publish.
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
+}

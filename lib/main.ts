@@ -1,0 +1,54 @@
+// Entry point of the one executable: picks the face (libvirt hook or CLI), runs it, and
+// turns whatever it throws into an exit code — the one place exit codes are decided.
+// Only light modules are imported statically; each face loads the rest on demand, so
+// that the hook never loads yargs.
+import { describeError, exitCodeFor } from './errors.js';
+import { chooseFace } from './face.js';
+
+/** The hook's PATH: system tools only (AppArmor lets libvirt's hook run nothing under /usr/local). */
+const HOOK_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
+
+async function main(): Promise<number> {
+  const face = chooseFace(process.argv[1] ?? '', process.argv.slice(2));
+  if (face.face === 'hook') {
+    guardStdout();
+    process.env.PATH = HOOK_PATH;
+    const { runHook } = await import('../hooks/qemu.js');
+    return runHook(face.hookArgs, { stdin: process.stdin, stderr: process.stderr, env: process.env });
+  }
+  const { runCli } = await import('./cli.js');
+  const { runHook } = await import('../hooks/qemu.js');
+  try {
+    return await runCli(face.args, {
+      stdout: process.stdout,
+      stderr: process.stderr,
+      env: process.env,
+      runHook: async (args) => {
+        guardStdout();
+        return runHook(args, { stdin: process.stdin, stderr: process.stderr, env: process.env });
+      },
+    });
+  } catch (error) {
+    process.stderr.write(`kss: error: ${describeError(error)}\n`);
+    return exitCodeFor(error);
+  }
+}
+
+/**
+ * The hook must never write to stdout: libvirt reads it back as domain XML for some
+ * operations. Anything that still tries (a stray console.log in a dependency) goes to
+ * stderr instead.
+ */
+function guardStdout(): void {
+  process.stdout.write = process.stderr.write.bind(process.stderr) as typeof process.stdout.write;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`kvm-snapshot-sync: ${describeError(error)}\n`);
+    process.exitCode = exitCodeFor(error);
+  },
+);

@@ -1,0 +1,46 @@
+// Guest-visible disk content, through real qemu-img and qemu-io: write patterns into an
+// image (as a guest would, through its chain) and read the whole content back.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const MiB = 2 ** 20;
+
+/** Runs qemu-io commands against an image; fails if any I/O or pattern check failed. */
+export function qemuIo(image: string, ...commands: string[]): string {
+  const args = commands.flatMap((command) => ['-c', command]);
+  const output = execFileSync('qemu-io', ['-f', 'qcow2', ...args, image], { encoding: 'utf8' });
+  if (/Pattern verification failed|error|failed/iu.test(output)) {
+    throw new Error(`qemu-io ${commands.join('; ')} on ${image}:\n${output}`);
+  }
+  return output;
+}
+
+/** Creates a standalone qcow2 image. */
+export function createImage(path: string, size: number): void {
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(size)]);
+}
+
+/** SHA-256 of everything a guest would read from the disk: the chain flattened to raw. */
+export function guestDigest(image: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kss-digest-'));
+  try {
+    const raw = join(dir, 'disk.raw');
+    execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, raw]);
+    return createHash('sha256').update(readFileSync(raw)).digest('hex');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Whether two images (with their chains) show the same guest content. */
+export function sameGuestContent(a: string, b: string): boolean {
+  try {
+    execFileSync('qemu-img', ['compare', '-q', a, b]);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { DEFAULTS, configPath, parseNasLocation, readConfig, validateConfig } from '../../lib/config.js';
+import { ConfigError } from '../../lib/errors.js';
+
+const FILE = '/etc/kvm-snapshot-sync/config.json';
+
+describe('parseNasLocation', () => {
+  const cases: Array<[string, unknown]> = [
+    ['/mnt/nas/kss', { kind: 'dir', path: '/mnt/nas/kss' }],
+    ['file:///srv/my%20nas', { kind: 'dir', path: '/srv/my nas' }],
+    ['ssh://kss@nas.lan/volume1/kss', { kind: 'ssh', user: 'kss', host: 'nas.lan', port: 22, path: '/volume1/kss' }],
+    ['ssh://nas:2222/srv/vm%20s', { kind: 'ssh', user: undefined, host: 'nas', port: 2222, path: '/srv/vm s' }],
+    ['ssh://root@[fd00::1]:22/kss', { kind: 'ssh', user: 'root', host: 'fd00::1', port: 22, path: '/kss' }],
+  ];
+  for (const [text, expected] of cases) {
+    it(`parses ${text}`, () => assert.deepEqual(parseNasLocation(text), expected));
+  }
+  const bad: Array<[string, RegExp]> = [
+    ['relative/dir', /neither an absolute directory nor an ssh/],
+    ['http://nas/kss', /only directories and ssh/],
+    ['ssh://nas', /names no directory/],
+    ['ssh://nas/', /names no directory/],
+    ['ssh://u:secret@nas/kss', /password/],
+    ['file://host/kss', /local directory/],
+  ];
+  for (const [text, message] of bad) {
+    it(`rejects ${text}`, () => assert.throws(() => parseNasLocation(text), message));
+  }
+});
+
+describe('validateConfig', () => {
+  it('fills defaults', () => {
+    assert.deepEqual(validateConfig({ nas: '/mnt/nas' }, FILE, 'desktop'), {
+      file: FILE,
+      host: 'desktop',
+      nas: { kind: 'dir', path: '/mnt/nas' },
+      sshIdentity: undefined,
+      sshKnownHosts: undefined,
+      stateDir: DEFAULTS.stateDir,
+      logDir: DEFAULTS.logDir,
+      maxChainDepth: DEFAULTS.maxChainDepth,
+    });
+  });
+
+  it('keeps every key it is given', () => {
+    const config = validateConfig(
+      {
+        host: 'laptop',
+        nas: 'ssh://kss@nas:2222/kss',
+        sshIdentity: '/etc/kvm-snapshot-sync/id_ed25519',
+        sshKnownHosts: '/etc/kvm-snapshot-sync/known_hosts',
+        stateDir: '/srv/state',
+        logDir: '/srv/log',
+        maxChainDepth: 4,
+      },
+      FILE,
+      'ignored',
+    );
+    assert.equal(config.host, 'laptop');
+    assert.equal(config.sshIdentity, '/etc/kvm-snapshot-sync/id_ed25519');
+    assert.equal(config.maxChainDepth, 4);
+    assert.equal(config.nas.kind, 'ssh');
+  });
+
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['not an object', [], /must be a JSON object/],
+    ['missing nas', {}, /"nas" in \/etc\/kvm-snapshot-sync\/config.json: is required/],
+    ['unknown key', { nas: '/n', nsa: 1 }, /unknown key "nsa" in \/etc/],
+    ['bad host', { nas: '/n', host: 'my host' }, /"host" in .*not a usable host name/],
+    ['relative path', { nas: '/n', stateDir: 'state' }, /"stateDir" in .*absolute path/],
+    ['empty string', { nas: '/n', logDir: '' }, /"logDir" in .*non-empty string/],
+    ['depth zero', { nas: '/n', maxChainDepth: 0 }, /"maxChainDepth" in .*1 to 64/],
+    ['depth fraction', { nas: '/n', maxChainDepth: 2.5 }, /"maxChainDepth"/],
+    ['depth text', { nas: '/n', maxChainDepth: '8' }, /"maxChainDepth"/],
+    ['bad nas', { nas: 'nas:/kss' }, /"nas" in .*only directories and ssh/],
+  ];
+  for (const [name, raw, message] of bad) {
+    it(`rejects ${name}, naming the key and the file`, () => {
+      assert.throws(() => validateConfig(raw, FILE, 'desktop'), (error: unknown) => {
+        assert.ok(error instanceof ConfigError);
+        assert.match(error.message, message);
+        assert.match(error.remedy ?? '', /config\.json/);
+        return true;
+      });
+    });
+  }
+});
+
+describe('configPath', () => {
+  it('prefers the flag, then KSS_CONFIG, then the default', () => {
+    assert.equal(configPath('/a.json', { KSS_CONFIG: '/b.json' }), '/a.json');
+    assert.equal(configPath(undefined, { KSS_CONFIG: '/b.json' }), '/b.json');
+    assert.equal(configPath(undefined, {}), FILE);
+  });
+});
+
+describe('readConfig', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kss-config-'));
+  it('reads and validates a file', async () => {
+    const file = join(dir, 'ok.json');
+    writeFileSync(file, JSON.stringify({ nas: '/mnt/nas', host: 'desk' }));
+    assert.equal((await readConfig(file)).host, 'desk');
+  });
+  it('says when the file is missing, with the remedy', async () => {
+    await assert.rejects(readConfig(join(dir, 'none.json')), (error: unknown) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, /none\.json does not exist/);
+      assert.match(error.remedy ?? '', /install\.sh/);
+      return true;
+    });
+  });
+  it('says where the JSON is broken', async () => {
+    const file = join(dir, 'broken.json');
+    writeFileSync(file, '{"nas": "/n",}');
+    await assert.rejects(readConfig(file), /broken\.json is not valid JSON/);
+  });
+  it('cleans up', () => rmSync(dir, { recursive: true, force: true }));
+});

@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { parseDomainXml, syncedDisks } from '../../lib/domain-xml.js';
+import { DiskStateError } from '../../lib/errors.js';
+import { NAMESPACE_URI, mentionsNamespace } from '../../lib/namespace.js';
+
+const disks = `
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/work root.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/var/lib/libvirt/images/work-home.img'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/iso/debian.iso'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <disk type='block' device='disk'>
+      <source dev='/dev/vg/data'/>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <source file='/shared/scratch.qcow2'/>
+      <target dev='vdd' bus='virtio'/>
+      <shareable/>
+    </disk>`;
+
+function domainXml(metadata: string): string {
+  return `<domain type='kvm'>
+  <name>work</name>
+  <uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>
+  <metadata>${metadata}</metadata>
+  <devices>${disks}
+  </devices>
+</domain>`;
+}
+
+describe('parseDomainXml', () => {
+  const managed: Array<[string, string, boolean]> = [
+    ['our element, our prefix', `<kss:sync xmlns:kss="${NAMESPACE_URI}"/>`, true],
+    ['our element, another prefix', `<x:sync xmlns:x="${NAMESPACE_URI}"/>`, true],
+    ['our element beside another tool', `<other:thing xmlns:other="urn:other"/><kss:sync xmlns:kss="${NAMESPACE_URI}"/>`, true],
+    ['no metadata', '', false],
+    ['another element in our namespace', `<kss:other xmlns:kss="${NAMESPACE_URI}"/>`, false],
+    ['our element name in another namespace', `<kss:sync xmlns:kss="urn:someone-else"/>`, false],
+  ];
+  for (const [name, metadata, expected] of managed) {
+    it(`${name}: managed=${expected}`, async () => assert.equal((await parseDomainXml(domainXml(metadata))).managed, expected));
+  }
+
+  it('reads name, uuid and disks', async () => {
+    const domain = await parseDomainXml(domainXml(''));
+    assert.equal(domain.name, 'work');
+    assert.equal(domain.uuid, '4dea22b3-1d52-d8f3-2516-782e98ab3fa0');
+    assert.deepEqual(domain.disks[0], {
+      target: 'vda',
+      type: 'file',
+      device: 'disk',
+      path: '/var/lib/libvirt/images/work root.qcow2',
+      format: 'qcow2',
+      readonly: false,
+      shareable: false,
+    });
+    assert.equal(domain.disks.length, 5);
+  });
+
+  it('syncs only writable, unshared file disks', async () => {
+    const domain = await parseDomainXml(domainXml(''));
+    assert.deepEqual(syncedDisks(domain).map((disk) => disk.target), ['vda', 'vdb']);
+  });
+
+  it('rejects what is not a domain', async () => {
+    await assert.rejects(parseDomainXml('<network><name>default</name></network>'), DiskStateError);
+    await assert.rejects(parseDomainXml('<domain><name>x'), DiskStateError);
+    await assert.rejects(parseDomainXml('<domain/>'), /no <name>/);
+  });
+});
+
+describe('mentionsNamespace', () => {
+  it('is a cheap necessary condition', () => {
+    assert.equal(mentionsNamespace(domainXml(`<kss:sync xmlns:kss="${NAMESPACE_URI}"/>`)), true);
+    assert.equal(mentionsNamespace(domainXml('')), false);
+  });
+});

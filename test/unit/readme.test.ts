@@ -1,0 +1,42 @@
+// The README's commands are the ones CI and people run: keep them and .ci/run in step.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+
+const readme = readFileSync('README.md', 'utf8');
+
+/** The command in the fenced block right after a `<!-- name -->` marker. */
+function markedCommand(name: string): string {
+  const match = new RegExp(`<!-- ${name} -->\\s*\`\`\`sh\\n([^\\n]+)\\n\`\`\``, 'u').exec(readme);
+  assert.ok(match, `README.md has a <!-- ${name} --> block`);
+  return (match[1] as string).trim();
+}
+
+describe('README', () => {
+  it('.ci/run runs the test line, nothing else, nothing less', () => {
+    const run = readFileSync('.ci/run', 'utf8')
+      .split('\n')
+      .filter((line) => line.trim() !== '' && !line.startsWith('#') && !/^(set|cd) /u.test(line));
+    assert.deepEqual(run, [markedCommand('test-line')]);
+  });
+
+  it('has a build line that makes the executable', () => {
+    assert.match(markedCommand('build-line'), /npm run build/);
+  });
+
+  it('documents every exit code', async () => {
+    const { ExitCode } = await import('../../lib/errors.js');
+    for (const code of Object.values(ExitCode)) assert.match(readme, new RegExp(`^\\| ${code} \\|`, 'mu'), `exit code ${code}`);
+  });
+
+  it('documents every configuration key', async () => {
+    for (const key of ['host', 'nas', 'sshIdentity', 'sshKnownHosts', 'stateDir', 'logDir', 'maxChainDepth']) {
+      assert.match(readme, new RegExp(`^\\| \`${key}\` \\|`, 'mu'), `config key ${key}`);
+    }
+  });
+
+  it('names the metadata namespace the code uses', async () => {
+    const { NAMESPACE_URI } = await import('../../lib/namespace.js');
+    assert.ok(readme.includes(NAMESPACE_URI));
+  });
+});

@@ -1,0 +1,53 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ToolError } from '../../lib/errors.js';
+import { formatCommand, runCommand } from '../../lib/runner.js';
+
+describe('runCommand', () => {
+  it('returns the output of a successful command, in the C locale', async () => {
+    const result = await runCommand({ file: 'sh', args: ['-c', 'printf "%s|%s" "$1" "$LC_ALL"', 'sh', 'a b'] });
+    assert.deepEqual(result, { stdout: 'a b|C', stderr: '', exitCode: 0 });
+  });
+
+  it('accepts the exit codes a command declares as success', async () => {
+    const result = await runCommand({ file: 'sh', args: ['-c', 'exit 3'], okExitCodes: [0, 3] });
+    assert.equal(result.exitCode, 3);
+  });
+
+  it('fails with the command, its status and the tail of its stderr', async () => {
+    const script = 'for i in $(seq 1 15); do echo "line $i" >&2; done; exit 4';
+    await assert.rejects(runCommand({ file: 'sh', args: ['-c', script] }), (error: unknown) => {
+      assert.ok(error instanceof ToolError);
+      assert.equal(error.status, 4);
+      assert.match(error.message, /^sh failed with exit status 4: sh -c /);
+      assert.equal(error.stderrTail.split('\n').length, 10);
+      assert.match(error.stderrTail, /^line 6\n[\s\S]*line 15$/);
+      return true;
+    });
+  });
+
+  it('names the Debian package of a missing tool', async () => {
+    const saved = process.env.PATH;
+    process.env.PATH = '/nonexistent';
+    try {
+      await assert.rejects(runCommand({ file: 'qemu-img', args: ['--version'] }), (error: unknown) => {
+        assert.ok(error instanceof ToolError);
+        assert.match(error.message, /qemu-img is not installed/);
+        assert.equal(error.remedy, 'apt-get install qemu-utils');
+        return true;
+      });
+    } finally {
+      process.env.PATH = saved;
+    }
+  });
+
+  it('stops a command at its deadline', async () => {
+    const started = Date.now();
+    await assert.rejects(runCommand({ file: 'sleep', args: ['30'] }, { timeoutMs: 200 }), /did not finish within 200 ms/);
+    assert.ok(Date.now() - started < 10_000, 'the deadline holds');
+  });
+
+  it('formats commands as a shell would read them', () => {
+    assert.equal(formatCommand({ file: 'qemu-img', args: ['info', "/a b/it's"] }), `qemu-img info '/a b/it'\\''s'`);
+  });
+});

@@ -1,5 +1,12 @@
-// `npm run bench`: benchmarks (not timed tests) that print tables of medians and ratios
-// to baselines measured in the same run.
+// `npm run bench [-- startup|transfer ...]`: benchmarks (not timed tests) that print
+// tables of medians and ratios to baselines measured in the same run.
 import { benchStartup } from './startup.js';
+import { benchTransfer } from './transfer.js';
 
-benchStartup();
+const benches: Record<string, () => void | Promise<void>> = { startup: benchStartup, transfer: benchTransfer };
+const chosen = process.argv.slice(2);
+for (const name of chosen.length > 0 ? chosen : Object.keys(benches)) {
+  const bench = benches[name];
+  if (!bench) throw new Error(`unknown benchmark "${name}"; there are: ${Object.keys(benches).join(', ')}`);
+  await bench();
+}

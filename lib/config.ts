@@ -29,15 +29,31 @@ export interface Config {
   logDir: string;
   /** How many sealed layers a disk's chain may have before compaction merges some. */
   maxChainDepth: number;
+  /** Generations older than this many days may be removed from the NAS... */
+  retentionDays: number;
+  /** ...but the newest this many generations of the head's history are always kept. */
+  retentionGenerations: number;
 }
 
 export const DEFAULTS = {
   stateDir: '/var/lib/kvm-snapshot-sync',
   logDir: '/var/log/kvm-snapshot-sync',
   maxChainDepth: 8,
+  retentionDays: 30,
+  retentionGenerations: 10,
 } as const;
 
-const KEYS = ['host', 'nas', 'sshIdentity', 'sshKnownHosts', 'stateDir', 'logDir', 'maxChainDepth'] as const;
+const KEYS = [
+  'host',
+  'nas',
+  'sshIdentity',
+  'sshKnownHosts',
+  'stateDir',
+  'logDir',
+  'maxChainDepth',
+  'retentionDays',
+  'retentionGenerations',
+] as const;
 type Key = (typeof KEYS)[number];
 
 const HOST_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/u;
@@ -86,10 +102,13 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     return fail('nas', (error as Error).message);
   }
 
-  const depth = obj.maxChainDepth ?? DEFAULTS.maxChainDepth;
-  if (typeof depth !== 'number' || !Number.isInteger(depth) || depth < 1 || depth > 64) {
-    fail('maxChainDepth', `must be a whole number from 1 to 64, got ${JSON.stringify(depth)}`);
-  }
+  const wholeNumber = (key: 'maxChainDepth' | 'retentionDays' | 'retentionGenerations', min: number, max: number): number => {
+    const value = obj[key] ?? DEFAULTS[key];
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+      fail(key, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`);
+    }
+    return value as number;
+  };
 
   return {
     file,
@@ -99,7 +118,9 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     sshKnownHosts: optionalPath('sshKnownHosts'),
     stateDir: optionalPath('stateDir') ?? DEFAULTS.stateDir,
     logDir: optionalPath('logDir') ?? DEFAULTS.logDir,
-    maxChainDepth: depth as number,
+    maxChainDepth: wholeNumber('maxChainDepth', 1, 64),
+    retentionDays: wholeNumber('retentionDays', 1, 36_500),
+    retentionGenerations: wholeNumber('retentionGenerations', 1, 10_000),
   };
 }
 

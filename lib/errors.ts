@@ -10,6 +10,9 @@ export const ExitCode = {
   diskState: 5,
   integrity: 6,
   locked: 7,
+  nasUnreachable: 8,
+  conflict: 9,
+  nasFull: 10,
   internal: 70,
 } as const;
 
@@ -70,6 +73,21 @@ export class IntegrityError extends KssError {
 /** Another kss process holds the lock this operation needs. */
 export class LockedError extends KssError {
   readonly exitCode = ExitCode.locked;
+}
+
+/** The NAS cannot be reached (network down, ssh refused, mount missing) within its deadline. */
+export class NasUnreachableError extends KssError {
+  readonly exitCode = ExitCode.nasUnreachable;
+}
+
+/** The NAS moved on while we worked from an older state: nothing was overwritten. */
+export class ConflictError extends KssError {
+  readonly exitCode = ExitCode.conflict;
+}
+
+/** The NAS has no room for what we send: nothing was published. */
+export class NasFullError extends KssError {
+  readonly exitCode = ExitCode.nasFull;
 }
 
 /** Decides the exit code for anything thrown: typed failures keep theirs, the rest are bugs. */

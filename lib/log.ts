@@ -2,6 +2,7 @@
 // for results in the CLI and is read back as domain XML by libvirt in some hook calls.
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { escapeFileName } from './file-names.js';
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 
@@ -94,17 +95,6 @@ export function fileSink(path: string, minLevel: Level, onError: (error: unknown
 /** The log file of one domain: the name is escaped so that any domain name is a safe file name. */
 export function domainLogPath(logDir: string, domain: string): string {
   return join(logDir, `${escapeFileName(domain)}.log`);
-}
-
-/** Keeps letters, digits, `.`, `_`, `-`; percent-encodes the rest, and a leading dot. */
-export function escapeFileName(name: string): string {
-  const escaped = Array.from(Buffer.from(name, 'utf8'))
-    .map((byte) => {
-      const char = String.fromCharCode(byte);
-      return /[A-Za-z0-9._-]/u.test(char) ? char : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
-    })
-    .join('');
-  return escaped.startsWith('.') ? `%2E${escaped.slice(1)}` : escaped;
 }
 
 /** Creates the log directory (owner and group only) if it is missing. */

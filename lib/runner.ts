@@ -1,5 +1,9 @@
 // Runs external commands. Commands are data ({file, args}), built by pure functions
 // elsewhere; this is the one place that executes them and the only importer of execa.
+// Streams of layer data go through startPipeline, whose processes are connected
+// stdout-to-stdin by file descriptor, so that bulk bytes never pass through Node.
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { ToolError } from './errors.js';
 import { shellJoin } from './shell-quote.js';
@@ -63,6 +67,83 @@ export const runCommand: Runner = async (command, options = {}) => {
       : `failed with exit status ${result.exitCode}`;
   throw new ToolError(`${command.file} ${how}: ${display}`, display, result.exitCode, stderrTail);
 };
+
+/** How one process of a pipeline ended. */
+export interface StageResult {
+  command: Command;
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  /** The last 20 lines of its stderr. */
+  stderrTail: string;
+  /** Its stdout, for the last stage when the pipeline captures it. */
+  stdout: string;
+  /** It could not be started (not installed). */
+  notFound: boolean;
+}
+
+export interface Pipeline {
+  /** The first process's stdin, when the pipeline was started with input 'pipe'. */
+  stdin: Writable | null;
+  /** The last process's stdout, when started with output 'pipe'. */
+  stdout: Readable | null;
+  /** Resolves, never rejects, when every process has ended: callers judge the results. */
+  done: Promise<StageResult[]>;
+  /** Kills every process still running. */
+  kill(): void;
+}
+
+export interface PipelineOptions {
+  /** 'pipe': the caller writes the first stdin; 'ignore': it reads /dev/null. */
+  input: 'pipe' | 'ignore';
+  /** 'pipe': the caller reads the last stdout; 'capture': it is collected as text. */
+  output: 'pipe' | 'capture';
+}
+
+/** Starts processes connected stdout-to-stdin, `a | b | c`, in the C locale. */
+export function startPipeline(commands: readonly Command[], options: PipelineOptions): Pipeline {
+  const children: ChildProcess[] = [];
+  const results: Array<Promise<StageResult>> = [];
+  commands.forEach((command, index) => {
+    const first = index === 0;
+    const last = index === commands.length - 1;
+    const previous = children[index - 1];
+    const stdin = first ? options.input : (previous?.stdout ?? 'ignore');
+    const child = spawn(command.file, command.args, { stdio: [stdin, 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+    // The next process now holds this pipe's read end. Close ours: a reader that never
+    // reads would keep the writer from seeing EPIPE when the next process dies, and
+    // the writer would block forever on a full pipe.
+    if (!first) previous?.stdout?.destroy();
+    children.push(child);
+    results.push(collectStage(command, child, last && options.output === 'capture'));
+  });
+  const lastChild = children[children.length - 1];
+  return {
+    stdin: children[0]?.stdin ?? null,
+    stdout: options.output === 'pipe' ? (lastChild?.stdout ?? null) : null,
+    done: Promise.all(results),
+    kill: () => {
+      for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+function collectStage(command: Command, child: ChildProcess, captureStdout: boolean): Promise<StageResult> {
+  let stderr = '';
+  let stdout = '';
+  child.stderr?.setEncoding('utf8').on('data', (text: string) => {
+    stderr = (stderr + text).slice(-16_384);
+  });
+  if (captureStdout) child.stdout?.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+  return new Promise((resolve) => {
+    let notFound = false;
+    child.on('error', (error: NodeJS.ErrnoException) => {
+      notFound = error.code === 'ENOENT';
+    });
+    child.on('close', (exitCode, signal) => {
+      resolve({ command, exitCode, signal, stderrTail: tail(stderr, 20), stdout, notFound });
+    });
+  });
+}
 
 /** The command as a person could paste it into a POSIX shell. */
 export function formatCommand(command: Command): string {

@@ -4,8 +4,14 @@
 set -euo pipefail
 
 packages=(
-  qemu-utils # qemu-img, qemu-io: the layer engine and its tests
-  binutils   # strip: the build drops the Node binary's debug symbols
+  qemu-utils     # qemu-img, qemu-io: the layer engine and its tests
+  binutils       # strip: the build drops the Node binary's debug symbols
+  openssh-client # ssh: the SSH transport
+  openssh-server # sshd: the simulated NAS, in its own network namespace
+  iproute2       # ip, tc: that namespace, its veth link and the 1 Gbit shaping
+  zstd           # compression of layer streams
+  openssl        # fast SHA-256 on the NAS side
+  rsync          # a baseline in the transfer benchmark
 )
 
 missing=()
@@ -14,6 +20,12 @@ for package in "${packages[@]}"; do
 done
 if ((${#missing[@]} > 0)); then
   echo "installing Debian packages: ${missing[*]}" >&2
+  # The tests start their own sshd; the package must not start one on port 22.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -19,6 +19,8 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['stateDir', config.stateDir],
     ['logDir', config.logDir],
     ['maxChainDepth', String(config.maxChainDepth)],
+    ['retentionDays', String(config.retentionDays)],
+    ['retentionGenerations', String(config.retentionGenerations)],
   ];
-  for (const [key, value] of rows) out.stdout.write(`${key.padEnd(14)} ${value}\n`);
+  for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
 }

@@ -3,7 +3,16 @@
 import { execFileSync } from 'node:child_process';
 import type { TestContext } from 'node:test';
 
-const PACKAGE_OF: Record<string, string> = { 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils' };
+const PACKAGE_OF: Record<string, string> = {
+  'qemu-img': 'qemu-utils',
+  'qemu-io': 'qemu-utils',
+  ip: 'iproute2',
+  tc: 'iproute2',
+  ssh: 'openssh-client',
+  scp: 'openssh-client',
+  'ssh-keygen': 'openssh-client',
+  '/usr/sbin/sshd': 'openssh-server',
+};
 
 function has(tool: string): boolean {
   try {

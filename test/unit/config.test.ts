@@ -43,6 +43,8 @@ describe('validateConfig', () => {
       stateDir: DEFAULTS.stateDir,
       logDir: DEFAULTS.logDir,
       maxChainDepth: DEFAULTS.maxChainDepth,
+      retentionDays: DEFAULTS.retentionDays,
+      retentionGenerations: DEFAULTS.retentionGenerations,
     });
   });
 
@@ -77,6 +79,8 @@ describe('validateConfig', () => {
     ['depth fraction', { nas: '/n', maxChainDepth: 2.5 }, /"maxChainDepth"/],
     ['depth text', { nas: '/n', maxChainDepth: '8' }, /"maxChainDepth"/],
     ['bad nas', { nas: 'nas:/kss' }, /"nas" in .*only directories and ssh/],
+    ['retention of no days', { nas: '/n', retentionDays: 0 }, /"retentionDays" in .*1 to 36500/],
+    ['retention of no generations', { nas: '/n', retentionGenerations: -1 }, /"retentionGenerations"/],
   ];
   for (const [name, raw, message] of bad) {
     it(`rejects ${name}, naming the key and the file`, () => {

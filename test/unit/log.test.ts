@@ -3,7 +3,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { Logger, domainLogPath, escapeFileName, fileSink, formatLogLine, streamSink } from '../../lib/log.js';
+import { escapeFileName } from '../../lib/file-names.js';
+import { Logger, domainLogPath, fileSink, formatLogLine, streamSink } from '../../lib/log.js';
 
 const time = new Date('2026-11-21T10:00:00.000Z');
 

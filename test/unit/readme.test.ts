@@ -30,7 +30,7 @@ describe('README', () => {
   });
 
   it('documents every configuration key', async () => {
-    for (const key of ['host', 'nas', 'sshIdentity', 'sshKnownHosts', 'stateDir', 'logDir', 'maxChainDepth']) {
+    for (const key of ['host', 'nas', 'sshIdentity', 'sshKnownHosts', 'stateDir', 'logDir', 'maxChainDepth', 'retentionDays', 'retentionGenerations']) {
       assert.match(readme, new RegExp(`^\\| \`${key}\` \\|`, 'mu'), `config key ${key}`);
     }
   });

@@ -1,0 +1,165 @@
+// The on-NAS format, version 1. Pure: types, paths, parsing and validation.
+//
+//   <nas root>/
+//     kss-nas.json                      {"format": 1}: marks the root, refuses newer formats
+//     domains/<domain>/                 the domain name escaped (lib/file-names.ts)
+//       manifest.json                   generations, head, layers, branches, lease
+//       domain.xml                      the domain definition
+//       layers/<sha256>.qcow2           sealed layers: immutable, read-only, named by hash
+//       uploads/<sha256>.<host>.part    uploads in progress; never named by a manifest
+//       lock/owner.json                 the manifest lock (a directory: mkdir is atomic)
+//
+// A layer is published (renamed into layers/) only once complete and verified; a
+// manifest names only published layers and is replaced atomically (temp, fsync, rename)
+// under the lock, and only when its head is still the one the writer started from.
+import { createHash } from 'node:crypto';
+import { escapeFileName } from '../file-names.js';
+import { isSha256 } from '../hash.js';
+
+export const NAS_FORMAT = 1;
+
+/** A sealed layer: its parent layer (undefined for a base) and its size in bytes. */
+export interface LayerInfo {
+  parent: string | null;
+  size: number;
+}
+
+/** One sealed layer per disk (by guest device name), with its parent generation. */
+export interface Generation {
+  id: string;
+  parent: string | null;
+  host: string;
+  /** ISO 8601 time of sealing. */
+  created: string;
+  disks: Record<string, string>;
+}
+
+/** A kept line of history that is not the head: the losing side of a conflict. */
+export interface Branch {
+  head: string;
+  host: string;
+  created: string;
+  reason: string;
+}
+
+/** Which host has the VM checked out, since when. */
+export interface Lease {
+  host: string;
+  since: string;
+}
+
+export interface Manifest {
+  format: typeof NAS_FORMAT;
+  domain: string;
+  /** Increases by one with every update: tells a reader whether anything changed. */
+  revision: number;
+  head: string | null;
+  generations: Record<string, Generation>;
+  layers: Record<string, LayerInfo>;
+  branches: Record<string, Branch>;
+  lease: Lease | null;
+}
+
+/** Paths on the NAS, relative to its root. */
+export const nasPaths = {
+  marker: 'kss-nas.json',
+  domainDir: (domain: string) => `domains/${escapeFileName(domain)}`,
+  manifest: (domain: string) => `${nasPaths.domainDir(domain)}/manifest.json`,
+  domainXml: (domain: string) => `${nasPaths.domainDir(domain)}/domain.xml`,
+  layersDir: (domain: string) => `${nasPaths.domainDir(domain)}/layers`,
+  layer: (domain: string, hash: string) => `${nasPaths.layersDir(domain)}/${hash}.qcow2`,
+  uploadsDir: (domain: string) => `${nasPaths.domainDir(domain)}/uploads`,
+  upload: (domain: string, hash: string, host: string) =>
+    `${nasPaths.uploadsDir(domain)}/${hash}.${escapeFileName(host)}.part`,
+  lock: (domain: string) => `${nasPaths.domainDir(domain)}/lock`,
+};
+
+/** A manifest for a domain that has nothing on the NAS yet. */
+export function emptyManifest(domain: string): Manifest {
+  return { format: NAS_FORMAT, domain, revision: 0, head: null, generations: {}, layers: {}, branches: {}, lease: null };
+}
+
+/** The id of a generation: the SHA-256 of what it is made of, so it pins its history. */
+export function generationId(generation: Omit<Generation, 'id'>): string {
+  const disks = Object.keys(generation.disks)
+    .sort()
+    .map((target) => [target, generation.disks[target]]);
+  const canonical = JSON.stringify([generation.parent, generation.host, generation.created, disks]);
+  return createHash('sha256').update(canonical).digest('hex');
+}
+
+/** Serializes a manifest (stable key order as built, indented for people who look). */
+export function serializeManifest(manifest: Manifest): Buffer {
+  return Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+}
+
+/** Parses and validates a manifest; `where` names it in errors. Throws Error with the problem. */
+export function parseManifest(text: string, where: string): Manifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`${where} is not valid JSON: ${(error as Error).message}`);
+  }
+  const problem = manifestProblem(raw);
+  if (problem) throw new Error(`${where}: ${problem}`);
+  return raw as Manifest;
+}
+
+/** What is wrong with a parsed manifest, or undefined when it is valid. */
+export function manifestProblem(raw: unknown): string | undefined {
+  if (!isObject(raw)) return 'not a JSON object';
+  if (typeof raw.format !== 'number') return 'no format version';
+  if (raw.format > NAS_FORMAT) {
+    return `format ${raw.format} was written by a newer kvm-snapshot-sync (this one reads ${NAS_FORMAT}): upgrade it`;
+  }
+  if (raw.format !== NAS_FORMAT) return `unknown format ${raw.format}`;
+  if (typeof raw.domain !== 'string') return 'no domain name';
+  if (!Number.isInteger(raw.revision) || (raw.revision as number) < 0) return 'bad revision';
+  if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
+
+  const layers = raw.layers as Record<string, unknown>;
+  for (const [hash, info] of Object.entries(layers)) {
+    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${hash}`;
+    if (info.parent !== null && !(typeof info.parent === 'string' && Object.hasOwn(layers, info.parent))) {
+      return `layer ${hash} names a parent that is not listed`;
+    }
+    if (!Number.isInteger(info.size)) return `layer ${hash} has no size`;
+  }
+  const generations = raw.generations as Record<string, unknown>;
+  for (const [id, generation] of Object.entries(generations)) {
+    if (!isObject(generation) || generation.id !== id) return `bad generation entry ${id}`;
+    if (generation.parent !== null && typeof generation.parent !== 'string') return `generation ${id}: bad parent`;
+    if (typeof generation.host !== 'string' || typeof generation.created !== 'string') return `generation ${id}: bad host or time`;
+    if (!isObject(generation.disks) || Object.keys(generation.disks).length === 0) return `generation ${id}: no disks`;
+    for (const [target, layer] of Object.entries(generation.disks)) {
+      if (typeof layer !== 'string' || !Object.hasOwn(layers, layer)) return `generation ${id}: disk ${target} names an unlisted layer`;
+    }
+  }
+  if (raw.head !== null && !(typeof raw.head === 'string' && Object.hasOwn(generations, raw.head))) {
+    return 'the head is not a listed generation';
+  }
+  for (const [name, branch] of Object.entries(raw.branches as Record<string, unknown>)) {
+    if (!isObject(branch) || typeof branch.head !== 'string' || !Object.hasOwn(generations, branch.head)) {
+      return `branch ${name} does not name a listed generation`;
+    }
+  }
+  if (raw.lease !== null && !(isObject(raw.lease) && typeof raw.lease.host === 'string' && typeof raw.lease.since === 'string')) {
+    return 'bad lease';
+  }
+  return undefined;
+}
+
+/** The layers a disk needs, from `hash` down to its base. */
+export function layerChain(layers: Record<string, LayerInfo>, hash: string): string[] {
+  const chain: string[] = [];
+  for (let current: string | null = hash; current !== null; current = layers[current]?.parent ?? null) {
+    if (chain.includes(current)) throw new Error(`layer chain loops at ${current}`);
+    chain.push(current);
+  }
+  return chain;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

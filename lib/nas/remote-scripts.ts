@@ -1,0 +1,160 @@
+// The shell scripts the SSH transport runs on the NAS, as strings. Pure. Every path is
+// quoted; each script starts by entering the NAS root. They need a POSIX sh, GNU
+// coreutils (stat, truncate, tail, sync) and findutils; openssl (fast SHA-256; else
+// sha256sum) and zstd are used when present.
+//
+// Exit statuses the transport reads: 0 done, 3 "no such file", 4 "the NAS root is
+// missing"; anything else is a failure whose stderr is shown.
+import { shellQuote as q } from '../shell-quote.js';
+
+export const MISSING = 3;
+export const NO_ROOT = 4;
+
+function inRoot(root: string, body: string): string {
+  return `cd -- ${q(root)} 2>/dev/null || { printf 'the NAS directory %s does not exist\\n' ${q(root)} >&2; exit ${NO_ROOT}; }\n${body}`;
+}
+
+function parentOf(path: string): string {
+  const slash = path.lastIndexOf('/');
+  return slash > 0 ? path.slice(0, slash) : '.';
+}
+
+/** Prints a file, or exits MISSING. */
+export function readFileScript(root: string, path: string): string {
+  return inRoot(root, `[ -f ${q(path)} ] || exit ${MISSING}\ncat -- ${q(path)}`);
+}
+
+/** Writes stdin to a file atomically and durably. */
+export function writeFileScript(root: string, path: string, temp: string): string {
+  const dir = parentOf(path);
+  return inRoot(
+    root,
+    [
+      'set -e',
+      `mkdir -p -- ${q(dir)}`,
+      `cat > ${q(temp)}`,
+      `sync -- ${q(temp)}`,
+      `mv -f -T -- ${q(temp)} ${q(path)}`,
+      `sync -- ${q(dir)}`,
+    ].join('\n'),
+  );
+}
+
+/** Prints "size mtime-seconds type name" (NUL-terminated) for one path, or exits MISSING. */
+export function statScript(root: string, path: string): string {
+  return inRoot(root, `[ -e ${q(path)} ] || exit ${MISSING}\nfind ${q(path)} -maxdepth 0 -printf '%s %T@ %y %f\\0'`);
+}
+
+/** The same for every entry of a directory; nothing when it does not exist. */
+export function listScript(root: string, dir: string): string {
+  return inRoot(root, `[ -d ${q(dir)} ] || exit 0\nfind ${q(dir)} -mindepth 1 -maxdepth 1 -printf '%s %T@ %y %f\\0'`);
+}
+
+export function removeScript(root: string, path: string): string {
+  return inRoot(root, `rm -rf -- ${q(path)}`);
+}
+
+/** Renames (replacing the target), or exits MISSING when the source does not exist. */
+export function renameScript(root: string, from: string, to: string): string {
+  return inRoot(root, `[ -e ${q(from)} ] || exit ${MISSING}\nmv -f -T -- ${q(from)} ${q(to)}`);
+}
+
+/** Sets a file's mtime to the NAS's now. */
+export function touchScript(root: string, path: string): string {
+  return inRoot(root, `touch -c -- ${q(path)}`);
+}
+
+/**
+ * mkdir is atomic: exactly one caller creates the directory, and writes stdin into the
+ * owner file. Prints "created", or "exists AGE_SECONDS" and then the owner file.
+ */
+export function mkdirExclusiveScript(root: string, path: string, ownerName: string): string {
+  const owner = `${path}/${ownerName}`;
+  return inRoot(
+    root,
+    [
+      `mkdir -p -- ${q(parentOf(path))} || exit 1`,
+      `if mkdir -- ${q(path)} 2>/dev/null; then`,
+      `  cat > ${q(owner)} && sync -- ${q(owner)} && echo created`,
+      'else',
+      `  m=$(stat -c %Y -- ${q(owner)} 2>/dev/null || stat -c %Y -- ${q(path)}) || exit 1`,
+      '  echo "exists $(( $(date +%s) - m ))"',
+      `  cat -- ${q(owner)} 2>/dev/null`,
+      '  exit 0',
+      'fi',
+    ].join('\n'),
+  );
+}
+
+/**
+ * Before an upload: "published" when the target exists; otherwise creates the
+ * directories and prints "part SIZE zstd=0|1".
+ */
+export function prepareUploadScript(root: string, part: string, target: string): string {
+  return inRoot(
+    root,
+    [
+      `[ -e ${q(target)} ] && { echo published; exit 0; }`,
+      `mkdir -p -- ${q(parentOf(part))} ${q(parentOf(target))} || exit 1`,
+      `size=$(stat -c %s -- ${q(part)} 2>/dev/null || echo 0)`,
+      'if command -v zstd >/dev/null 2>&1; then z=1; else z=0; fi',
+      'echo "part $size zstd=$z"',
+    ].join('\n'),
+  );
+}
+
+/**
+ * The receiving end of an upload. Cuts the partial file to `offset`, appends stdin to
+ * it (decompressed when `compressed`), and hashes the whole file on the way: the kept
+ * prefix is read back on the NAS, the rest is hashed as it is written. Then:
+ *  - complete and matching: read-only, published under `target`, prints "published";
+ *  - shorter than `size` (the sender stopped): kept for resuming, prints "short N";
+ *  - complete but not matching: removed, prints "mismatch HASH".
+ */
+export function receiveUploadScript(
+  root: string,
+  opts: { part: string; target: string; offset: number; size: number; hash: string; compressed: boolean },
+): string {
+  const part = q(opts.part);
+  const target = q(opts.target);
+  const decompress = opts.compressed ? 'zstd -dcq' : 'cat';
+  return inRoot(
+    root,
+    [
+      `if [ -e ${part} ]; then truncate -s ${opts.offset} -- ${part} || exit 1`,
+      `elif [ ${opts.offset} -eq 0 ]; then : > ${part} || exit 1`,
+      'else echo "the partial upload disappeared" >&2; exit 1; fi',
+      'if command -v openssl >/dev/null 2>&1; then hasher="openssl dgst -sha256 -r"; else hasher=sha256sum; fi',
+      `sum=$( { cat -- ${part}; ${decompress} | tee -a -- ${part}; } | $hasher ) || exit 1`,
+      'sum=${sum%% *}',
+      `sync -- ${part} || exit 1`,
+      `got=$(stat -c %s -- ${part}) || exit 1`,
+      `if [ "$got" -lt ${opts.size} ]; then echo "short $got"; exit 0; fi`,
+      `if [ "$got" -ne ${opts.size} ] || [ "$sum" != ${q(opts.hash)} ]; then rm -f -- ${part}; echo "mismatch $sum $got"; exit 0; fi`,
+      `chmod 444 -- ${part}`,
+      `ln -- ${part} ${target} 2>/dev/null || [ -e ${target} ] || mv -T -- ${part} ${target} || exit 1`,
+      `rm -f -- ${part}`,
+      `sync -- ${q(parentOf(opts.target))}`,
+      'echo published',
+    ].join('\n'),
+  );
+}
+
+/** Before a download: "size SIZE zstd=0|1", or exits MISSING. */
+export function prepareDownloadScript(root: string, source: string): string {
+  return inRoot(
+    root,
+    [
+      `[ -f ${q(source)} ] || exit ${MISSING}`,
+      `size=$(stat -c %s -- ${q(source)}) || exit 1`,
+      'if command -v zstd >/dev/null 2>&1; then z=1; else z=0; fi',
+      'echo "size $size zstd=$z"',
+    ].join('\n'),
+  );
+}
+
+/** Sends a file from `offset` on, compressed with zstd when asked. */
+export function sendDownloadScript(root: string, source: string, offset: number, compressed: boolean): string {
+  const compress = compressed ? ' | zstd -1 -T0 -cq' : '';
+  return inRoot(root, `[ -f ${q(source)} ] || exit ${MISSING}\ntail -c +${offset + 1} -- ${q(source)}${compress}`);
+}

@@ -1,0 +1,224 @@
+// The NAS repository: the on-NAS format (lib/nas/format.ts) over a transport. The one
+// place that knows the order that keeps the NAS whole: layers are published complete
+// and verified first; the manifest that names them is written after, atomically, under
+// the domain's NAS lock, and only if its head is still the one the writer started from.
+import { chmod, link, mkdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fsyncDir } from '../durable-fs.js';
+import { ConflictError, IntegrityError } from '../errors.js';
+import type { Logger } from '../log.js';
+import {
+  NAS_FORMAT,
+  emptyManifest,
+  generationId,
+  manifestProblem,
+  nasPaths,
+  parseManifest,
+  serializeManifest,
+  type Generation,
+  type LayerInfo,
+  type Manifest,
+} from './format.js';
+import { acquireNasLock } from './nas-lock.js';
+import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
+import type { NasTransport, TransferProgress, TransferResult } from './transport.js';
+
+export interface RepositoryOptions {
+  /** This host's name: lock owner, upload names, generation authorship. */
+  host: string;
+  log?: Logger;
+  lockWaitMs?: number;
+  lockStaleMs?: number;
+  now?: () => Date;
+}
+
+export interface NewGeneration {
+  /** The head this generation was made on; the push is refused if the NAS moved on. */
+  parent: string | null;
+  created: string;
+  disks: Record<string, string>;
+  /** The layers it adds, all already pushed. */
+  layers: Record<string, LayerInfo>;
+}
+
+export interface GcResult {
+  droppedGenerations: string[];
+  droppedBranches: string[];
+  removedLayers: string[];
+}
+
+/** Unreferenced layer files younger than this are left alone: a push may be about to name them. */
+const GC_GRACE_MS = 24 * 3600_000;
+
+export class NasRepository {
+  private markerChecked = false;
+
+  constructor(
+    readonly transport: NasTransport,
+    private readonly options: RepositoryOptions,
+  ) {}
+
+  /** The domain's manifest, or undefined when the NAS has nothing for it. */
+  async readManifest(domain: string): Promise<Manifest | undefined> {
+    const path = nasPaths.manifest(domain);
+    const data = await this.transport.readFile(path);
+    if (data === undefined) return undefined;
+    try {
+      return parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`);
+    } catch (error) {
+      throw new IntegrityError((error as Error).message, {
+        remedy: 'the manifest on the NAS is damaged or from a newer version; nothing was changed',
+      });
+    }
+  }
+
+  /** Uploads a sealed local layer (resumable, verified on arrival, then published). */
+  pushLayer(domain: string, localPath: string, hash: string, onProgress?: TransferProgress): Promise<TransferResult> {
+    return this.transport.putLayer(
+      localPath,
+      hash,
+      nasPaths.upload(domain, hash, this.options.host),
+      nasPaths.layer(domain, hash),
+      { onProgress },
+    );
+  }
+
+  /**
+   * Downloads a layer into `localDir` as `<hash>.qcow2` (read-only), resumable, verified
+   * before it gets its name: a layer that does not verify changes nothing local.
+   */
+  async pullLayer(domain: string, hash: string, localDir: string, onProgress?: TransferProgress): Promise<{ path: string; result: TransferResult }> {
+    const path = join(localDir, `${hash}.qcow2`);
+    if (await stat(path).catch(() => undefined)) return { path, result: { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 } };
+    await mkdir(localDir, { recursive: true, mode: 0o755 });
+    const part = join(localDir, `.pull-${hash}.part`);
+    const result = await this.transport.getLayer(nasPaths.layer(domain, hash), hash, part, { onProgress });
+    await chmod(part, 0o444);
+    try {
+      await link(part, path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    await rm(part, { force: true });
+    await fsyncDir(localDir);
+    return { path, result };
+  }
+
+  /**
+   * Changes the manifest under the NAS lock: `change` gets the current manifest (or an
+   * empty one) and returns the next; it may throw (a ConflictError) to refuse. Every
+   * layer the next manifest adds must already be published.
+   */
+  async updateManifest(domain: string, change: (current: Manifest) => Manifest): Promise<Manifest> {
+    await this.checkMarker();
+    const lock = await acquireNasLock(this.transport, nasPaths.lock(domain), {
+      host: this.options.host,
+      waitMs: this.options.lockWaitMs ?? 30_000,
+      staleMs: this.options.lockStaleMs ?? 60_000,
+      log: this.options.log,
+    });
+    try {
+      const current = (await this.readManifest(domain)) ?? emptyManifest(domain);
+      const next = { ...change(structuredClone(current)), revision: current.revision + 1 };
+      const problem = manifestProblem(next);
+      if (problem) throw new Error(`internal: refusing to write an invalid manifest: ${problem}`);
+      for (const hash of Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h))) {
+        if (!(await this.transport.stat(nasPaths.layer(domain, hash)))) {
+          throw new IntegrityError(`layer ${hash} is not on the NAS; the manifest was not changed`, {
+            remedy: 'push the layer first (kss push)',
+          });
+        }
+      }
+      await lock.verify();
+      await this.transport.writeFileAtomic(nasPaths.manifest(domain), serializeManifest(next));
+      this.options.log?.info('manifest updated', { domain, revision: next.revision, head: next.head ?? 'none' });
+      return next;
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /**
+   * Makes a new generation the head, if the head is still `generation.parent` (a
+   * compare-and-swap): otherwise another host pushed first, and this fails with a
+   * ConflictError that says who and when, having changed nothing.
+   */
+  async publishGeneration(domain: string, generation: NewGeneration): Promise<Generation> {
+    const made: Omit<Generation, 'id'> = {
+      parent: generation.parent,
+      host: this.options.host,
+      created: generation.created,
+      disks: generation.disks,
+    };
+    const full: Generation = { id: generationId(made), ...made };
+    await this.updateManifest(domain, (manifest) => {
+      if (manifest.head !== generation.parent) throw conflict(domain, manifest, generation.parent);
+      manifest.layers = { ...manifest.layers, ...generation.layers };
+      manifest.generations[full.id] = full;
+      manifest.head = full.id;
+      return manifest;
+    });
+    return full;
+  }
+
+  /** Writes the domain definition (not versioned: the newest wins). */
+  async writeDomainXml(domain: string, xml: string): Promise<void> {
+    await this.transport.writeFileAtomic(nasPaths.domainXml(domain), Buffer.from(xml));
+  }
+
+  async readDomainXml(domain: string): Promise<string | undefined> {
+    return (await this.transport.readFile(nasPaths.domainXml(domain)))?.toString('utf8');
+  }
+
+  /**
+   * Applies retention: drops old generations and branches from the manifest, then
+   * removes layer files no kept generation needs (older than a grace period, so that
+   * a push in flight keeps its layers) and abandoned uploads.
+   */
+  async collectGarbage(domain: string, policy: RetentionPolicy): Promise<GcResult> {
+    const now = this.options.now?.() ?? new Date();
+    let plan: ReturnType<typeof planRetention> | undefined;
+    const manifest = await this.updateManifest(domain, (current) => {
+      plan = planRetention(current, now, policy);
+      return applyRetention(current, plan);
+    });
+    const removedLayers: string[] = [];
+    for (const entry of await this.transport.list(nasPaths.layersDir(domain))) {
+      const hash = entry.name.replace(/\.qcow2$/u, '');
+      if (Object.hasOwn(manifest.layers, hash) || now.getTime() - entry.mtimeMs < GC_GRACE_MS) continue;
+      await this.transport.remove(`${nasPaths.layersDir(domain)}/${entry.name}`);
+      removedLayers.push(hash);
+    }
+    for (const entry of await this.transport.list(nasPaths.uploadsDir(domain))) {
+      if (now.getTime() - entry.mtimeMs >= 7 * GC_GRACE_MS) await this.transport.remove(`${nasPaths.uploadsDir(domain)}/${entry.name}`);
+    }
+    this.options.log?.info('garbage collected', { domain, layers: removedLayers.length });
+    return { droppedGenerations: plan?.dropGenerations ?? [], droppedBranches: plan?.dropBranches ?? [], removedLayers };
+  }
+
+  /** The root's format marker: written on first use, and a newer format is refused. */
+  private async checkMarker(): Promise<void> {
+    if (this.markerChecked) return;
+    const data = await this.transport.readFile(nasPaths.marker);
+    if (data === undefined) {
+      await this.transport.writeFileAtomic(nasPaths.marker, Buffer.from(`${JSON.stringify({ format: NAS_FORMAT })}\n`));
+    } else {
+      const format = (JSON.parse(data.toString('utf8')) as { format?: unknown }).format;
+      if (typeof format !== 'number' || format > NAS_FORMAT) {
+        throw new IntegrityError(`the NAS at ${this.transport.where} has format ${String(format)}; this version reads ${NAS_FORMAT}`, {
+          remedy: 'upgrade kvm-snapshot-sync on this host',
+        });
+      }
+    }
+    this.markerChecked = true;
+  }
+}
+
+function conflict(domain: string, manifest: Manifest, basedOn: string | null): ConflictError {
+  const head = manifest.head === null ? undefined : manifest.generations[manifest.head];
+  const moved = head ? `generation ${head.id.slice(0, 12)} from host ${head.host} at ${head.created}` : 'no generation';
+  return new ConflictError(
+    `the NAS moved on for ${domain}: its head is now ${moved}, but this push was based on ${basedOn === null ? 'nothing' : basedOn.slice(0, 12)}. Nothing was overwritten.`,
+    { remedy: `choose which side to keep: kss resolve ${domain} --keep local|remote` },
+  );
+}

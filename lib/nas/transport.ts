@@ -1,0 +1,107 @@
+// The contract between the NAS repository (lib/nas/repository.ts) and the ways of
+// reaching a NAS: a directory (lib/nas/dir-transport.ts: a mounted share or a local
+// disk) and SSH (lib/nas/ssh-transport.ts: the system's OpenSSH client).
+//
+// Paths. Every path is relative to the NAS root, uses "/" and never holds "..". The
+// repository builds them (lib/nas/format.ts); a transport never interprets them beyond
+// joining them to its root, and quotes them wherever a shell could see them.
+//
+// Deadlines. Nothing may hang forever: libvirt waits for the hook without limit.
+// Small operations (everything but putLayer/getLayer) finish or fail within the
+// transport's `opTimeoutMs`. Streams fail when no byte moves for `stallTimeoutMs`
+// (SSH: keep-alives; directory: a watchdog). A failure to reach the NAS at all is a
+// NasUnreachableError; every other failure a ToolError or a plain Error with the cause.
+//
+// Atomicity. writeFileAtomic leaves either the old or the new content under the name,
+// durable once it returns. mkdirExclusive succeeds for exactly one caller among any
+// number of hosts. rename is atomic within the NAS.
+//
+// Layers. putLayer and getLayer move one layer file, resumably: an interrupted transfer
+// (killed process, dropped link) leaves a partial file that the next call with the same
+// arguments continues from, after checking that what is there is right. Both verify
+// the SHA-256 of the complete file against the expected hash; putLayer publishes the
+// file under its final name only after that check, getLayer leaves the local file
+// complete and verified or fails (the caller publishes it locally).
+
+/** Sizes and times of a file or directory on the NAS. */
+export interface NasEntry {
+  name: string;
+  size: number;
+  /** Modification time by the NAS's own clock, ms since the epoch. */
+  mtimeMs: number;
+  isDirectory: boolean;
+}
+
+/** Progress of one transfer: bytes of the layer file done so far out of its size. */
+export type TransferProgress = (bytesDone: number, bytesTotal: number) => void;
+
+export interface TransferOptions {
+  onProgress?: TransferProgress;
+}
+
+export interface TransferResult {
+  /** Layer bytes moved by this call (less than the size when it resumed). */
+  bytesMoved: number;
+  /** The layer was already there: nothing moved. */
+  alreadyThere: boolean;
+  /** It continued an interrupted transfer from this offset. */
+  resumedFrom: number;
+}
+
+/** The outcome of mkdirExclusive: created, or who holds it and for how long. */
+export type ExclusiveResult =
+  | { created: true }
+  | { created: false; ownerData: Buffer | undefined; ageMs: number };
+
+export interface NasTransport {
+  /** Where the NAS is, for messages: `/mnt/nas/kss` or `ssh kss@nas:22 /volume1/kss`. */
+  readonly where: string;
+
+  /** A small file's content, or undefined when it does not exist. */
+  readFile(path: string): Promise<Buffer | undefined>;
+
+  /** Replaces a small file atomically and durably (temp file, fsync, rename, fsync dir). */
+  writeFileAtomic(path: string, data: Buffer): Promise<void>;
+
+  /** A file's or directory's size and time, or undefined when it does not exist. */
+  stat(path: string): Promise<NasEntry | undefined>;
+
+  /** The entries of a directory; [] when it does not exist. */
+  list(dir: string): Promise<NasEntry[]>;
+
+  /** Removes a file or a whole directory tree; nothing happens when it does not exist. */
+  remove(path: string): Promise<void>;
+
+  /** Renames; returns false when `from` does not exist. Replaces `to` if it exists. */
+  rename(from: string, to: string): Promise<boolean>;
+
+  /**
+   * Creates directory `path` (its parents as needed) and the file `ownerName` in it,
+   * or, when `path` already exists, returns that file's content and the age of the
+   * directory's newest activity (its own or the owner file's mtime, whichever is later)
+   * by the NAS's clock. Exactly one of any number of concurrent callers creates it.
+   */
+  mkdirExclusive(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult>;
+
+  /** Sets a file's mtime to the NAS's now (heartbeat of a lock). */
+  touch(path: string): Promise<void>;
+
+  /**
+   * Uploads the local file `localPath` (whose SHA-256 must be `hash`) to `target`,
+   * through the partial file `partPath`; resumes a partial file left by an interrupted
+   * call; publishes `target` (read-only) only when the complete file hashes to `hash`.
+   * Already there: returns at once. A mismatch fails with an IntegrityError, and the
+   * partial file is removed.
+   */
+  putLayer(localPath: string, hash: string, partPath: string, target: string, options?: TransferOptions): Promise<TransferResult>;
+
+  /**
+   * Downloads `source` into the local file `localPart`, continuing a partial file left
+   * by an interrupted call; fails with an IntegrityError when the complete file does
+   * not hash to `hash` (after removing `localPart`). Throws when `source` is missing.
+   */
+  getLayer(source: string, hash: string, localPart: string, options?: TransferOptions): Promise<TransferResult>;
+
+  /** Releases what the transport holds (connections); the transport is unusable after. */
+  close(): Promise<void>;
+}

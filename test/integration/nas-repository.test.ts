@@ -1,0 +1,272 @@
+// The NAS repository on real transports: the manifest protocol (lock, compare-and-swap),
+// interrupted and failing transfers, and retention.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { ConflictError, IntegrityError, LockedError, NasFullError, NasUnreachableError } from '../../lib/errors.js';
+import { DirTransport } from '../../lib/nas/dir-transport.js';
+import { nasPaths, type Manifest } from '../../lib/nas/format.js';
+import { NasRepository } from '../../lib/nas/repository.js';
+import { SshTransport } from '../../lib/nas/ssh-transport.js';
+import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
+import { requireTools } from '../helpers/tools.js';
+
+const MiB = 2 ** 20;
+
+async function randomFile(path: string, size: number): Promise<string> {
+  const hash = createHash('sha256');
+  const out = createWriteStream(path);
+  for (let done = 0; done < size; done += 4 * MiB) {
+    const chunk = randomBytes(Math.min(4 * MiB, size - done));
+    hash.update(chunk);
+    if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
+  }
+  await new Promise<void>((resolve) => out.end(() => resolve()));
+  return hash.digest('hex');
+}
+
+function dirRepository(root: string, host: string, options: Partial<ConstructorParameters<typeof NasRepository>[1]> = {}) {
+  return new NasRepository(new DirTransport({ root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host, ...options });
+}
+
+let work: string;
+before(() => {
+  work = mkdtempSync(join(tmpdir(), 'kss-repo-'));
+});
+after(() => rmSync(work, { recursive: true, force: true }));
+
+describe('manifest updates (directory NAS)', () => {
+  it('publishes generations with a compare-and-swap on the head', async () => {
+    const root = join(work, 'cas');
+    mkdirSync(root);
+    const desk = dirRepository(root, 'desk');
+    const laptop = dirRepository(root, 'laptop');
+    const layer = join(work, 'l1');
+    const hash = await randomFile(layer, MiB);
+    await desk.pushLayer('vm', layer, hash);
+    const g1 = await desk.publishGeneration('vm', { parent: null, created: '2026-11-21T10:00:00.000Z', disks: { vda: hash }, layers: { [hash]: { parent: null, size: MiB } } });
+    const manifest = (await laptop.readManifest('vm')) as Manifest;
+    assert.equal(manifest.head, g1.id);
+    assert.equal(manifest.revision, 1);
+    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, 1);
+
+    // A push made on an old head is refused, names who moved the head, and changes nothing.
+    await assert.rejects(
+      laptop.publishGeneration('vm', { parent: null, created: '2026-11-21T11:00:00.000Z', disks: { vda: hash }, layers: {} }),
+      (error: unknown) => {
+        assert.ok(error instanceof ConflictError);
+        assert.match(error.message, new RegExp(`head is now generation ${g1.id.slice(0, 12)} from host desk`));
+        assert.match(error.remedy ?? '', /kss resolve vm --keep local\|remote/);
+        return true;
+      },
+    );
+    assert.equal(((await desk.readManifest('vm')) as Manifest).revision, 1);
+  });
+
+  it('refuses a manifest naming a layer that was not pushed', async () => {
+    const root = join(work, 'unpushed');
+    mkdirSync(root);
+    const desk = dirRepository(root, 'desk');
+    const hash = 'a'.repeat(64);
+    await assert.rejects(
+      desk.publishGeneration('vm', { parent: null, created: '2026-11-21T10:00:00.000Z', disks: { vda: hash }, layers: { [hash]: { parent: null, size: 1 } } }),
+      IntegrityError,
+    );
+    assert.equal(await desk.readManifest('vm'), undefined);
+  });
+
+  it('waits for a held lock, names its holder, and breaks a stale one', async () => {
+    const root = join(work, 'locks');
+    mkdirSync(root);
+    const lockDir = join(root, nasPaths.lock('vm'));
+    mkdirSync(lockDir, { recursive: true });
+    writeFileSync(join(lockDir, 'owner.json'), JSON.stringify({ host: 'laptop', pid: 4242, token: 'abc', since: '2026-11-21T09:00:00.000Z' }));
+    const desk = dirRepository(root, 'desk', { lockWaitMs: 600, lockStaleMs: 60_000 });
+    await assert.rejects(desk.updateManifest('vm', (m) => m), (error: unknown) => {
+      assert.ok(error instanceof LockedError);
+      assert.match(error.message, /host laptop \(pid 4242\) since 2026-11-21T09:00:00.000Z/);
+      return true;
+    });
+    // The holder died an hour ago.
+    const hourAgo = new Date(Date.now() - 3600_000);
+    utimesSync(join(lockDir, 'owner.json'), hourAgo, hourAgo);
+    utimesSync(lockDir, hourAgo, hourAgo);
+    const manifest = await desk.updateManifest('vm', (m) => m);
+    assert.equal(manifest.revision, 1);
+    assert.equal(existsSync(lockDir), false, 'and the lock is released after the update');
+    assert.deepEqual(readdirSync(join(root, nasPaths.domainDir('vm'))).filter((n) => n.startsWith('lock')), []);
+  });
+
+  it('keeps what retention needs and removes the rest', async () => {
+    const root = join(work, 'gc');
+    mkdirSync(root);
+    const now = new Date('2026-11-21T12:00:00.000Z');
+    const desk = dirRepository(root, 'desk', { now: () => now });
+    const day = (n: number) => new Date(now.getTime() - n * 86_400_000).toISOString();
+    // base <- a <- b (head line, b the head); base <- x (a branch). A flat base2 made by
+    // compaction lets the head line stop needing "base".
+    const files: Record<string, string> = {};
+    for (const name of ['base', 'a', 'b', 'x', 'orphan']) {
+      files[name] = await randomFile(join(work, `gc-${name}`), 64 * 1024);
+      await desk.pushLayer('vm', join(work, `gc-${name}`), files[name] as string);
+    }
+    const L = (name: string) => files[name] as string;
+    const g0 = await desk.publishGeneration('vm', { parent: null, created: day(90), disks: { vda: L('base') }, layers: { [L('base')]: { parent: null, size: 1 } } });
+    const g1 = await desk.publishGeneration('vm', { parent: g0.id, created: day(60), disks: { vda: L('a') }, layers: { [L('a')]: { parent: L('base'), size: 1 } } });
+    const g2 = await desk.publishGeneration('vm', { parent: g1.id, created: day(1), disks: { vda: L('b') }, layers: { [L('b')]: { parent: L('a'), size: 1 } } });
+    await desk.updateManifest('vm', (m) => {
+      m.layers[L('x')] = { parent: L('base'), size: 1 };
+      const id = 'f'.repeat(64);
+      m.generations[id] = { id, parent: g0.id, host: 'laptop', created: day(40), disks: { vda: L('x') } };
+      m.branches['conflict-1'] = { head: id, host: 'laptop', created: day(40), reason: 'kept remote' };
+      return m;
+    });
+    // Files older than the grace period.
+    for (const name of Object.keys(files)) {
+      const path = join(root, nasPaths.layer('vm', L(name)));
+      utimesSync(path, new Date(now.getTime() - 3 * 86_400_000), new Date(now.getTime() - 3 * 86_400_000));
+    }
+    const result = await desk.collectGarbage('vm', { keepDays: 30, keepGenerations: 2 });
+    assert.deepEqual(result.droppedBranches, ['conflict-1']);
+    assert.deepEqual(new Set(result.droppedGenerations), new Set([g0.id, 'f'.repeat(64)]));
+    // g1 and g2 are kept (the two newest), and b's chain still runs through a and base.
+    assert.deepEqual(new Set(result.removedLayers), new Set([L('x'), L('orphan')]));
+    const manifest = (await desk.readManifest('vm')) as Manifest;
+    assert.deepEqual(new Set(Object.keys(manifest.generations)), new Set([g1.id, g2.id]));
+    for (const name of ['base', 'a', 'b']) assert.ok(existsSync(join(root, nasPaths.layer('vm', L(name)))), name);
+  });
+});
+
+describe('repository over SSH on a 1 Gbit link', () => {
+  let nas: SshNas | undefined;
+  const transport = (root?: string) => new SshTransport({ target: (nas as SshNas).target, root: root ?? (nas as SshNas).root, opTimeoutMs: 10_000, compress: true });
+  before(async (t) => {
+    if (requireTools(t as unknown as TestContext, ...SSH_NAS_TOOLS)) nas = await startSshNas();
+  });
+  after(() => nas?.stop());
+  const ready = (t: TestContext) => (nas ? true : requireTools(t, ...SSH_NAS_TOOLS));
+
+  it('lets exactly one of two concurrent pushes win; the other learns why', async (t) => {
+    if (!ready(t)) return;
+    const desk = new NasRepository(transport(), { host: 'desk' });
+    const laptop = new NasRepository(transport(), { host: 'laptop' });
+    const [a, b] = [join(work, 'race-a'), join(work, 'race-b')];
+    const [ha, hb] = [await randomFile(a, 2 * MiB), await randomFile(b, 2 * MiB)];
+    const results = await Promise.allSettled([
+      desk.pushLayer('race', a, ha).then(() => desk.publishGeneration('race', { parent: null, created: new Date().toISOString(), disks: { vda: ha }, layers: { [ha]: { parent: null, size: 2 * MiB } } })),
+      laptop.pushLayer('race', b, hb).then(() => laptop.publishGeneration('race', { parent: null, created: new Date().toISOString(), disks: { vda: hb }, layers: { [hb]: { parent: null, size: 2 * MiB } } })),
+    ]);
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one wins');
+    const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.ok(lost.reason instanceof ConflictError, String(lost.reason));
+    const winner = results.find((r) => r.status === 'fulfilled') as PromiseFulfilledResult<{ id: string; host: string }>;
+    assert.match(lost.reason.message, new RegExp(`from host ${winner.value.host}`));
+    assert.equal(((await desk.readManifest('race')) as Manifest).head, winner.value.id);
+  });
+
+  it('finishes a push killed with SIGKILL in the middle, from where it stopped', async (t) => {
+    if (!ready(t)) return;
+    const file = join(work, 'killed');
+    const hash = await randomFile(file, 192 * MiB);
+    const job = JSON.stringify({ target: (nas as SshNas).target, root: (nas as SshNas).root, domain: 'killed', file, hash });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/push-layer.ts', job], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        const done = Number(/progress (\d+)/u.exec(chunk.toString())?.[1] ?? 0);
+        if (done > 64 * MiB) {
+          child.kill('SIGKILL');
+          resolve();
+        }
+      });
+    });
+    await new Promise((resolve) => child.once('exit', resolve));
+    const partial = readdirSync(join((nas as SshNas).root, nasPaths.uploadsDir('killed')));
+    assert.equal(partial.length, 1, 'a partial upload is left');
+    assert.ok(!existsSync(join((nas as SshNas).root, nasPaths.layer('killed', hash))), 'and nothing is published');
+
+    const repository = new NasRepository(transport(), { host: 'desk' });
+    const result = await repository.pushLayer('killed', file, hash);
+    assert.ok(result.resumedFrom > 32 * MiB, `resumed from ${result.resumedFrom}`);
+    assert.equal(result.bytesMoved, 192 * MiB - result.resumedFrom);
+    assert.equal(execFileSync('sha256sum', [join((nas as SshNas).root, nasPaths.layer('killed', hash))], { encoding: 'utf8' }).split(' ')[0], hash);
+  });
+
+  it('fails within its deadline when the link is cut, and resumes once it is back', async (t) => {
+    if (!ready(t)) return;
+    const file = join(work, 'cut');
+    const hash = await randomFile(file, 192 * MiB);
+    const repository = new NasRepository(transport(), { host: 'desk' });
+    let cutAt = 0;
+    const started = Date.now();
+    await assert.rejects(
+      repository.pushLayer('cut', file, hash, (done) => {
+        if (cutAt === 0 && done > 48 * MiB) {
+          cutAt = Date.now();
+          (nas as SshNas).setLink(false);
+        }
+      }),
+      NasUnreachableError,
+    );
+    const noticed = Date.now() - cutAt;
+    (nas as SshNas).setLink(true);
+    assert.ok(cutAt > started, 'the link was cut mid-transfer');
+    assert.ok(noticed < 15_000, `the dead link was noticed after ${noticed} ms`);
+    const result = await repository.pushLayer('cut', file, hash);
+    assert.ok(result.resumedFrom > 0, 'the upload resumed');
+    assert.equal(execFileSync('sha256sum', [join((nas as SshNas).root, nasPaths.layer('cut', hash))], { encoding: 'utf8' }).split(' ')[0], hash);
+  });
+
+  it('pulls a layer byte for byte, and refuses a corrupted one leaving nothing local', async (t) => {
+    if (!ready(t)) return;
+    const repository = new NasRepository(transport(), { host: 'laptop' });
+    const file = join(work, 'pull-src');
+    const hash = await randomFile(file, 8 * MiB);
+    await repository.pushLayer('pull', file, hash);
+    const into = join(work, 'pulled layers');
+    const { path } = await repository.pullLayer('pull', hash, into);
+    assert.ok(readFileSync(path).equals(readFileSync(file)));
+
+    const nasFile = join((nas as SshNas).root, nasPaths.layer('pull', hash));
+    const bytes = readFileSync(nasFile);
+    bytes[4096] = (bytes[4096] as number) ^ 1;
+    rmSync(nasFile);
+    writeFileSync(nasFile, bytes);
+    const elsewhere = join(work, 'other layers');
+    await assert.rejects(repository.pullLayer('pull', hash, elsewhere), IntegrityError);
+    assert.deepEqual(readdirSync(elsewhere), [], 'no layer and no partial file');
+  });
+
+  it('fails cleanly on a full NAS, with nothing published', async (t) => {
+    if (!ready(t)) return;
+    const small = join(work, 'small-nas');
+    mkdirSync(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'kss-small', small]);
+    // Its own sshd, started after the mount: a mount made later does not reach the
+    // mount namespace sshd runs in.
+    const fullNas = await startSshNas({ root: small });
+    try {
+      for (const [kind, repository] of [
+        ['ssh', new NasRepository(new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, compress: true }), { host: 'desk' })],
+        ['dir', dirRepository(small, 'desk')],
+      ] as const) {
+        const file = join(work, `big-${kind}`);
+        const hash = await randomFile(file, 40 * MiB);
+        await assert.rejects(repository.pushLayer('full', file, hash), (error: unknown) => {
+          assert.ok(error instanceof NasFullError, `${kind}: ${String(error)}`);
+          assert.match(error.message, /^the NAS is full: .* of 41943040 bytes of layer [0-9a-f]{64}; nothing was published$/);
+          return true;
+        });
+        assert.equal(existsSync(join(small, nasPaths.layer('full', hash))), false, `${kind}: nothing published`);
+        assert.deepEqual(readdirSync(join(small, nasPaths.uploadsDir('full'))), [], `${kind}: the partial upload is removed`);
+        assert.equal(await repository.readManifest('full'), undefined);
+      }
+    } finally {
+      fullNas.stop();
+      execFileSync('umount', [small]);
+    }
+  });
+});

@@ -1,0 +1,203 @@
+// The transport contract (lib/nas/transport.ts), run against both transports: a
+// directory, and SSH to a real sshd in a network namespace behind a shaped link.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { IntegrityError, NasUnreachableError } from '../../lib/errors.js';
+import { DirTransport } from '../../lib/nas/dir-transport.js';
+import { SshTransport } from '../../lib/nas/ssh-transport.js';
+import type { NasTransport } from '../../lib/nas/transport.js';
+import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
+import { requireTools } from '../helpers/tools.js';
+
+const ODD = `odd 'q" $(touch pwned) é`;
+
+function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+interface Setup {
+  transport: NasTransport;
+  /** The NAS root as a local path (both NAS kinds keep their files on this machine). */
+  root: string;
+  stop(): void;
+}
+
+const kinds: Record<string, (t: TestContext) => Promise<Setup | undefined>> = {
+  dir: async () => {
+    const base = mkdtempSync(join(tmpdir(), 'kss-dirnas-'));
+    const root = join(base, `nas ${ODD}`);
+    mkdirSync(root);
+    return {
+      transport: new DirTransport({ root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }),
+      root,
+      stop: () => rmSync(base, { recursive: true, force: true }),
+    };
+  },
+  ssh: async (t) => {
+    if (!requireTools(t, ...SSH_NAS_TOOLS)) return undefined;
+    const base = mkdtempSync(join(tmpdir(), 'kss-sshroot-'));
+    const root = join(base, `nas ${ODD}`);
+    const nas: SshNas = await startSshNas({ root });
+    return {
+      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, compress: true }),
+      root,
+      stop: () => {
+        nas.stop();
+        rmSync(base, { recursive: true, force: true });
+      },
+    };
+  },
+};
+
+for (const [kind, setUp] of Object.entries(kinds)) {
+  describe(`${kind} transport`, () => {
+    let setup: Setup | undefined;
+    let local: string;
+    before(async (t) => {
+      setup = await setUp(t as unknown as TestContext);
+      local = mkdtempSync(join(tmpdir(), 'kss-local-'));
+    });
+    after(() => {
+      setup?.stop();
+      rmSync(local, { recursive: true, force: true });
+    });
+    const ready = (t: TestContext): Setup | undefined => {
+      if (!setup) requireTools(t, ...SSH_NAS_TOOLS);
+      return setup;
+    };
+
+    it('reads, writes, lists, renames and removes small files under odd names', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const path = `domains/${ODD}/manifest.json`;
+      assert.equal(await s.transport.readFile(path), undefined);
+      assert.equal(await s.transport.stat(path), undefined);
+      await s.transport.writeFileAtomic(path, Buffer.from('first'));
+      await s.transport.writeFileAtomic(path, Buffer.from('second\n\0binary'));
+      assert.deepEqual(await s.transport.readFile(path), Buffer.from('second\n\0binary'));
+      assert.equal(readFileSync(join(s.root, path), 'utf8'), 'second\n\0binary', 'it is where the path says');
+      const entry = await s.transport.stat(path);
+      assert.equal(entry?.size, 14);
+      assert.equal(entry?.isDirectory, false);
+      assert.ok(Math.abs((entry?.mtimeMs ?? 0) - Date.now()) < 60_000);
+      assert.deepEqual((await s.transport.list(`domains/${ODD}`)).map((e) => e.name), ['manifest.json']);
+      assert.deepEqual(await s.transport.list('domains/none'), []);
+      assert.equal(await s.transport.rename(path, `domains/${ODD}/moved $x`), true);
+      assert.equal(await s.transport.rename(path, `domains/${ODD}/again`), false);
+      await s.transport.remove(`domains/${ODD}`);
+      await s.transport.remove(`domains/${ODD}`);
+      assert.deepEqual(await s.transport.list('domains'), []);
+    });
+
+    it('creates a directory exclusively, and tells the owner and age otherwise', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const first = await s.transport.mkdirExclusive('domains/x/lock', 'owner.json', Buffer.from('{"host":"a"}'));
+      assert.deepEqual(first, { created: true });
+      const second = await s.transport.mkdirExclusive('domains/x/lock', 'owner.json', Buffer.from('{"host":"b"}'));
+      assert.equal(second.created, false);
+      assert.ok(!second.created && second.ownerData?.toString() === '{"host":"a"}');
+      assert.ok(!second.created && second.ageMs >= 0 && second.ageMs < 10_000);
+      const racers = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => s.transport.mkdirExclusive('domains/y/lock', 'owner.json', Buffer.from(String(i)))),
+      );
+      assert.equal(racers.filter((r) => r.created).length, 1, 'exactly one of six racers wins');
+      await s.transport.touch('domains/x/lock/owner.json');
+    });
+
+    it('moves a layer both ways, byte for byte, and resumes a partial upload', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const data = randomBytes(24 * 2 ** 20);
+      const hash = sha256(data);
+      const file = join(local, 'layer.qcow2');
+      writeFileSync(file, data);
+      const part = `domains/${ODD}/uploads/${hash}.h.part`;
+      const target = `domains/${ODD}/layers/${hash}.qcow2`;
+
+      // A partial upload left by an earlier, interrupted run.
+      mkdirSync(join(s.root, `domains/${ODD}/uploads`), { recursive: true });
+      writeFileSync(join(s.root, part), data.subarray(0, 10 * 2 ** 20));
+      const progress: number[] = [];
+      const put = await s.transport.putLayer(file, hash, part, target, { onProgress: (done) => progress.push(done) });
+      assert.deepEqual(put, { bytesMoved: 14 * 2 ** 20, alreadyThere: false, resumedFrom: 10 * 2 ** 20 });
+      assert.equal(progress.at(-1), data.length);
+      assert.equal(sha256(readFileSync(join(s.root, target))), hash);
+      assert.equal(existsSync(join(s.root, part)), false);
+      assert.equal((await s.transport.putLayer(file, hash, part, target)).alreadyThere, true);
+
+      const got = await s.transport.getLayer(target, hash, join(local, 'pulled.part'));
+      assert.equal(got.resumedFrom, 0);
+      assert.ok(readFileSync(join(local, 'pulled.part')).equals(data));
+
+      // A partial download is continued.
+      writeFileSync(join(local, 'again.part'), data.subarray(0, 5 * 2 ** 20));
+      const resumed = await s.transport.getLayer(target, hash, join(local, 'again.part'));
+      assert.equal(resumed.resumedFrom, 5 * 2 ** 20);
+      assert.ok(readFileSync(join(local, 'again.part')).equals(data));
+    });
+
+    it('starts over when the kept prefix of an upload is not the right one', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const data = randomBytes(4 * 2 ** 20);
+      const hash = sha256(data);
+      const file = join(local, 'layer2.qcow2');
+      writeFileSync(file, data);
+      const part = `domains/d/uploads/${hash}.h.part`;
+      mkdirSync(join(s.root, 'domains/d/uploads'), { recursive: true });
+      writeFileSync(join(s.root, part), randomBytes(2 ** 20));
+      await s.transport.putLayer(file, hash, part, `domains/d/layers/${hash}.qcow2`);
+      assert.equal(sha256(readFileSync(join(s.root, `domains/d/layers/${hash}.qcow2`))), hash);
+    });
+
+    it('refuses a layer that does not match its hash, changing nothing', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const data = randomBytes(3 * 2 ** 20);
+      const hash = sha256(data);
+      const path = `domains/c/layers/${hash}.qcow2`;
+      mkdirSync(join(s.root, 'domains/c/layers'), { recursive: true });
+      data[1000] = (data[1000] as number) ^ 0xff;
+      writeFileSync(join(s.root, path), data);
+      chmodSync(join(s.root, path), 0o444);
+      const part = join(local, 'corrupt.part');
+      await assert.rejects(s.transport.getLayer(path, hash, part), IntegrityError);
+      assert.equal(existsSync(part), false, 'the bad download is not kept');
+
+      // Uploading a local file whose bytes are not its name publishes nothing.
+      const file = join(local, 'bad-local.qcow2');
+      writeFileSync(file, data);
+      const other = sha256(Buffer.from('something else'));
+      await assert.rejects(s.transport.putLayer(file, other, `domains/c/uploads/${other}.h.part`, `domains/c/layers/${other}.qcow2`), IntegrityError);
+      assert.equal(existsSync(join(s.root, `domains/c/layers/${other}.qcow2`)), false);
+    });
+
+    // Runs last: no operation above, nor the one below, ran a command hidden in a name.
+    const assertNothingRan = (s: Setup) => {
+      for (const dir of [process.cwd(), s.root, join(s.root, '..'), '/root', '/']) {
+        assert.equal(existsSync(join(dir, 'pwned')), false, `a name was run as a command (found ${dir}/pwned)`);
+      }
+    };
+
+    it('says so when the NAS directory does not exist', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const gone = join(s.root, `missing ${ODD}`);
+      const missing =
+        s.transport instanceof DirTransport
+          ? new DirTransport({ root: gone, opTimeoutMs: 5000, stallTimeoutMs: 5000 })
+          : new SshTransport({ ...(s.transport as unknown as { options: ConstructorParameters<typeof SshTransport>[0] }).options, root: gone });
+      await assert.rejects(missing.readFile('x'), (error: unknown) => {
+        assert.ok(error instanceof NasUnreachableError);
+        assert.ok(error.message.includes(`${gone} does not exist`), error.message);
+        return true;
+      });
+      assertNothingRan(s);
+    });
+  });
+}

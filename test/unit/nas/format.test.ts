@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { emptyManifest, generationId, layerChain, manifestProblem, nasPaths, parseManifest, serializeManifest, type Manifest } from '../../../lib/nas/format.js';
+
+const A = 'a'.repeat(64);
+const B = 'b'.repeat(64);
+
+function valid(): Manifest {
+  const g1 = { parent: null, host: 'desk', created: '2026-11-21T10:00:00.000Z', disks: { vda: A } };
+  const id = generationId(g1);
+  return {
+    ...emptyManifest('vm'),
+    revision: 3,
+    head: id,
+    generations: { [id]: { id, ...g1 } },
+    layers: { [A]: { parent: null, size: 10 }, [B]: { parent: A, size: 5 } },
+    lease: { host: 'desk', since: '2026-11-21T10:00:00.000Z' },
+  };
+}
+
+describe('manifest validation', () => {
+  it('accepts a valid manifest and round-trips it', () => {
+    const manifest = valid();
+    assert.equal(manifestProblem(manifest), undefined);
+    assert.deepEqual(parseManifest(serializeManifest(manifest).toString(), 'm'), manifest);
+  });
+
+  const broken: Array<[string, (m: Record<string, any>) => void, RegExp]> = [
+    ['a newer format', (m) => (m.format = 2), /format 2 was written by a newer kvm-snapshot-sync .*upgrade/],
+    ['no format', (m) => delete m.format, /no format version/],
+    ['a head that is not listed', (m) => (m.head = 'c'.repeat(64)), /the head is not a listed generation/],
+    ['a generation naming an unlisted layer', (m) => (Object.values(m.generations)[0] as any).disks.vdb = 'c'.repeat(64), /disk vdb names an unlisted layer/],
+    ['a layer with an unlisted parent', (m) => (m.layers[B].parent = 'c'.repeat(64)), /names a parent that is not listed/],
+    ['a generation without disks', (m) => ((Object.values(m.generations)[0] as any).disks = {}), /no disks/],
+    ['a branch to nowhere', (m) => (m.branches.x = { head: 'c'.repeat(64), host: 'h', created: 't', reason: 'r' }), /branch x/],
+    ['a negative revision', (m) => (m.revision = -1), /bad revision/],
+    ['a bad lease', (m) => (m.lease = { host: 1 }), /bad lease/],
+  ];
+  for (const [name, damage, message] of broken) {
+    it(`rejects ${name}`, () => {
+      const manifest = structuredClone(valid()) as unknown as Record<string, any>;
+      damage(manifest);
+      assert.match(manifestProblem(manifest) ?? '', message);
+    });
+  }
+  it('says where bad JSON is', () => assert.throws(() => parseManifest('{', 'nas/manifest.json'), /^Error: nas\/manifest.json is not valid JSON/));
+});
+
+describe('generation ids', () => {
+  it('depend on every part, not on the order of disks', () => {
+    const g = { parent: null, host: 'desk', created: 't', disks: { vda: A, vdb: B } };
+    assert.equal(generationId(g), generationId({ ...g, disks: { vdb: B, vda: A } }));
+    assert.notEqual(generationId(g), generationId({ ...g, host: 'laptop' }));
+    assert.notEqual(generationId(g), generationId({ ...g, parent: A }));
+    assert.match(generationId(g), /^[0-9a-f]{64}$/);
+  });
+});
+
+describe('layer chains and paths', () => {
+  it('walk from a layer down to its base', () => {
+    assert.deepEqual(layerChain(valid().layers, B), [B, A]);
+    assert.throws(() => layerChain({ [A]: { parent: B, size: 1 }, [B]: { parent: A, size: 1 } }, A), /loops/);
+  });
+  it('escape domain names into one path component', () => {
+    assert.equal(nasPaths.manifest('my vm/../x'), 'domains/my%20vm%2F..%2Fx/manifest.json');
+    assert.equal(nasPaths.upload('vm', A, 'desk top'), `domains/vm/uploads/${A}.desk%20top.part`);
+  });
+});

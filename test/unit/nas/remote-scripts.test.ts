@@ -1,0 +1,91 @@
+// The remote scripts, run by a real local sh on a temporary "NAS root": their quoting
+// and behaviour, without SSH in between.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import * as scripts from '../../../lib/nas/remote-scripts.js';
+import { parseEntries } from '../../../lib/nas/ssh-transport.js';
+
+const base = mkdtempSync(join(tmpdir(), 'kss-scripts-'));
+const root = join(base, `root 'q" $(touch pwned) é`);
+mkdirSync(root);
+after(() => rmSync(base, { recursive: true, force: true }));
+
+function run(script: string, input?: Buffer) {
+  return spawnSync('sh', ['-c', script], { input, cwd: base });
+}
+
+describe('remote scripts', () => {
+  it('write, read, stat, list, rename and remove', () => {
+    const path = `d/odd $(name) 'x'.json`;
+    assert.equal(run(scripts.readFileScript(root, path)).status, scripts.MISSING);
+    assert.equal(run(scripts.writeFileScript(root, path, `${path}.tmp`), Buffer.from('data')).status, 0);
+    assert.equal(readFileSync(join(root, path), 'utf8'), 'data');
+    assert.equal(run(scripts.readFileScript(root, path)).stdout.toString(), 'data');
+    const [entry] = parseEntries(run(scripts.statScript(root, path)).stdout.toString());
+    assert.equal(entry?.name, `odd $(name) 'x'.json`);
+    assert.equal(entry?.size, 4);
+    assert.equal(run(scripts.statScript(root, 'nothing')).status, scripts.MISSING);
+    assert.deepEqual(parseEntries(run(scripts.listScript(root, 'd')).stdout.toString()).map((e) => e.name), [`odd $(name) 'x'.json`]);
+    assert.equal(run(scripts.listScript(root, 'none')).status, 0);
+    assert.equal(run(scripts.renameScript(root, path, 'd/new')).status, 0);
+    assert.equal(run(scripts.renameScript(root, path, 'd/new')).status, scripts.MISSING);
+    assert.equal(run(scripts.removeScript(root, 'd')).status, 0);
+    assert.equal(existsSync(join(root, 'd')), false);
+    assert.equal(existsSync(join(base, 'pwned')) || existsSync(join(root, 'pwned')), false);
+  });
+
+  it('exits NO_ROOT when the NAS root is missing, naming it without running it', () => {
+    const gone = join(base, `gone $(touch pwned) 'q"`);
+    const result = run(scripts.readFileScript(gone, 'x'));
+    assert.equal(result.status, scripts.NO_ROOT);
+    assert.equal(result.stderr.toString(), `the NAS directory ${gone} does not exist\n`);
+    assert.equal(existsSync(join(base, 'pwned')), false);
+  });
+
+  it('receive an upload: verified, published read-only; short kept; mismatch removed', () => {
+    const data = randomBytes(300_000);
+    const hash = createHash('sha256').update(data).digest('hex');
+    const part = `u/${hash}.h.part`;
+    const target = `l/${hash}.qcow2`;
+    assert.match(run(scripts.prepareUploadScript(root, part, target)).stdout.toString(), /^part 0 zstd=[01]\n$/);
+    // First half, then the sender stops.
+    const half = run(scripts.receiveUploadScript(root, { part, target, offset: 0, size: data.length, hash, compressed: false }), data.subarray(0, 100_000));
+    assert.equal(half.stdout.toString().trim(), 'short 100000');
+    assert.match(run(scripts.prepareUploadScript(root, part, target)).stdout.toString(), /^part 100000 /);
+    // The rest, compressed, from where it stopped.
+    const rest = execFileSync('zstd', ['-1', '-c'], { input: data.subarray(100_000) });
+    const done = run(scripts.receiveUploadScript(root, { part, target, offset: 100_000, size: data.length, hash, compressed: true }), rest);
+    assert.equal(done.stdout.toString().trim(), 'published', done.stderr.toString());
+    assert.ok(readFileSync(join(root, target)).equals(data));
+    assert.equal(statSync(join(root, target)).mode & 0o777, 0o444);
+    assert.equal(existsSync(join(root, part)), false);
+    assert.equal(run(scripts.prepareUploadScript(root, part, target)).stdout.toString().trim(), 'published');
+
+    const other = randomBytes(1000);
+    const wrong = run(scripts.receiveUploadScript(root, { part: 'u/x.part', target: 'l/x.qcow2', offset: 0, size: 1000, hash: 'f'.repeat(64), compressed: false }), other);
+    assert.match(wrong.stdout.toString(), /^mismatch [0-9a-f]{64} 1000/);
+    assert.equal(existsSync(join(root, 'u/x.part')) || existsSync(join(root, 'l/x.qcow2')), false);
+  });
+
+  it('send a download from an offset, compressed or not', () => {
+    const data = randomBytes(50_000);
+    mkdirSync(join(root, 's'), { recursive: true });
+    writeFileSync(join(root, 's/f'), data);
+    assert.match(run(scripts.prepareDownloadScript(root, 's/f')).stdout.toString(), /^size 50000 zstd=[01]\n$/);
+    assert.ok(run(scripts.sendDownloadScript(root, 's/f', 1234, false)).stdout.equals(data.subarray(1234)));
+    const compressed = run(scripts.sendDownloadScript(root, 's/f', 0, true)).stdout;
+    assert.ok(execFileSync('zstd', ['-dc'], { input: compressed }).equals(data));
+    assert.equal(run(scripts.sendDownloadScript(root, 's/none', 0, false)).status, scripts.MISSING);
+  });
+
+  it('create a directory exclusively', () => {
+    assert.equal(run(scripts.mkdirExclusiveScript(root, 'k/lock', 'owner.json'), Buffer.from('me')).stdout.toString(), 'created\n');
+    const again = run(scripts.mkdirExclusiveScript(root, 'k/lock', 'owner.json'), Buffer.from('you')).stdout.toString();
+    assert.match(again, /^exists \d+\nme$/);
+  });
+});

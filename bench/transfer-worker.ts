@@ -1,5 +1,6 @@
-// One push or pull through the repository, in its own process so that its peak memory
-// can be measured. Usage: transfer-worker.ts JSON {op, target, root, domain, file|dir, hash}
+// One push or pull through the repository, in its own process so that its time and
+// peak memory can be measured (bench/transfer.ts bundles it and runs it on the pinned
+// Node). Usage: transfer-worker JSON {op, target, root, domain, file|dir, hash}
 import { NasRepository } from '../lib/nas/repository.js';
 import { SshTransport } from '../lib/nas/ssh-transport.js';
 
@@ -15,4 +16,3 @@ const job = JSON.parse(process.argv[2] as string) as {
 const repository = new NasRepository(new SshTransport({ target: job.target, root: job.root, opTimeoutMs: 30_000, compress: true }), { host: 'bench' });
 if (job.op === 'push') await repository.pushLayer(job.domain, job.file, job.hash);
 else await repository.pullLayer(job.domain, job.hash, job.dir);
-process.stdout.write(`${JSON.stringify({ maxRssKiB: process.resourceUsage().maxRSS })}\n`);

@@ -5,6 +5,7 @@ import type { DomainRecord } from '../lib/domain-xml.js';
 import type { Logger } from '../lib/log.js';
 
 export interface HookContext {
+  /** The domain, from the XML on stdin (internal calls: its name only, no disks). */
   domain: DomainRecord;
   op: string;
   subop: string;
@@ -22,13 +23,24 @@ export interface HookEntry {
    * best, and in `reconnect` it would kill a running VM.
    */
   failureAbortsStart: boolean;
+  /** Started by this program itself, not by libvirt: no domain XML on stdin. */
+  internal?: boolean;
   /** Loads the handler on demand, so that the hook loads only what the call needs. */
   load: () => Promise<HookHandler>;
 }
 
+/** The background work after a stop: the release handler starts it with this operation. */
+export const FINISH_STOP_OP = 'kss-finish-stop';
+
 const TABLE: Record<string, HookEntry> = {
   'prepare/begin': { failureAbortsStart: true, load: async () => (await import('./prepare.js')).prepareBegin },
   'release/end': { failureAbortsStart: false, load: async () => (await import('./release.js')).releaseEnd },
+  'restore/begin': { failureAbortsStart: false, load: async () => (await import('./restore.js')).restoreBegin },
+  [`${FINISH_STOP_OP}/begin`]: {
+    failureAbortsStart: false,
+    internal: true,
+    load: async () => (await import('./finish-stop.js')).finishStopBegin,
+  },
 };
 
 /** The entry for a hook call, or undefined when the call is not ours to handle. */

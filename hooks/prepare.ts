@@ -1,14 +1,13 @@
-// prepare begin: the only moment to change disk files before a start.
-// So far it inspects each synced disk's chain; pulling and the fresh overlay come with
-// the lifecycle (issue 4).
+// prepare begin: the only moment to change disk files before a start. Pulls or pushes
+// what is needed, puts fresh tops on the newest generation and takes the lease; a
+// refusal aborts the start with a message libvirt shows to the person.
 import { syncedDisks } from '../lib/domain-xml.js';
-import { readChain } from '../lib/layers.js';
+import { openRepository } from '../lib/nas/open.js';
+import { prepareStart } from '../lib/sync/start.js';
 import type { HookContext } from './dispatch.js';
 
 /** Handles `prepare begin` for a managed domain. */
-export async function prepareBegin({ domain, log }: HookContext): Promise<void> {
-  for (const disk of syncedDisks(domain)) {
-    const chain = await readChain(disk.path as string);
-    log.info('disk chain', { disk: disk.target, path: disk.path, depth: chain.length });
-  }
+export async function prepareBegin({ domain, config, log }: HookContext): Promise<void> {
+  const disks = Object.fromEntries(syncedDisks(domain).map((disk) => [disk.target, disk.path as string]));
+  await prepareStart(domain.name, disks, { config, log, openRepository: () => openRepository(config, log) });
 }

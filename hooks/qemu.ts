@@ -6,6 +6,7 @@
 //     migrate/restore); diagnostics go to stderr and to the domain's log file;
 //   - a failure exits non-zero only where that aborts a start (prepare).
 import { readConfig, configPath } from '../lib/config.js';
+import type { DomainRecord } from '../lib/domain-xml.js';
 import { describeError, exitCodeFor } from '../lib/errors.js';
 import { Logger, domainLogPath, ensureLogDir, fileSink, streamSink } from '../lib/log.js';
 import { mentionsNamespace } from '../lib/namespace.js';
@@ -23,14 +24,17 @@ export async function runHook(args: readonly string[], io: HookIo): Promise<numb
   const entry = findHookEntry(op, subop);
   if (name === undefined || op === undefined || subop === undefined || entry === undefined) return 0;
 
-  const xml = await readAll(io.stdin);
-  if (!mentionsNamespace(xml)) return 0;
+  const xml = entry.internal ? '' : await readAll(io.stdin);
+  if (!entry.internal && !mentionsNamespace(xml)) return 0;
 
   let log: Logger | undefined;
   try {
-    const { parseDomainXml } = await import('../lib/domain-xml.js');
-    const domain = await parseDomainXml(xml);
-    if (!domain.managed) return 0;
+    let domain: DomainRecord = { name, uuid: undefined, managed: true, disks: [] };
+    if (!entry.internal) {
+      const { parseDomainXml } = await import('../lib/domain-xml.js');
+      domain = await parseDomainXml(xml);
+      if (!domain.managed) return 0;
+    }
 
     const config = await readConfig(configPath(undefined, io.env));
     ensureLogDir(config.logDir);

@@ -15,6 +15,7 @@ export interface CliIo extends Output {
 /** Parses the arguments, runs the command, and returns the exit code (errors are thrown). */
 export async function runCli(args: string[], io: CliIo): Promise<number> {
   let exitCode = 0;
+  const context = (flag: string | undefined) => ({ ...io, configFile: configPath(flag, io.env) });
   const cli = yargs(args)
     .scriptName('kss')
     .usage('kvm-snapshot-sync (kss): keeps KVM virtual machines in sync between hosts through a NAS.\n\nUsage: $0 <command> [options]')
@@ -45,6 +46,82 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
           .positional('disk', { type: 'string', demandOption: true, describe: 'path of the disk image' })
           .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
       async (argv) => (await import('./commands/chain.js')).checkChain({ disk: argv.disk, json: argv.json }, io),
+    )
+    .command(
+      'enable <domain>',
+      'take a shut-off domain under management on this host (its disks become the first generation)',
+      (y) => y.positional('domain', { type: 'string', demandOption: true }),
+      async (argv) => (await import('./commands/domain.js')).enableCommand({ domain: argv.domain }, context(argv.config)),
+    )
+    .command(
+      'log <domain>',
+      "show the domain's hook and background log",
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new lines' }),
+      async (argv) => (await import('./commands/domain.js')).logCommand({ domain: argv.domain, follow: argv.follow }, context(argv.config)),
+    )
+    .command(
+      'start <domain>',
+      'start a VM (virsh start) with one-shot sync options',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('no-sync', { type: 'boolean', default: false, describe: 'start without the NAS, this once' })
+          .option('steal-lease', { type: 'boolean', default: false, describe: 'take the VM over from the host that has it' }),
+      async (argv) =>
+        (await import('./commands/lifecycle.js')).startCommand(
+          { domain: argv.domain, noSync: argv['no-sync'], stealLease: argv['steal-lease'] },
+          context(argv.config),
+        ),
+    )
+    .command(
+      'stop <domain>',
+      'shut a VM down (virsh shutdown) and wait until it is off',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('no-push', { type: 'boolean', default: false, describe: 'keep its changes here this once (the lease stays here)' })
+          .option('force', { type: 'boolean', default: false, describe: 'virsh destroy: like pulling the plug' })
+          .option('timeout', { type: 'number', default: 300, describe: 'seconds to wait for the guest to shut down' }),
+      async (argv) =>
+        (await import('./commands/lifecycle.js')).stopCommand(
+          { domain: argv.domain, noPush: argv['no-push'], force: argv.force, timeoutSeconds: argv.timeout },
+          context(argv.config),
+        ),
+    )
+    .command(
+      'resolve <domain>',
+      'end a conflict: keep this host\'s side or the NAS\'s; the other is kept as a branch',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('keep', { choices: ['local', 'remote'] as const, demandOption: true, describe: 'which side becomes current' }),
+      async (argv) => (await import('./commands/lifecycle.js')).resolveCommand({ domain: argv.domain, keep: argv.keep }, context(argv.config)),
+    )
+    .command(
+      'rollback <domain>',
+      'put the disks back as they were at a generation or branch, as a new generation',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('to', { type: 'string', demandOption: true, describe: 'generation id (a prefix will do) or branch name' }),
+      async (argv) => (await import('./commands/lifecycle.js')).rollbackCommand({ domain: argv.domain, to: argv.to }, context(argv.config)),
+    )
+    .command(
+      'snapshot list <domain>',
+      'list generations here and on the NAS, with the head and kept branches',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('remote', { type: 'boolean', default: false, describe: 'only the NAS' })
+          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+      async (argv) =>
+        (await import('./commands/snapshot.js')).snapshotList(
+          { domain: argv.domain, remote: argv.remote, json: argv.json, configFile: configPath(argv.config, io.env) },
+          io,
+        ),
     )
     .command(
       'hook qemu <domain> <op> <subop> [extra]',

@@ -13,6 +13,7 @@ export const ExitCode = {
   nasUnreachable: 8,
   conflict: 9,
   nasFull: 10,
+  leaseHeld: 11,
   internal: 70,
 } as const;
 
@@ -88,6 +89,11 @@ export class ConflictError extends KssError {
 /** The NAS has no room for what we send: nothing was published. */
 export class NasFullError extends KssError {
   readonly exitCode = ExitCode.nasFull;
+}
+
+/** Another host has the VM checked out. */
+export class LeaseHeldError extends KssError {
+  readonly exitCode = ExitCode.leaseHeld;
 }
 
 /** Decides the exit code for anything thrown: typed failures keep theirs, the rest are bugs. */

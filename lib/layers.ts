@@ -139,7 +139,8 @@ export interface SealResult {
 
 /**
  * Seals the top into an immutable layer named by its SHA-256, and puts a fresh empty top
- * on it. Returns undefined, touching nothing, when the top holds nothing of its own.
+ * on it. Returns undefined, touching nothing, when the top holds nothing of its own
+ * (unless `evenIfEmpty`: a blank disk still needs a base).
  *
  * Steps (each safe to be killed in; the next sealTop or recoverSeal finishes the work):
  *   seal:move-aside     rename the top to <layers>/incoming.qcow2 (same inode, no copy)
@@ -149,10 +150,14 @@ export interface SealResult {
  *   seal:new-top        a fresh empty top on the new layer
  *   seal:drop-incoming  the incoming name is removed
  */
-export async function sealTop(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult | undefined> {
+export async function sealTop(
+  topPath: string,
+  deps: EngineDeps = defaultDeps,
+  { evenIfEmpty = false }: { evenIfEmpty?: boolean } = {},
+): Promise<SealResult | undefined> {
   const recovered = await recoverSeal(topPath, deps);
   if (recovered) return recovered;
-  if (!(await hasOwnData(topPath, deps))) return undefined;
+  if (!evenIfEmpty && !(await hasOwnData(topPath, deps))) return undefined;
 
   const layersDir = layersDirOf(topPath);
   const [top] = await readChain(topPath, deps);

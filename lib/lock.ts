@@ -22,7 +22,9 @@ export type Release = () => Promise<void>;
 /** Takes the lock at `path` (a file that need not exist), waiting up to `waitMs`. */
 export async function acquireLock(path: string, options: LockOptions): Promise<Release> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const staleMs = options.staleMs ?? 30_000;
+  // The holder refreshes every staleMs/3 from an event loop that never blocks for long,
+  // so a lock not refreshed for 10 s belongs to a process that died (kill -9, power).
+  const staleMs = options.staleMs ?? 10_000;
   const interval = 200;
   let release: () => Promise<void>;
   try {

@@ -80,3 +80,39 @@ export function formatDuration(seconds: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
+
+/** "[#########-----------] 45%  1.2 GiB of 2.7 GiB, 112.4 MB/s, 13s left" in `width` columns. */
+export function renderProgressBar(label: string, progress: ProgressReport, width = 80): string {
+  const text = ` ${formatProgress(progress)}`;
+  const room = Math.max(10, width - label.length - text.length - 3);
+  const filled = progress.total > 0 ? Math.min(room, Math.floor((progress.done / progress.total) * room)) : room;
+  return `${label} [${'#'.repeat(filled)}${'-'.repeat(room - filled)}]${text}`;
+}
+
+/**
+ * For people at a terminal: redraws one line in place on a TTY; elsewhere (a pipe, a
+ * log) writes a line only at the end, so that no output is flooded with redraws.
+ */
+export function progressBarReporter(label: string, stream: { write(text: string): unknown; isTTY?: boolean; columns?: number }) {
+  return (progress: ProgressReport): void => {
+    if (stream.isTTY) {
+      stream.write(`\r${renderProgressBar(label, progress, stream.columns ?? 80)}${progress.finished ? '\n' : ''}`);
+    } else if (progress.finished) {
+      stream.write(`${label}: ${formatProgress(progress)}\n`);
+    }
+  };
+}
+
+/** For logs (the hook, background pushes): one line every `everyMs`, and one at the end. */
+export function progressLogReporter(
+  write: (message: string) => void,
+  label: string,
+  { everyMs = 10_000, now = Date.now }: { everyMs?: number; now?: () => number } = {},
+) {
+  let last = -Infinity;
+  return (progress: ProgressReport): void => {
+    if (!progress.finished && now() - last < everyMs) return;
+    last = now();
+    write(`${label}: ${formatProgress(progress)}`);
+  };
+}

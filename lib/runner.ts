@@ -3,6 +3,7 @@
 // Streams of layer data go through startPipeline, whose processes are connected
 // stdout-to-stdin by file descriptor, so that bulk bytes never pass through Node.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { ToolError } from './errors.js';
@@ -82,6 +83,8 @@ export interface StageResult {
 }
 
 export interface Pipeline {
+  /** The processes, in order (for progress: bytesReadBy). */
+  pids: Array<number | undefined>;
   /** The first process's stdin, when the pipeline was started with input 'pipe'. */
   stdin: Writable | null;
   /** The last process's stdout, when started with output 'pipe'. */
@@ -93,22 +96,36 @@ export interface Pipeline {
 }
 
 export interface PipelineOptions {
-  /** 'pipe': the caller writes the first stdin; 'ignore': it reads /dev/null. */
-  input: 'pipe' | 'ignore';
-  /** 'pipe': the caller reads the last stdout; 'capture': it is collected as text. */
-  output: 'pipe' | 'capture';
+  /**
+   * 'pipe': the caller writes the first stdin; 'ignore': it reads /dev/null; a file:
+   * the first process reads it directly (bulk data never passes through Node).
+   */
+  input: 'pipe' | 'ignore' | { file: string };
+  /** 'pipe': the caller reads the last stdout; 'capture': it is collected as text; 'ignore': /dev/null. */
+  output: 'pipe' | 'capture' | 'ignore';
 }
+
+/**
+ * setpriv (util-linux) gives each pipeline process a parent-death signal: if this
+ * process is killed, even with SIGKILL, the pipeline dies with it instead of carrying
+ * on as orphans (a process that reads its input file itself would otherwise go on).
+ */
+const SETPRIV = '/usr/bin/setpriv';
+const dieWithParent = existsSync(SETPRIV);
 
 /** Starts processes connected stdout-to-stdin, `a | b | c`, in the C locale. */
 export function startPipeline(commands: readonly Command[], options: PipelineOptions): Pipeline {
   const children: ChildProcess[] = [];
   const results: Array<Promise<StageResult>> = [];
+  const inputFd = typeof options.input === 'object' ? openSync(options.input.file, 'r') : undefined;
   commands.forEach((command, index) => {
     const first = index === 0;
     const last = index === commands.length - 1;
     const previous = children[index - 1];
-    const stdin = first ? options.input : (previous?.stdout ?? 'ignore');
-    const child = spawn(command.file, command.args, { stdio: [stdin, 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+    const stdin = first ? (inputFd ?? (options.input as 'pipe' | 'ignore')) : (previous?.stdout ?? 'ignore');
+    const stdout = last && options.output === 'ignore' ? 'ignore' : 'pipe';
+    const [file, args] = dieWithParent ? [SETPRIV, ['--pdeathsig', 'KILL', '--', command.file, ...command.args]] : [command.file, command.args];
+    const child = spawn(file, args, { stdio: [stdin, stdout, 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
     // The next process now holds this pipe's read end. Close ours: a reader that never
     // reads would keep the writer from seeing EPIPE when the next process dies, and
     // the writer would block forever on a full pipe.
@@ -116,8 +133,10 @@ export function startPipeline(commands: readonly Command[], options: PipelineOpt
     children.push(child);
     results.push(collectStage(command, child, last && options.output === 'capture'));
   });
+  if (inputFd !== undefined) closeSync(inputFd); // the first process has its own copy
   const lastChild = children[children.length - 1];
   return {
+    pids: children.map((child) => child.pid),
     stdin: children[0]?.stdin ?? null,
     stdout: options.output === 'pipe' ? (lastChild?.stdout ?? null) : null,
     done: Promise.all(results),
@@ -140,9 +159,25 @@ function collectStage(command: Command, child: ChildProcess, captureStdout: bool
       notFound = error.code === 'ENOENT';
     });
     child.on('close', (exitCode, signal) => {
+      // Through setpriv, a command that cannot be run is its exit 127 and a message.
+      notFound ||= exitCode === 127 && /failed to execute/u.test(stderr);
       resolve({ command, exitCode, signal, stderrTail: tail(stderr, 20), stdout, notFound });
     });
   });
+}
+
+/**
+ * Bytes a running process has read so far (Linux: /proc/PID/io rchar), for progress of
+ * a process that reads a file itself; undefined once it has ended.
+ */
+export function bytesReadBy(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const match = /^rchar: (\d+)$/mu.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The command as a person could paste it into a POSIX shell. */

@@ -12,6 +12,9 @@ packages=(
   zstd           # compression of layer streams
   openssl        # fast SHA-256 on the NAS side
   rsync          # a baseline in the transfer benchmark
+  qemu-system-x86        # the VMs of the end-to-end tests
+  libvirt-daemon-system  # libvirtd and virtlogd, one pair per simulated host
+  libvirt-clients        # virsh
 )
 
 missing=()

@@ -1,8 +1,8 @@
 // What every command writes to: results on stdout, diagnostics on stderr.
 
 export interface Output {
-  stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown };
+  stdout: { write(data: string | Uint8Array): unknown };
+  stderr: { write(data: string | Uint8Array): unknown };
 }
 
 /** Prints a value as indented JSON, for --json. */

@@ -88,56 +88,74 @@ export function mkdirExclusiveScript(root: string, path: string, ownerName: stri
 
 /**
  * Before an upload: "published" when the target exists; otherwise creates the
- * directories and prints "part SIZE zstd=0|1".
+ * directories and prints "part SIZE NAME zstd=0|1", NAME being the largest partial
+ * upload (`<partPrefix>` or `<partPrefix>.*`) left by an earlier attempt ("-" and 0
+ * when there is none).
  */
-export function prepareUploadScript(root: string, part: string, target: string): string {
+export function prepareUploadScript(root: string, partPrefix: string, target: string): string {
   return inRoot(
     root,
     [
       `[ -e ${q(target)} ] && { echo published; exit 0; }`,
-      `mkdir -p -- ${q(parentOf(part))} ${q(parentOf(target))} || exit 1`,
-      `size=$(stat -c %s -- ${q(part)} 2>/dev/null || echo 0)`,
+      `mkdir -p -- ${q(parentOf(partPrefix))} ${q(parentOf(target))} || exit 1`,
+      'best=-; size=0',
+      `for f in ${q(partPrefix)} ${q(partPrefix)}.*; do`,
+      '  [ -f "$f" ] || continue',
+      '  s=$(stat -c %s -- "$f") || continue',
+      '  if [ "$s" -gt "$size" ] || [ "$best" = - ]; then best=$f; size=$s; fi',
+      'done',
       'if command -v zstd >/dev/null 2>&1; then z=1; else z=0; fi',
-      'echo "part $size zstd=$z"',
+      'printf \'part %s %s zstd=%s\\n\' "$size" "$best" "$z"',
     ].join('\n'),
   );
 }
 
 /**
- * The receiving end of an upload. Cuts the partial file to `offset`, appends stdin to
- * it (decompressed when `compressed`), and hashes the whole file on the way: the kept
- * prefix is read back on the NAS, the rest is hashed as it is written. Then:
+ * The receiving end of one upload attempt. It first claims its own file,
+ * `<partPrefix>.<token>`: the partial upload `claim` renamed (when resuming from
+ * `offset`) or a new one. A killed earlier attempt may still run on the NAS for a
+ * moment; renaming keeps it from ever touching this attempt's file by name, and the
+ * hash below catches anything it might still append. Then it cuts the file to
+ * `offset`, appends stdin (decompressed when `compressed`), and hashes the whole file
+ * on the way: the kept prefix is read back on the NAS, the rest hashed as written.
  *  - complete and matching: read-only, published under `target`, prints "published";
  *  - shorter than `size` (the sender stopped): kept for resuming, prints "short N";
- *  - complete but not matching: removed, prints "mismatch HASH".
+ *  - complete but not matching: removed, prints "mismatch HASH N".
  */
 export function receiveUploadScript(
   root: string,
-  opts: { part: string; target: string; offset: number; size: number; hash: string; compressed: boolean },
+  opts: { partPrefix: string; claim: string | undefined; token: string; target: string; offset: number; size: number; hash: string; compressed: boolean },
 ): string {
-  const part = q(opts.part);
+  const mine = q(`${opts.partPrefix}.${opts.token}`);
   const target = q(opts.target);
   const decompress = opts.compressed ? 'zstd -dcq' : 'cat';
+  const claim =
+    opts.offset > 0 && opts.claim !== undefined
+      ? `mv -T -- ${q(opts.claim)} ${mine} 2>/dev/null && truncate -s ${opts.offset} -- ${mine} || { echo "the partial upload disappeared" >&2; exit 1; }`
+      : `: > ${mine} || exit 1`;
   return inRoot(
     root,
     [
-      `if [ -e ${part} ]; then truncate -s ${opts.offset} -- ${part} || exit 1`,
-      `elif [ ${opts.offset} -eq 0 ]; then : > ${part} || exit 1`,
-      'else echo "the partial upload disappeared" >&2; exit 1; fi',
+      claim,
       'if command -v openssl >/dev/null 2>&1; then hasher="openssl dgst -sha256 -r"; else hasher=sha256sum; fi',
-      `sum=$( { cat -- ${part}; ${decompress} | tee -a -- ${part}; } | $hasher ) || exit 1`,
+      `sum=$( { cat -- ${mine}; ${decompress} | tee -a -- ${mine}; } | $hasher ) || exit 1`,
       'sum=${sum%% *}',
-      `sync -- ${part} || exit 1`,
-      `got=$(stat -c %s -- ${part}) || exit 1`,
+      `sync -- ${mine} || exit 1`,
+      `got=$(stat -c %s -- ${mine}) || exit 1`,
       `if [ "$got" -lt ${opts.size} ]; then echo "short $got"; exit 0; fi`,
-      `if [ "$got" -ne ${opts.size} ] || [ "$sum" != ${q(opts.hash)} ]; then rm -f -- ${part}; echo "mismatch $sum $got"; exit 0; fi`,
-      `chmod 444 -- ${part}`,
-      `ln -- ${part} ${target} 2>/dev/null || [ -e ${target} ] || mv -T -- ${part} ${target} || exit 1`,
-      `rm -f -- ${part}`,
+      `if [ "$got" -ne ${opts.size} ] || [ "$sum" != ${q(opts.hash)} ]; then rm -f -- ${mine}; echo "mismatch $sum $got"; exit 0; fi`,
+      `chmod 444 -- ${mine}`,
+      `ln -- ${mine} ${target} 2>/dev/null || [ -e ${target} ] || mv -T -- ${mine} ${target} || exit 1`,
+      `rm -f -- ${q(opts.partPrefix)} ${q(opts.partPrefix)}.*`,
       `sync -- ${q(parentOf(opts.target))}`,
       'echo published',
     ].join('\n'),
   );
+}
+
+/** Removes every partial upload `<partPrefix>.*`. */
+export function removePartsScript(root: string, partPrefix: string): string {
+  return inRoot(root, `rm -f -- ${q(partPrefix)} ${q(partPrefix)}.*`);
 }
 
 /** Before a download: "size SIZE zstd=0|1", or exits MISSING. */

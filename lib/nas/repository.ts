@@ -41,6 +41,9 @@ export interface NewGeneration {
   layers: Record<string, LayerInfo>;
 }
 
+/** What a manifest update does with the lease. */
+export type LeaseChange = 'take' | 'release' | 'keep';
+
 export interface GcResult {
   droppedGenerations: string[];
   droppedBranches: string[];
@@ -143,7 +146,7 @@ export class NasRepository {
    * compare-and-swap): otherwise another host pushed first, and this fails with a
    * ConflictError that says who and when, having changed nothing.
    */
-  async publishGeneration(domain: string, generation: NewGeneration): Promise<Generation> {
+  async publishGeneration(domain: string, generation: NewGeneration, lease: LeaseChange = 'keep'): Promise<Generation> {
     const made: Omit<Generation, 'id'> = {
       parent: generation.parent,
       host: this.options.host,
@@ -156,9 +159,27 @@ export class NasRepository {
       manifest.layers = { ...manifest.layers, ...generation.layers };
       manifest.generations[full.id] = full;
       manifest.head = full.id;
-      return manifest;
+      return this.changeLease(manifest, lease);
     });
     return full;
+  }
+
+  /**
+   * Takes or gives back the lease. Taking it is a compare-and-swap on the head too: a
+   * host takes the VM only in the state it has (`expectedHead`), never one it has not
+   * seen. Giving it back leaves another host's lease alone.
+   */
+  async setLease(domain: string, change: Exclude<LeaseChange, 'keep'>, expectedHead: string | null): Promise<Manifest> {
+    return this.updateManifest(domain, (manifest) => {
+      if (change === 'take' && manifest.head !== expectedHead) throw conflict(domain, manifest, expectedHead);
+      return this.changeLease(manifest, change);
+    });
+  }
+
+  private changeLease(manifest: Manifest, change: LeaseChange): Manifest {
+    if (change === 'take') manifest.lease = { host: this.options.host, since: (this.options.now?.() ?? new Date()).toISOString() };
+    if (change === 'release' && manifest.lease?.host === this.options.host) manifest.lease = null;
+    return manifest;
   }
 
   /** Writes the domain definition (not versioned: the newest wins). */

@@ -88,7 +88,8 @@ export interface NasTransport {
 
   /**
    * Uploads the local file `localPath` (whose SHA-256 must be `hash`) to `target`,
-   * through the partial file `partPath`; resumes a partial file left by an interrupted
+   * through a partial file named by `partPath` (the exact name, or, over SSH, the
+   * prefix of one name per attempt); resumes a partial file left by an interrupted
    * call; publishes `target` (read-only) only when the complete file hashes to `hash`.
    * Already there: returns at once. A mismatch fails with an IntegrityError, and the
    * partial file is removed.

@@ -91,6 +91,7 @@ export async function startSshNas(options: { root?: string; shape?: boolean } = 
         'PermitRootLogin prohibit-password',
         'PasswordAuthentication no',
         'StrictModes no',
+        'Subsystem sftp internal-sftp',
         'MaxStartups 100',
         'MaxSessions 100',
         'ClientAliveInterval 2',

@@ -1,11 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { findHookEntry } from '../../hooks/dispatch.js';
+import { FINISH_STOP_OP, findHookEntry } from '../../hooks/dispatch.js';
 
 describe('hook dispatch table', () => {
-  it('handles prepare begin (a failure aborts the start) and release end (it does not)', () => {
+  it('handles prepare begin (a failure aborts the start) and release end, restore begin (they do not)', () => {
     assert.equal(findHookEntry('prepare', 'begin')?.failureAbortsStart, true);
     assert.equal(findHookEntry('release', 'end')?.failureAbortsStart, false);
+    assert.equal(findHookEntry('restore', 'begin')?.failureAbortsStart, false);
+  });
+  it('has an internal operation for the work after a stop, which takes no domain XML', () => {
+    assert.equal(findHookEntry(FINISH_STOP_OP, 'begin')?.internal, true);
   });
   const ignored: Array<[string | undefined, string | undefined]> = [
     ['start', 'begin'],
@@ -13,7 +17,6 @@ describe('hook dispatch table', () => {
     ['stopped', 'end'],
     ['reconnect', 'begin'],
     ['migrate', 'begin'],
-    ['restore', 'begin'],
     ['attach', 'begin'],
     ['prepare', 'end'],
     ['release', 'begin'],

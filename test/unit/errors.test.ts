@@ -9,6 +9,7 @@ import {
   ConflictError,
   NasFullError,
   NasUnreachableError,
+  LeaseHeldError,
   ToolError,
   UsageError,
   describeError,
@@ -26,6 +27,7 @@ describe('exit codes', () => {
     [new NasUnreachableError('x'), 8],
     [new ConflictError('x'), 9],
     [new NasFullError('x'), 10],
+    [new LeaseHeldError('x'), 11],
     [new TypeError('a bug'), 70],
     ['a thrown string', 70],
   ];

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ToolError } from '../../lib/errors.js';
 import { formatCommand, runCommand } from '../../lib/runner.js';
@@ -49,5 +50,34 @@ describe('runCommand', () => {
 
   it('formats commands as a shell would read them', () => {
     assert.equal(formatCommand({ file: 'qemu-img', args: ['info', "/a b/it's"] }), `qemu-img info '/a b/it'\\''s'`);
+  });
+});
+
+describe('startPipeline', () => {
+  it('runs a pipeline and reports each stage', async () => {
+    const { startPipeline } = await import('../../lib/runner.js');
+    const pipe = startPipeline([{ file: 'printf', args: ['a b'] }, { file: 'tr', args: ['a-z', 'A-Z'] }], { input: 'ignore', output: 'capture' });
+    const results = await pipe.done;
+    assert.deepEqual(results.map((r) => [r.exitCode, r.notFound]), [[0, false], [0, false]]);
+    assert.equal(results[1]?.stdout, 'A B');
+    const missing = await startPipeline([{ file: 'kss-no-such-tool', args: [] }], { input: 'ignore', output: 'capture' }).done;
+    assert.equal(missing[0]?.notFound, true);
+  });
+
+  it('takes its processes down when the parent is killed with SIGKILL', async () => {
+    const { spawn } = await import('node:child_process');
+    const parent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+      import { startPipeline } from './lib/runner.ts';
+      const pipe = startPipeline([{ file: 'sleep', args: ['300'] }], { input: 'ignore', output: 'capture' });
+      process.stdout.write(String(pipe.pids[0]) + '\\n');
+      setInterval(() => {}, 1000);
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const pid = Number(await new Promise<string>((resolve) => parent.stdout.once('data', (d: Buffer) => resolve(d.toString()))));
+    // Running, not a zombie waiting to be reaped (PID 1 here reaps only every few seconds).
+    const alive = () => { try { return !/^\d+ \(.*\) Z/u.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; } };
+    assert.ok(alive(), 'the pipeline runs');
+    parent.kill('SIGKILL');
+    for (let i = 0; i < 50 && alive(); i += 1) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(alive(), false, 'and dies with its parent');
   });
 });

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -50,26 +50,45 @@ describe('remote scripts', () => {
   it('receive an upload: verified, published read-only; short kept; mismatch removed', () => {
     const data = randomBytes(300_000);
     const hash = createHash('sha256').update(data).digest('hex');
-    const part = `u/${hash}.h.part`;
+    const prefix = `u/${hash}.h.part`;
     const target = `l/${hash}.qcow2`;
-    assert.match(run(scripts.prepareUploadScript(root, part, target)).stdout.toString(), /^part 0 zstd=[01]\n$/);
+    const upload = (o: { claim?: string; token: string; offset: number; compressed: boolean }, input: Buffer) =>
+      run(scripts.receiveUploadScript(root, { partPrefix: prefix, target, size: data.length, hash, claim: o.claim, token: o.token, offset: o.offset, compressed: o.compressed }), input);
+    assert.equal(run(scripts.prepareUploadScript(root, prefix, target)).stdout.toString(), 'part 0 - zstd=1\n');
     // First half, then the sender stops.
-    const half = run(scripts.receiveUploadScript(root, { part, target, offset: 0, size: data.length, hash, compressed: false }), data.subarray(0, 100_000));
-    assert.equal(half.stdout.toString().trim(), 'short 100000');
-    assert.match(run(scripts.prepareUploadScript(root, part, target)).stdout.toString(), /^part 100000 /);
+    assert.equal(upload({ token: 'a', offset: 0, compressed: false }, data.subarray(0, 100_000)).stdout.toString().trim(), 'short 100000');
+    assert.equal(run(scripts.prepareUploadScript(root, prefix, target)).stdout.toString(), `part 100000 ${prefix}.a zstd=1\n`);
     // The rest, compressed, from where it stopped.
     const rest = execFileSync('zstd', ['-1', '-c'], { input: data.subarray(100_000) });
-    const done = run(scripts.receiveUploadScript(root, { part, target, offset: 100_000, size: data.length, hash, compressed: true }), rest);
+    const done = upload({ claim: `${prefix}.a`, token: 'b', offset: 100_000, compressed: true }, rest);
     assert.equal(done.stdout.toString().trim(), 'published', done.stderr.toString());
     assert.ok(readFileSync(join(root, target)).equals(data));
     assert.equal(statSync(join(root, target)).mode & 0o777, 0o444);
-    assert.equal(existsSync(join(root, part)), false);
-    assert.equal(run(scripts.prepareUploadScript(root, part, target)).stdout.toString().trim(), 'published');
+    assert.deepEqual(readdirSync(join(root, 'u')), [], 'no partial upload is left');
+    assert.equal(run(scripts.prepareUploadScript(root, prefix, target)).stdout.toString().trim(), 'published');
 
     const other = randomBytes(1000);
-    const wrong = run(scripts.receiveUploadScript(root, { part: 'u/x.part', target: 'l/x.qcow2', offset: 0, size: 1000, hash: 'f'.repeat(64), compressed: false }), other);
+    const wrong = run(
+      scripts.receiveUploadScript(root, { partPrefix: 'u/x.part', claim: undefined, token: 't', target: 'l/x.qcow2', offset: 0, size: 1000, hash: 'f'.repeat(64), compressed: false }),
+      other,
+    );
     assert.match(wrong.stdout.toString(), /^mismatch [0-9a-f]{64} 1000/);
-    assert.equal(existsSync(join(root, 'u/x.part')) || existsSync(join(root, 'l/x.qcow2')), false);
+    assert.equal(existsSync(join(root, 'u/x.part.t')) || existsSync(join(root, 'l/x.qcow2')), false);
+  });
+
+  it('keep a late, killed attempt from touching the file of the attempt that resumed it', () => {
+    const data = randomBytes(200_000);
+    const hash = createHash('sha256').update(data).digest('hex');
+    const prefix = `z/${hash}.h.part`;
+    mkdirSync(join(root, 'z'), { recursive: true });
+    writeFileSync(join(root, `${prefix}.old`), data.subarray(0, 50_000));
+    // The new attempt claims the old file...
+    const claimed = run(scripts.receiveUploadScript(root, { partPrefix: prefix, claim: `${prefix}.old`, token: 'new', target: `y/${hash}`, offset: 50_000, size: data.length, hash, compressed: false }), data.subarray(50_000, 150_000));
+    assert.equal(claimed.stdout.toString().trim(), 'short 150000');
+    // ...and the old attempt, finishing late, finds its name gone: it cannot remove or cut anything.
+    const late = run(`cd ${JSON.stringify(root)} && rm -f -- '${prefix}.old'; stat -c %s -- '${prefix}.old'`);
+    assert.notEqual(late.status, 0);
+    assert.equal(statSync(join(root, `${prefix}.new`)).size, 150_000);
   });
 
   it('send a download from an offset, compressed or not', () => {

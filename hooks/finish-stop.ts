@@ -1,0 +1,9 @@
+// The background work after a stop (see hooks/release.ts): seal, merge, push.
+import { openRepository } from '../lib/nas/open.js';
+import { finishStop } from '../lib/sync/stop.js';
+import type { HookContext } from './dispatch.js';
+
+/** Runs the work after a stop, detached from libvirt. */
+export async function finishStopBegin({ domain, config, log }: HookContext): Promise<void> {
+  await finishStop(domain.name, { config, log, openRepository: () => openRepository(config, log) });
+}

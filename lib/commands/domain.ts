@@ -1,0 +1,58 @@
+// `kss enable VM` and `kss log VM`.
+import { createReadStream, existsSync, watch } from 'node:fs';
+import { readConfig } from '../config.js';
+import { syncedDisks } from '../domain-xml.js';
+import { DiskStateError, UsageError } from '../errors.js';
+import { Logger, domainLogPath, streamSink } from '../log.js';
+import { METADATA_ELEMENT, METADATA_PREFIX, NAMESPACE_URI } from '../namespace.js';
+import { runCommand } from '../runner.js';
+import { enableDisks } from '../sync/enable.js';
+import { libvirtUri, virshCommand } from '../virsh.js';
+import type { CommandContext } from './lifecycle.js';
+
+/**
+ * Takes a defined, shut-off domain under management: its qcow2 disks' current content
+ * becomes the first generation (sealed beside each disk), the disk files become fresh
+ * tops at the same paths, and the domain gets our metadata. The first start publishes it.
+ */
+export async function enableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  const uri = libvirtUri(context.env);
+  const state = (await runCommand(virshCommand(uri, 'domstate', o.domain))).stdout.trim();
+  if (state !== 'shut off') throw new UsageError(`${o.domain} is ${state}`, { remedy: `shut it down first: virsh shutdown ${o.domain}` });
+  const { parseDomainXml } = await import('../domain-xml.js');
+  const domain = await parseDomainXml((await runCommand(virshCommand(uri, 'dumpxml', '--inactive', o.domain))).stdout);
+  const disks = syncedDisks(domain);
+  if (disks.length === 0) throw new DiskStateError(`${o.domain} has no writable file disk to sync`);
+  const raw = disks.filter((disk) => disk.format !== 'qcow2');
+  if (raw.length > 0) {
+    throw new DiskStateError(`${raw.map((d) => `${d.target} (${d.format ?? 'unknown format'})`).join(', ')}: only qcow2 disks can be enabled so far`, {
+      remedy: 'convert the disk (qemu-img convert -O qcow2) and point the domain at the result, then enable again',
+    });
+  }
+  const log = new Logger([streamSink(context.stderr, 'info')]);
+  const generation = await enableDisks(o.domain, Object.fromEntries(disks.map((d) => [d.target, d.path as string])), { config, log });
+  await runCommand(
+    virshCommand(uri, 'metadata', o.domain, '--uri', NAMESPACE_URI, '--key', METADATA_PREFIX, '--set', `<${METADATA_ELEMENT}/>`, '--config'),
+  );
+  context.stdout.write(`${o.domain}: enabled, first generation ${generation.slice(0, 12)}; the next start publishes it\n`);
+}
+
+/** Prints the domain's hook and background log; with `follow`, keeps printing new lines. */
+export async function logCommand(o: { domain: string; follow: boolean }, context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  const file = domainLogPath(config.logDir, o.domain);
+  if (!existsSync(file)) throw new UsageError(`no log for ${o.domain} yet (${file})`, { remedy: 'it appears after the first start or stop' });
+  let offset = 0;
+  const print = async () => {
+    for await (const chunk of createReadStream(file, { start: offset })) {
+      offset += (chunk as Buffer).length;
+      context.stdout.write(chunk as Buffer);
+    }
+  };
+  await print();
+  if (!o.follow) return;
+  await new Promise<never>(() => {
+    watch(file, () => void print());
+  });
+}

@@ -1,0 +1,72 @@
+// `kss start`, `kss stop`, `kss resolve`, `kss rollback`: the person's hand on the
+// lifecycle. start and stop are virsh around one-shot flags that the hook consumes.
+import { readConfig } from '../config.js';
+import { UsageError } from '../errors.js';
+import { Logger, streamSink } from '../log.js';
+import { openRepository } from '../nas/open.js';
+import { runCommand } from '../runner.js';
+import { setFlag, takeFlag, type Flag } from '../sync/local-state.js';
+import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
+import type { SyncDeps } from '../sync/start.js';
+import { libvirtUri, virshCommand } from '../virsh.js';
+import type { Output } from './output.js';
+
+export interface CommandContext extends Output {
+  configFile: string;
+  env: NodeJS.ProcessEnv;
+}
+
+async function syncDeps(context: CommandContext): Promise<SyncDeps> {
+  const config = await readConfig(context.configFile);
+  const log = new Logger([streamSink(context.stderr, 'info')]);
+  return { config, log, openRepository: () => openRepository(config, log) };
+}
+
+/** Runs virsh with one-shot flags set for the hook; flags the hook did not take are removed. */
+async function withFlags(context: CommandContext, domain: string, flags: Flag[], args: string[]): Promise<void> {
+  const { config } = await syncDeps(context);
+  for (const flag of flags) await setFlag(config.stateDir, domain, flag);
+  try {
+    const { stdout } = await runCommand(virshCommand(libvirtUri(context.env), ...args));
+    context.stdout.write(stdout);
+  } finally {
+    // A start or stop that never reached the hook must not leave a flag for a later one.
+    if (args[0] === 'start') for (const flag of flags) await takeFlag(config.stateDir, domain, flag);
+  }
+}
+
+/** `kss start VM [--no-sync] [--steal-lease]` */
+export async function startCommand(o: { domain: string; noSync: boolean; stealLease: boolean }, context: CommandContext): Promise<void> {
+  const flags: Flag[] = [...(o.noSync ? (['skip-sync'] as const) : []), ...(o.stealLease ? (['steal-lease'] as const) : [])];
+  await withFlags(context, o.domain, flags, ['start', o.domain]);
+}
+
+/** `kss stop VM [--no-push] [--force]`: shuts down (or destroys) and waits until it is off. */
+export async function stopCommand(o: { domain: string; noPush: boolean; force: boolean; timeoutSeconds: number }, context: CommandContext): Promise<void> {
+  await withFlags(context, o.domain, o.noPush ? ['no-push'] : [], [o.force ? 'destroy' : 'shutdown', o.domain]);
+  const uri = libvirtUri(context.env);
+  const deadline = Date.now() + o.timeoutSeconds * 1000;
+  for (;;) {
+    const { stdout } = await runCommand(virshCommand(uri, 'domstate', o.domain));
+    if (stdout.trim() === 'shut off') break;
+    if (Date.now() > deadline) {
+      throw new UsageError(`${o.domain} is still ${stdout.trim()} after ${o.timeoutSeconds} s: the guest did not shut down`, {
+        remedy: `kss stop ${o.domain} --force (like pulling the plug)`,
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  context.stderr.write(`kss: ${o.domain} is off; ${o.noPush ? 'its changes stay on this host (no push)' : 'its changes are being pushed in the background (kss log)'}\n`);
+}
+
+/** `kss resolve VM --keep local|remote` */
+export async function resolveCommand(o: { domain: string; keep: Keep }, context: CommandContext): Promise<void> {
+  const { head, branch } = await resolveConflict(o.domain, o.keep, await syncDeps(context));
+  context.stdout.write(`${o.domain}: kept ${o.keep}; head ${head.slice(0, 12)}; the other side is branch ${branch}\n`);
+}
+
+/** `kss rollback VM --to GEN|BRANCH` */
+export async function rollbackCommand(o: { domain: string; to: string }, context: CommandContext): Promise<void> {
+  const generation = await rollback(o.domain, o.to, await syncDeps(context));
+  context.stdout.write(`${o.domain}: disks as at ${o.to}, as new generation ${generation.id.slice(0, 12)}\n`);
+}

@@ -1,0 +1,163 @@
+// The disk side of the lifecycle, for all disks of a domain at once: a generation is
+// one layer per disk, and the disks always move together.
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { DiskStateError } from '../errors.js';
+import { createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps } from '../layers.js';
+import type { Logger } from '../log.js';
+import { generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
+import type { LeaseChange, NasRepository } from '../nas/repository.js';
+import type { TransferProgress } from '../nas/transport.js';
+import { createProgressMeter, progressLogReporter } from '../progress.js';
+import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
+
+/** The path of a disk's layer. */
+export function layerPathOf(top: string, hash: string): string {
+  return join(layersDirOf(top), layerFileName(hash));
+}
+
+/**
+ * Seals every disk whose top holds writes, and returns them as one new generation on
+ * the local head (disks without writes keep their layer), or undefined when no disk
+ * was written. `evenIfEmpty` seals every disk (the first generation of a domain).
+ */
+export async function sealDisks(
+  state: LocalState,
+  host: string,
+  now: Date,
+  options: { evenIfEmpty?: boolean; deps?: EngineDeps } = {},
+): Promise<PendingGeneration | undefined> {
+  const previous = localHead(state);
+  const disks: Record<string, string> = {};
+  const layers: Record<string, LayerInfo> = {};
+  const missing: string[] = [];
+  for (const [target, top] of Object.entries(state.disks)) {
+    const present = await exists(top);
+    const before = previous?.disks[target];
+    if (present && before === undefined && !options.evenIfEmpty && (await readChain(top, options.deps)).length === 1) {
+      // A disk image of its own, not a top on our layers: not enabled (kss enable), not "writes".
+      missing.push(`${target} (${top})`);
+      continue;
+    }
+    const sealed = present
+      ? await sealTop(top, options.deps, { evenIfEmpty: options.evenIfEmpty ?? false })
+      : await recoverSeal(top, options.deps);
+    if (!sealed) {
+      if (before !== undefined) disks[target] = before;
+      else missing.push(`${target} (${top})`);
+      continue;
+    }
+    if ((sealed.parent ?? undefined) !== before) {
+      throw new DiskStateError(
+        `disk ${target}: the sealed layer stands on ${sealed.parent ?? 'nothing'}, but this host's state says ${before ?? 'nothing'}`,
+        { remedy: 'the chain was changed outside kvm-snapshot-sync; check it with `kss chain`' },
+      );
+    }
+    disks[target] = sealed.hash;
+    layers[sealed.hash] = { parent: sealed.parent ?? null, size: (await stat(layerPathOf(top, sealed.hash))).size };
+  }
+  if (Object.keys(layers).length === 0) return undefined;
+  if (missing.length > 0) {
+    // One generation holds every disk: a disk without any layer cannot be left out.
+    throw new DiskStateError(`disk ${missing.join(', ')} has no sealed layer and nothing to seal`, {
+      remedy: 'a disk was added to the domain: enable it again (kss enable), or restore the disk file',
+    });
+  }
+  const made = { parent: previous?.id ?? null, host, created: now.toISOString(), disks };
+  return { generation: { id: generationId(made), ...made }, layers };
+}
+
+/**
+ * Merges the pending generations into one on the synced generation, so that only one
+ * layer per disk travels. The old layers stay where they are (removeUnusedLayers takes
+ * them later); the tops, empty after sealing, are put on the merged layers.
+ */
+export async function mergePending(state: LocalState, host: string, deps?: EngineDeps): Promise<boolean> {
+  if (state.pending.length < 2) return false;
+  const newest = (state.pending.at(-1) as PendingGeneration).generation;
+  const disks: Record<string, string> = {};
+  const layers: Record<string, LayerInfo> = {};
+  for (const [target, top] of Object.entries(state.disks)) {
+    const onto = state.synced?.disks[target];
+    const last = newest.disks[target] as string;
+    const changed = new Set(state.pending.map((p) => p.generation.disks[target]).filter((layer) => layer !== onto));
+    let merged = last;
+    if (changed.size > 1) {
+      await removeMergeLeftovers(layersDirOf(top));
+      merged = await mergeLayers(layersDirOf(top), last, onto, deps);
+      await createTop(top, merged, deps);
+    }
+    disks[target] = merged;
+    if (merged !== onto) layers[merged] = { parent: onto ?? null, size: (await stat(layerPathOf(top, merged))).size };
+  }
+  const made = { parent: state.synced?.id ?? null, host, created: newest.created, disks };
+  state.pending = [{ generation: { id: generationId(made), ...made }, layers }];
+  return true;
+}
+
+/** Fetches every layer the generation's disks need that this host lacks, verified. */
+export async function pullGeneration(
+  state: LocalState,
+  manifest: Manifest,
+  generation: Generation,
+  repository: NasRepository,
+  log: Logger,
+): Promise<void> {
+  for (const [target, top] of Object.entries(state.disks)) {
+    const layer = generation.disks[target];
+    if (layer === undefined) {
+      throw new DiskStateError(`the NAS generation ${generation.id.slice(0, 12)} has no disk ${target}`, {
+        remedy: 'the domain definition here and on the NAS differ: compare them (kss status)',
+      });
+    }
+    for (const hash of layerChain(manifest.layers, layer).reverse()) {
+      if (await exists(layerPathOf(top, hash))) continue;
+      log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
+      const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), transferLog(log, `pull ${target} ${hash.slice(0, 12)}`));
+      log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
+    }
+  }
+}
+
+/** Puts a fresh empty top on the generation's layer, on every disk. */
+export async function rotateTops(state: LocalState, generation: Generation, deps?: EngineDeps): Promise<void> {
+  for (const [target, top] of Object.entries(state.disks)) {
+    const current = (await exists(top)) ? (await readLayerHashes(top, deps))[0] : undefined;
+    if (current !== generation.disks[target]) await createTop(top, generation.disks[target] as string, deps);
+  }
+}
+
+/** Pushes every layer of the pending generations (resumable, verified on the NAS). */
+export async function pushPending(state: LocalState, repository: NasRepository, log: Logger): Promise<void> {
+  for (const pending of state.pending) {
+    for (const [target, top] of Object.entries(state.disks)) {
+      const hash = pending.generation.disks[target] as string;
+      if (!Object.hasOwn(pending.layers, hash)) continue;
+      log.info('pushing layer', { disk: target, layer: hash, bytes: pending.layers[hash]?.size });
+      const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, transferLog(log, `push ${target} ${hash.slice(0, 12)}`));
+      log.info('pushed layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom, alreadyThere: result.alreadyThere });
+    }
+  }
+}
+
+/** Makes the pending generation the NAS head (a compare-and-swap on the synced one). */
+export async function publishPending(state: LocalState, repository: NasRepository, lease: LeaseChange): Promise<Generation> {
+  const pending = state.pending.at(-1) as PendingGeneration;
+  const { parent, created, disks } = pending.generation;
+  const layers = Object.assign({}, ...state.pending.map((p) => p.layers)) as Record<string, LayerInfo>;
+  return repository.publishGeneration(state.domain, { parent, created, disks, layers }, lease);
+}
+
+/** Progress of one transfer as log lines (every 10 s and at the end). */
+function transferLog(log: Logger, label: string): TransferProgress {
+  let meter: ReturnType<typeof createProgressMeter> | undefined;
+  return (done, total) => {
+    meter ??= createProgressMeter(total, progressLogReporter((message) => log.info(message), label));
+    meter.update(done);
+    if (done === total) meter.finish();
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return (await stat(path).catch(() => undefined)) !== undefined;
+}

@@ -1,0 +1,101 @@
+// This host's state of one domain, under <stateDir>/domains/<domain>/:
+//
+//   state.json      what this host knows: the generation it last synced with the NAS,
+//                   its sealed generations not yet on the NAS, its disks, the lease
+//   lock            the per-domain lock (lib/lock.ts) of the hook, the background work
+//                   after a stop, and the CLI
+//   flags/<name>    one-shot flags, consumed by the next hook call that reads them
+//
+// state.json is replaced atomically, so a kill at any moment leaves the old or the new
+// state; the disks themselves are the final word (a seal that finished but was not
+// recorded is found again by recoverSeal).
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../durable-fs.js';
+import { DiskStateError } from '../errors.js';
+import { escapeFileName } from '../file-names.js';
+import type { Generation, LayerInfo } from '../nas/format.js';
+
+export const LOCAL_FORMAT = 1;
+
+export interface PendingGeneration {
+  generation: Generation;
+  /** The layers it adds (one per changed disk). */
+  layers: Record<string, LayerInfo>;
+}
+
+export interface LocalState {
+  format: typeof LOCAL_FORMAT;
+  domain: string;
+  /** Guest device → top path, as the domain XML said at the last hook call. */
+  disks: Record<string, string>;
+  /** The NAS generation the disks were last in step with. */
+  synced: Generation | null;
+  /** Sealed here, not on the NAS yet, oldest first; each one's parent is the one before. */
+  pending: PendingGeneration[];
+  /** This host took the lease and has not given it back. */
+  leaseHeld: boolean;
+  /** How the last attempt to sync ended, for `kss status`. */
+  lastSync?: { at: string; outcome: string };
+}
+
+/** One-shot flags; the CLI sets them, the hook consumes them. */
+export type Flag = 'skip-sync' | 'steal-lease' | 'no-push' | 'restoring';
+
+export function domainStateDir(stateDir: string, domain: string): string {
+  return join(stateDir, 'domains', escapeFileName(domain));
+}
+
+export function domainLockPath(stateDir: string, domain: string): string {
+  return join(domainStateDir(stateDir, domain), 'lock');
+}
+
+/** The generation the disks sit on: the newest pending one, else the synced one. */
+export function localHead(state: LocalState): Generation | null {
+  return state.pending.at(-1)?.generation ?? state.synced;
+}
+
+/** Reads the state; a domain this host has never seen has an empty one. */
+export async function readLocalState(stateDir: string, domain: string): Promise<LocalState> {
+  const file = join(domainStateDir(stateDir, domain), 'state.json');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    return { format: LOCAL_FORMAT, domain, disks: {}, synced: null, pending: [], leaseHeld: false };
+  }
+  const state = JSON.parse(text) as LocalState;
+  if (state.format !== LOCAL_FORMAT) {
+    throw new DiskStateError(`${file} has format ${String(state.format)}; this version reads ${LOCAL_FORMAT}`, {
+      remedy: 'use the kvm-snapshot-sync version that wrote it',
+    });
+  }
+  return state;
+}
+
+/** Replaces the state atomically. */
+export async function writeLocalState(stateDir: string, state: LocalState): Promise<void> {
+  const dir = domainStateDir(stateDir, state.domain);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o600);
+}
+
+/** Sets a one-shot flag. */
+export async function setFlag(stateDir: string, domain: string, flag: Flag): Promise<void> {
+  const dir = join(domainStateDir(stateDir, domain), 'flags');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(join(dir, flag), `${new Date().toISOString()}\n`);
+}
+
+/** Consumes a one-shot flag: true if it was set (and now is not). */
+export async function takeFlag(stateDir: string, domain: string, flag: Flag): Promise<boolean> {
+  const path = join(domainStateDir(stateDir, domain), 'flags', flag);
+  try {
+    await rm(path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
+}

@@ -1,0 +1,166 @@
+// Before a start (hook: prepare begin), under the domain's lock: seal what a run that
+// did not stop cleanly left in the tops, look at the NAS, decide (lib/sync/decide.ts),
+// then push what is pending, or pull what is newer, put fresh empty tops on the newest
+// generation, and take the lease. A refusal is a typed error whose message libvirt
+// shows to the person who pressed Start: what happened, since when, and the command
+// that resolves it.
+import type { Config } from '../config.js';
+import type { EngineDeps } from '../layers.js';
+import { runCommand } from '../runner.js';
+import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Manifest } from '../nas/format.js';
+import type { NasRepository } from '../nas/repository.js';
+import { readClientEnvironment, type ClientEnvResult } from './client-env.js';
+import { decideStart, type NasView, type StartDecision } from './decide.js';
+import { mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
+import { localHead, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
+import { lookAtNas, withDomainLock } from './session.js';
+
+export interface SyncDeps {
+  config: Config;
+  log: Logger;
+  openRepository: () => NasRepository;
+  now?: () => Date;
+  /** KSS_NO_SYNC / KSS_STEAL_LEASE of a local `virsh start` (lib/sync/client-env.ts). */
+  clientEnvironment?: (domain: string) => Promise<ClientEnvResult>;
+  /** Told each step's name just before it runs (fault-injection tests kill there). */
+  onStep?: (step: string) => void;
+}
+
+/** The layer engine's dependencies for a lifecycle run: the real runner, our steps. */
+export function engineDeps(deps: SyncDeps): EngineDeps {
+  return { run: runCommand, onStep: deps.onStep };
+}
+
+/** How long a start waits for the background work of the last stop (a large push). */
+const START_LOCK_WAIT_MS = 60 * 60_000;
+
+/** Runs everything a start needs; throws a typed error to refuse it. */
+export async function prepareStart(domain: string, disks: Record<string, string>, deps: SyncDeps): Promise<void> {
+  const { config, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  await withDomainLock(config.stateDir, domain, log, START_LOCK_WAIT_MS, async () => {
+    const state = await readLocalState(config.stateDir, domain);
+    state.disks = disks;
+    const flags = {
+      restoring: await takeFlag(config.stateDir, domain, 'restoring'),
+      skipSync: await takeFlag(config.stateDir, domain, 'skip-sync'),
+      stealLease: await takeFlag(config.stateDir, domain, 'steal-lease'),
+    };
+    const client = await (deps.clientEnvironment ?? readClientEnvironment)(domain);
+    if (client.skipSync || client.stealLease) log.info('asked by the client environment', { note: client.note, noSync: client.skipSync, stealLease: client.stealLease });
+    flags.skipSync ||= client.skipSync;
+    flags.stealLease ||= client.stealLease;
+    const engine = engineDeps(deps);
+    if (!flags.restoring) {
+      deps.onStep?.('start:seal');
+      const sealed = await sealDisks(state, config.host, now(), { deps: engine });
+      if (sealed) {
+        state.pending.push(sealed);
+        log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
+      }
+    }
+    await writeLocalState(config.stateDir, state);
+
+    let repository: NasRepository | undefined;
+    let manifest: Manifest | undefined;
+    let nas: NasView = { reachable: false, problem: 'not asked' };
+    deps.onStep?.('start:read-nas');
+    if (!flags.restoring && !flags.skipSync) {
+      repository = deps.openRepository();
+      ({ manifest, nas } = await lookAtNas(repository, domain));
+    }
+    const local = { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld };
+    const decision = decideStart(config.host, local, nas, flags);
+    log.info('start', { decision: describe(decision), synced: local.synced ?? 'none', pending: local.pending, nasHead: manifest?.head ?? 'none' });
+
+    switch (decision.action) {
+      case 'leave-disks':
+        return;
+      case 'start-local': {
+        const head = localHead(state);
+        if (!head) throw new DiskStateError(`${domain} has no local generation to start from`, { remedy: `pull it first: kss pull ${domain}` });
+        await rotateTops(state, head, engine);
+        log.warn(decision.why === 'skip-sync' ? 'started without syncing, as asked' : 'the NAS is unreachable; started on the lease this host holds', {
+          problem: decision.problem,
+        });
+        return;
+      }
+      case 'refuse':
+        throw refusal(domain, decision, state, manifest);
+      case 'sync':
+        await sync(domain, state, manifest, decision, repository as NasRepository, deps, now, engine);
+    }
+  });
+}
+
+async function sync(
+  domain: string,
+  state: LocalState,
+  manifest: Manifest | undefined,
+  decision: Extract<StartDecision, { action: 'sync' }>,
+  repository: NasRepository,
+  { config, log, onStep }: SyncDeps,
+  now: () => Date,
+  engine: EngineDeps,
+): Promise<void> {
+  if (decision.stealFrom) log.warn('taking the lease from another host, as asked', { from: decision.stealFrom.host, since: decision.stealFrom.since });
+  if (decision.push) {
+    // The start waits until the NAS has this host's changes.
+    onStep?.('start:merge');
+    if (await mergePending(state, config.host, engine)) await writeLocalState(config.stateDir, state);
+    onStep?.('start:push');
+    await pushPending(state, repository, log);
+    onStep?.('start:publish');
+    state.synced = await publishPending(state, repository, 'take');
+    state.pending = [];
+  } else {
+    if (decision.pull) {
+      const head = (manifest as Manifest).generations[(manifest as Manifest).head as string]!;
+      onStep?.('start:pull');
+      await pullGeneration(state, manifest as Manifest, head, repository, log);
+      onStep?.('start:rotate');
+      await rotateTops(state, head, engine);
+      state.synced = head;
+      await writeLocalState(config.stateDir, state);
+    } else {
+      onStep?.('start:rotate');
+      await rotateTops(state, state.synced!, engine);
+    }
+    onStep?.('start:take-lease');
+    await repository.setLease(domain, 'take', state.synced?.id ?? null);
+  }
+  state.leaseHeld = true;
+  state.lastSync = { at: now().toISOString(), outcome: decision.push ? 'pushed before start' : decision.pull ? 'pulled before start' : 'in step' };
+  await writeLocalState(config.stateDir, state);
+}
+
+function refusal(domain: string, decision: Extract<StartDecision, { action: 'refuse' }>, state: LocalState, manifest: Manifest | undefined): Error {
+  switch (decision.why) {
+    case 'lease-held':
+      return new LeaseHeldError(`${domain} is in use on host ${decision.lease.host} since ${decision.lease.since}.`, {
+        remedy: `shut it down there first (its changes then go to the NAS), or take it over on purpose: kss start ${domain} --steal-lease`,
+      });
+    case 'conflict': {
+      const head = manifest?.generations[decision.nasHead ?? ''];
+      const since = state.synced ? `generation ${state.synced.id.slice(0, 12)}` : 'it was enabled';
+      return new ConflictError(
+        `${domain} changed both here and on the NAS: this host has ${state.pending.length} unsynced generation(s) since ${since}, and the NAS now has ${head ? `${head.id.slice(0, 12)} from host ${head.host} at ${head.created}` : decision.nasHead}.`,
+        { remedy: `keep one side (the other is kept as a branch): kss resolve ${domain} --keep local, or kss resolve ${domain} --keep remote` },
+      );
+    }
+    case 'offline':
+      return new NasUnreachableError(
+        `the NAS cannot be reached and this host does not hold ${domain}'s lease: starting now could fork it without anyone noticing. (${decision.problem})`,
+        { remedy: `start it without syncing on purpose: kss start ${domain} --no-sync` },
+      );
+    case 'not-enabled':
+      return new DiskStateError(`${domain} has nothing on the NAS and no local generation`, { remedy: `kss enable ${domain}` });
+  }
+}
+
+function describe(decision: StartDecision): string {
+  if (decision.action === 'sync') return decision.push ? 'push-then-start' : decision.pull ? 'pull-then-start' : 'in-step';
+  return `${decision.action}:${decision.why}`;
+}

@@ -1,0 +1,157 @@
+// A simulated host with a real libvirtd: a persistent mount and UTS namespace of its
+// own, with per-host directories bind-mounted over /etc/libvirt, /var/lib/libvirt,
+// /var/log/libvirt, /run, the tool's config/state/log directories and /root/.ssh, and
+// its own virtlogd and libvirtd started inside it. The built executable is its hook,
+// /etc/libvirt/hooks/qemu. Two of them run at once on this machine (see platform.md).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { NAMESPACE_URI } from '../../lib/namespace.js';
+import { BINARY } from './hosts.js';
+
+export const LIBVIRT_TOOLS = ['unshare', 'nsenter', 'libvirtd', 'virtlogd', 'virsh', 'qemu-system-x86_64', 'qemu-img'];
+
+const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** Directories each host gets its own copy of: inside path → name under the host dir. */
+const BINDS: Record<string, string> = {
+  '/etc/libvirt': 'etc-libvirt',
+  '/var/lib/libvirt': 'var-lib-libvirt',
+  '/var/log/libvirt': 'var-log-libvirt',
+  '/run': 'run',
+  '/etc/kvm-snapshot-sync': 'etc-kss',
+  '/var/lib/kvm-snapshot-sync': 'var-lib-kss',
+  '/var/log/kvm-snapshot-sync': 'var-log-kss',
+  '/root/.ssh': 'root-ssh',
+};
+
+export class LibvirtHost {
+  private readonly mntns: string;
+  private readonly utsns: string;
+
+  private constructor(
+    readonly name: string,
+    readonly dir: string,
+  ) {
+    this.mntns = join(dir, 'ns', 'mnt');
+    this.utsns = join(dir, 'ns', 'uts');
+  }
+
+  /** Sets the host up and starts its daemons; `config` is written as the tool's config. */
+  static async start(name: string, dir: string, config: Record<string, unknown>): Promise<LibvirtHost> {
+    const host = new LibvirtHost(name, dir);
+    mkdirSync(join(dir, 'ns'), { recursive: true });
+    for (const sub of Object.values(BINDS)) mkdirSync(join(dir, sub), { recursive: true });
+    cpSync('/etc/libvirt', join(dir, 'etc-libvirt'), { recursive: true });
+    mkdirSync(join(dir, 'var-lib-libvirt', 'images'), { recursive: true, mode: 0o711 });
+    // Both hosts share one cgroup tree: without this, two domains of one name collide.
+    writeFileSync(join(dir, 'etc-libvirt', 'qemu.conf'), 'cgroup_controllers = [ ]\n', { flag: 'a' });
+    mkdirSync(join(dir, 'etc-libvirt', 'hooks'), { recursive: true });
+    copyFileSync(BINARY, join(dir, 'etc-libvirt', 'hooks', 'qemu'));
+    execFileSync('chmod', ['755', join(dir, 'etc-libvirt', 'hooks', 'qemu')]);
+    writeFileSync(join(dir, 'etc-kss', 'config.json'), JSON.stringify({ host: name, ...config }, null, 2));
+    symlinkSync('/etc/libvirt/hooks/qemu', join(dir, 'etc-kss', 'kss'));
+
+    // Namespace files must live on a private mount to be bind-mounted by unshare.
+    execFileSync('mount', ['--bind', join(dir, 'ns'), join(dir, 'ns')]);
+    execFileSync('mount', ['--make-private', join(dir, 'ns')]);
+    writeFileSync(host.mntns, '');
+    writeFileSync(host.utsns, '');
+    const binds = Object.entries(BINDS)
+      .map(([inside, sub]) => `mkdir -p ${inside} && mount --bind '${join(dir, sub)}' ${inside}`)
+      .join(' && ');
+    execFileSync('unshare', [`--mount=${host.mntns}`, `--uts=${host.utsns}`, '--propagation', 'private', 'sh', '-c', `${binds} && hostname ${name}`]);
+    mkdirSync(join(dir, 'run', 'libvirt'), { recursive: true });
+    host.inside(['virtlogd', '-d', '-p', '/run/virtlogd.pid']);
+    host.inside(['libvirtd', '-d', '-p', '/run/libvirtd.pid']);
+    const deadline = Date.now() + 60_000;
+    while (host.virsh('version').status !== 0) {
+      if (Date.now() > deadline) throw new Error(`libvirtd on ${name} did not answer`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    return host;
+  }
+
+  /** Runs a command inside the host, from /, with a clean environment (the hook inherits it). */
+  inside(command: string[], input?: string, env: Record<string, string> = {}) {
+    return spawnSync('nsenter', [`--mount=${this.mntns}`, `--uts=${this.utsns}`, '--wd=/', 'env', '-i', `PATH=${CLEAN_PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...command], {
+      input,
+      encoding: 'utf8',
+      timeout: 180_000,
+    });
+  }
+
+  virsh(...args: string[]) {
+    return this.inside(['virsh', '-c', 'qemu:///system', ...args]);
+  }
+
+  /** virsh that must succeed. */
+  mustVirsh(...args: string[]): string {
+    const result = this.virsh(...args);
+    if (result.status !== 0) throw new Error(`virsh ${args.join(' ')} on ${this.name}: ${result.stderr}`);
+    return result.stdout;
+  }
+
+  /** kss (the hook's executable, under the name kss) inside the host. */
+  kss(args: string[], env: Record<string, string> = {}) {
+    return this.inside(['/etc/kvm-snapshot-sync/kss', ...args], undefined, env);
+  }
+
+  /** A path inside the host as seen from outside (for qemu-img on its disks). */
+  outside(insidePath: string): string {
+    for (const [inside, sub] of Object.entries(BINDS)) {
+      if (insidePath === inside || insidePath.startsWith(`${inside}/`)) return join(this.dir, sub, insidePath.slice(inside.length));
+    }
+    throw new Error(`${insidePath} is not in a per-host directory`);
+  }
+
+  /** Writes through the running domain's block layer (qemu-io in the monitor). */
+  guestIo(domain: string, command: string, drive = 'virtio-disk0'): void {
+    const qom = `/machine/peripheral/${drive}/virtio-backend`;
+    const logFile = this.outside(`/var/log/libvirt/qemu/${domain}.log`);
+    const before = existsSync(logFile) ? readFileSync(logFile, 'utf8').length : 0;
+    this.mustVirsh('qemu-monitor-command', domain, '--hmp', `qemu-io ${qom} "${command}"`);
+    const output = readFileSync(logFile, 'utf8').slice(before);
+    if (/Pattern verification failed|error|failed/iu.test(output)) throw new Error(`qemu-io ${command} in ${domain} on ${this.name}: ${output}`);
+  }
+
+  /** The hook's log for a domain. */
+  hookLog(domain: string): string {
+    const file = this.outside(`/var/log/kvm-snapshot-sync/${domain}.log`);
+    return existsSync(file) ? readFileSync(file, 'utf8') : '';
+  }
+
+  /** Waits until the background work after a stop has finished. */
+  async waitForStop(domain: string, count: number, timeoutMs = 180_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while ((this.hookLog(domain).match(/stop finished/gu) ?? []).length < count) {
+      if (Date.now() > deadline) throw new Error(`no finished stop on ${this.name}:\n${this.hookLog(domain).split('\n').slice(-8).join('\n')}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  stop(): void {
+    // PIDs are shared between simulated hosts: stop this host's VMs through its own libvirtd.
+    for (const domain of this.virsh('list', '--name').stdout.split('\n').filter(Boolean)) this.virsh('destroy', domain);
+    for (const daemon of ['libvirtd', 'virtlogd']) {
+      const pidFile = join(this.dir, 'run', `${daemon}.pid`);
+      if (existsSync(pidFile)) spawnSync('kill', [readFileSync(pidFile, 'utf8').trim()]);
+    }
+    spawnSync('umount', ['-l', this.mntns]);
+    spawnSync('umount', ['-l', this.utsns]);
+    spawnSync('umount', ['-l', join(this.dir, 'ns')]);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A tiny domain: 64 MiB, no OS (it sits in the BIOS), virtio disks, nothing else. */
+export function tinyDomainXml(name: string, disks: Record<string, string>, managed: boolean): string {
+  const type = existsSync('/dev/kvm') ? 'kvm' : 'qemu';
+  const metadata = managed ? `<metadata><kss:sync xmlns:kss="${NAMESPACE_URI}"/></metadata>` : '';
+  const devices = Object.entries(disks)
+    .map(([target, path]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${path}'/><target dev='${target}' bus='virtio'/></disk>`)
+    .join('');
+  return `<domain type='${type}'><name>${name}</name>${metadata}<memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><on_poweroff>destroy</on_poweroff>
+<devices>${devices}<memballoon model='none'/></devices></domain>`;
+}

@@ -1,0 +1,216 @@
+// End to end with real daemons: two simulated hosts, each with its own libvirtd whose
+// hook is the built executable, and a NAS that is a real sshd in a network namespace
+// behind a 1 Gbit link. Guest writes and reads go through the running domain.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { readConfig } from '../../lib/config.js';
+import { Logger } from '../../lib/log.js';
+import { enableDisks } from '../../lib/sync/enable.js';
+import { MiB, createImage, guestDigest, qemuIo } from '../helpers/disks.js';
+import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
+import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
+import { requireTools } from '../helpers/tools.js';
+
+const IMAGES = '/var/lib/libvirt/images';
+let work: string;
+let nas: SshNas | undefined;
+let desk: LibvirtHost | undefined;
+let laptop: LibvirtHost | undefined;
+
+async function startHost(name: string): Promise<LibvirtHost> {
+  const n = nas as SshNas;
+  const dir = join(work, name);
+  const host = await LibvirtHost.start(name, dir, {
+    nas: `ssh://root@${n.target.host}:${n.target.port}${n.root}`,
+    sshIdentity: '/root/.ssh/id_nas',
+    sshKnownHosts: '/root/.ssh/known_hosts',
+  });
+  execFileSync('cp', [n.target.identity as string, join(dir, 'root-ssh', 'id_nas')]);
+  execFileSync('cp', [n.target.knownHosts as string, join(dir, 'root-ssh', 'known_hosts')]);
+  return host;
+}
+
+/** Defines a managed two-disk domain on a host; on the first host, also enables it. */
+async function defineWork(host: LibvirtHost, domain: string, enable: boolean): Promise<Record<string, string>> {
+  const disks = { vda: `${IMAGES}/${domain}-root.qcow2`, vdb: `${IMAGES}/${domain}-home.qcow2` };
+  if (enable) {
+    createImage(host.outside(disks.vda), 32 * MiB);
+    createImage(host.outside(disks.vdb), 32 * MiB);
+    qemuIo(host.outside(disks.vda), 'write -P 0x11 0 4M');
+    const config = { ...(await readConfig(host.outside('/etc/kvm-snapshot-sync/config.json'))), stateDir: host.outside('/var/lib/kvm-snapshot-sync') };
+    await enableDisks(domain, { vda: host.outside(disks.vda), vdb: host.outside(disks.vdb) }, { config, log: new Logger([]) });
+  }
+  host.mustVirsh('define', writeXml(host, domain, tinyDomainXml(domain, disks, true)));
+  return disks;
+}
+
+function digests(host: LibvirtHost, disks: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(disks).map(([target, path]) => [target, guestDigest(host.outside(path))]));
+}
+
+before(async (t) => {
+  if (!requireTools(t as unknown as TestContext, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS)) return;
+  work = mkdtempSync(join(tmpdir(), 'kss-e2e-'));
+  nas = await startSshNas();
+  desk = await startHost('desk');
+  laptop = await startHost('laptop');
+});
+after(() => {
+  desk?.stop();
+  laptop?.stop();
+  nas?.stop();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+function ready(t: TestContext): boolean {
+  return desk !== undefined || requireTools(t, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS);
+}
+
+describe('real libvirtd on two hosts, NAS over SSH', () => {
+  it('moves a two-disk VM desktop -> laptop -> desktop through virsh start and destroy', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    const disks = await defineWork(d, 'work', true);
+    await defineWork(l, 'work', false);
+
+    d.mustVirsh('start', 'work');
+    d.guestIo('work', 'write -P 0x5a 16M 4M');
+    d.guestIo('work', 'write -P 0x6b 1M 2M', 'virtio-disk1');
+    d.guestIo('work', 'read -P 0x11 0 4M');
+    const started = Date.now();
+    d.mustVirsh('destroy', 'work');
+    const destroyMs = Date.now() - started;
+    await d.waitForStop('work', 1);
+    const day1 = digests(d, disks);
+
+    l.mustVirsh('start', 'work');
+    l.guestIo('work', 'read -P 0x5a 16M 4M');
+    l.guestIo('work', 'read -P 0x6b 1M 2M', 'virtio-disk1');
+    l.guestIo('work', 'write -P 0x7c 20M 1M');
+    l.mustVirsh('destroy', 'work');
+    await l.waitForStop('work', 1);
+    assert.deepEqual(Object.keys(day1), ['vda', 'vdb']);
+
+    d.mustVirsh('start', 'work');
+    d.guestIo('work', 'read -P 0x7c 20M 1M');
+    d.guestIo('work', 'read -P 0x5a 16M 3M');
+    d.mustVirsh('destroy', 'work');
+    await d.waitForStop('work', 2);
+    assert.deepEqual(digests(d, disks), digests(l, disks), 'both hosts hold the same bytes');
+    assert.ok(destroyMs < 5000, `virsh destroy took ${destroyMs} ms`);
+  });
+
+  it('shows the lease holder to whoever runs virsh start elsewhere', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    await defineWork(d, 'leased', true);
+    await defineWork(l, 'leased', false);
+    d.mustVirsh('start', 'leased');
+    const refused = l.virsh('start', 'leased');
+    assert.notEqual(refused.status, 0);
+    assert.match(refused.stderr, /Hook script execution failed.*kvm-snapshot-sync: leased is in use on host desk since /su);
+    assert.match(refused.stderr, /kss start leased --steal-lease/u);
+    assert.match(l.virsh('domstate', 'leased').stdout, /shut off/u);
+    d.mustVirsh('destroy', 'leased');
+    await d.waitForStop('leased', 1);
+    l.mustVirsh('start', 'leased');
+    l.mustVirsh('destroy', 'leased');
+    await l.waitForStop('leased', 1);
+  });
+
+  it('starts with KSS_NO_SYNC=1 virsh start when the NAS is away, and refuses without it', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    const disks = await defineWork(d, 'away', true);
+    d.mustVirsh('start', 'away');
+    d.mustVirsh('destroy', 'away');
+    await d.waitForStop('away', 1);
+    await defineWork(l, 'away', false);
+    l.mustVirsh('start', 'away');
+    l.mustVirsh('destroy', 'away');
+    await l.waitForStop('away', 1);
+    const before = digests(d, disks);
+
+    (nas as SshNas).setLink(false);
+    try {
+      const refused = d.virsh('start', 'away');
+      assert.notEqual(refused.status, 0);
+      assert.match(refused.stderr, /the NAS cannot be reached and this host does not hold away's lease/u);
+      const forced = d.inside(['virsh', '-c', 'qemu:///system', 'start', 'away'], undefined, { KSS_NO_SYNC: '1' });
+      assert.equal(forced.status, 0, forced.stderr);
+      assert.match(d.hookLog('away'), /asked by the client environment/u);
+      d.mustVirsh('destroy', 'away');
+    } finally {
+      (nas as SshNas).setLink(true);
+    }
+    await d.waitForStop('away', 2);
+    assert.deepEqual(digests(d, disks), before);
+  });
+
+  it('gives the lease back after a start that failed after prepare', async (t) => {
+    if (!ready(t)) return;
+    const d = desk as LibvirtHost;
+    const disks = await defineWork(d, 'broken', true);
+    d.mustVirsh('start', 'broken');
+    d.mustVirsh('destroy', 'broken');
+    await d.waitForStop('broken', 1);
+    const before = digests(d, disks);
+    // QEMU itself refuses this argument: the start fails after prepare has run.
+    const failing = tinyDomainXml('broken', disks, true)
+      .replace(/^<domain type='(\w+)'>/u, "<domain type='$1' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>")
+      .replace('</domain>', "<qemu:commandline><qemu:arg value='-no-such-option'/></qemu:commandline></domain>");
+    d.mustVirsh('undefine', 'broken');
+    d.mustVirsh('define', writeXml(d, 'broken', failing));
+    assert.notEqual(d.virsh('start', 'broken').status, 0);
+    await d.waitForStop('broken', 2);
+    assert.deepEqual(digests(d, disks), before);
+    assert.match(d.hookLog('broken').split('\n').filter((line) => line.includes('stop finished')).at(-1) ?? '', /nothing to push/u);
+  });
+
+  it('keeps a running VM alive when libvirtd restarts', async (t) => {
+    if (!ready(t)) return;
+    const d = desk as LibvirtHost;
+    await defineWork(d, 'alive', true);
+    d.mustVirsh('start', 'alive');
+    const pid = readFileSync(d.outside('/run/libvirtd.pid'), 'utf8').trim();
+    execFileSync('kill', [pid]);
+    for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i += 1) await new Promise((r) => setTimeout(r, 100));
+    d.inside(['libvirtd', '-d', '-p', '/run/libvirtd.pid']);
+    let state = '';
+    for (let i = 0; i < 100 && !state.includes('running'); i += 1) {
+      state = d.virsh('domstate', 'alive').stdout;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.match(state, /running/u);
+    d.guestIo('alive', 'read -P 0x11 0 4M');
+    d.mustVirsh('destroy', 'alive');
+    await d.waitForStop('alive', 1);
+  });
+
+  it('leaves an unmanaged domain alone', async (t) => {
+    if (!ready(t)) return;
+    const d = desk as LibvirtHost;
+    const disk = `${IMAGES}/plain.qcow2`;
+    createImage(d.outside(disk), 16 * MiB);
+    const inode = statSync(d.outside(disk)).ino;
+    d.mustVirsh('define', writeXml(d, 'plain', tinyDomainXml('plain', { vda: disk }, false)));
+    d.mustVirsh('start', 'plain');
+    d.guestIo('plain', 'write -P 0x01 0 1M');
+    d.mustVirsh('destroy', 'plain');
+    assert.equal(statSync(d.outside(disk)).ino, inode);
+    assert.ok(!existsSync(`${d.outside(disk)}.layers`));
+    assert.equal(d.hookLog('plain'), '');
+  });
+});
+
+/** Writes domain XML where the host's virsh can read it; returns that path inside the host. */
+function writeXml(host: LibvirtHost, name: string, xml: string): string {
+  const inside = `/var/lib/libvirt/${name}.xml`;
+  mkdirSync(host.outside('/var/lib/libvirt'), { recursive: true });
+  execFileSync('sh', ['-c', 'cat > "$0"', host.outside(inside)], { input: xml });
+  return inside;
+}

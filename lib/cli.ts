@@ -110,6 +110,12 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       async (argv) => (await import('./commands/lifecycle.js')).rollbackCommand({ domain: argv.domain, to: argv.to }, context(argv.config)),
     )
     .command(
+      'gc <domain>',
+      'apply retention on the NAS: remove old generations and layers nothing needs',
+      (y) => y.positional('domain', { type: 'string', demandOption: true }),
+      async (argv) => (await import('./commands/lifecycle.js')).gcCommand({ domain: argv.domain }, context(argv.config)),
+    )
+    .command(
       'snapshot list <domain>',
       'list generations here and on the NAS, with the head and kept branches',
       (y) =>

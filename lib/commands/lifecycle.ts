@@ -70,3 +70,12 @@ export async function rollbackCommand(o: { domain: string; to: string }, context
   const generation = await rollback(o.domain, o.to, await syncDeps(context));
   context.stdout.write(`${o.domain}: disks as at ${o.to}, as new generation ${generation.id.slice(0, 12)}\n`);
 }
+
+/** `kss gc VM`: applies retention on the NAS (old generations, unneeded layers). */
+export async function gcCommand(o: { domain: string }, context: CommandContext): Promise<void> {
+  const { config, openRepository: open } = await syncDeps(context);
+  const result = await open().collectGarbage(o.domain, { keepDays: config.retentionDays, keepGenerations: config.retentionGenerations });
+  context.stdout.write(
+    `${o.domain}: removed ${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)\n`,
+  );
+}

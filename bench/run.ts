@@ -1,11 +1,13 @@
-// `npm run bench [-- startup|transfer ...]`: benchmarks (not timed tests) that print
+// `npm run bench [-- startup|transfer|lifecycle ...]`: benchmarks (not timed tests) that print
 // tables of medians and ratios to baselines measured in the same run.
+import { benchLifecycle } from './lifecycle.js';
 import { benchStartup } from './startup.js';
 import { benchTransfer } from './transfer.js';
 
-const benches: Record<string, () => void | Promise<void>> = { startup: benchStartup, transfer: benchTransfer };
+const benches: Record<string, () => void | Promise<void>> = { startup: benchStartup, transfer: benchTransfer, lifecycle: benchLifecycle };
+// lifecycle (issue 4) is run by name only until its guest writes work (see bench/lifecycle.ts).
 const chosen = process.argv.slice(2);
-for (const name of chosen.length > 0 ? chosen : Object.keys(benches)) {
+for (const name of chosen.length > 0 ? chosen : ['startup', 'transfer']) {
   const bench = benches[name];
   if (!bench) throw new Error(`unknown benchmark "${name}"; there are: ${Object.keys(benches).join(', ')}`);
   await bench();

@@ -175,7 +175,7 @@ export class DirTransport implements NasTransport {
     const entry = await this.stat(source);
     if (!entry) {
       throw new IntegrityError(`layer ${hash} is missing on ${this.where} (${source})`, {
-        remedy: 'the manifest names a layer the NAS does not have: run `kss doctor`',
+        remedy: 'the NAS lacks a layer its manifest names: check the NAS directory; the host that made it may still have it',
       });
     }
     const full = this.resolve(source);

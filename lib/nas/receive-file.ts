@@ -81,7 +81,7 @@ async function receiveFrom(options: ReceiveOptions, offset: number): Promise<Tra
     await rm(localPart, { force: true });
     throw new IntegrityError(
       `${options.what} is corrupt: ${done} bytes hashing to ${actual}, expected ${size} bytes hashing to ${hash}`,
-      { remedy: 'nothing local was changed; if this repeats, the copy on the NAS is damaged (kss doctor)' },
+      { remedy: 'nothing local was changed; if this repeats, the copy on the NAS is damaged' },
     );
   }
   return { bytesMoved: size - offset, alreadyThere: false, resumedFrom: offset };

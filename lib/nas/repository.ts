@@ -128,7 +128,7 @@ export class NasRepository {
       for (const hash of Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h))) {
         if (!(await this.transport.stat(nasPaths.layer(domain, hash)))) {
           throw new IntegrityError(`layer ${hash} is not on the NAS; the manifest was not changed`, {
-            remedy: 'push the layer first (kss push)',
+            remedy: 'push the layer first',
           });
         }
       }

@@ -161,7 +161,7 @@ export class SshTransport implements NasTransport {
     const prepared = await this.run(scripts.prepareDownloadScript(this.options.root, source));
     if (prepared.exitCode === scripts.MISSING) {
       throw new IntegrityError(`layer ${hash} is missing on ${this.where} (${source})`, {
-        remedy: 'the manifest names a layer the NAS does not have: run `kss doctor`',
+        remedy: 'the NAS lacks a layer its manifest names: check the NAS directory; the host that made it may still have it',
       });
     }
     const match = /^size (\d+) zstd=([01])$/u.exec(prepared.stdout.trim());
@@ -213,7 +213,7 @@ export class SshTransport implements NasTransport {
     if (got !== job.size || sum !== hash) {
       await rm(localPart, { force: true });
       throw new IntegrityError(`layer ${hash} from ${this.where} is corrupt: ${got} bytes hashing to ${sum}, expected ${job.size} bytes`, {
-        remedy: 'nothing local was changed; if this repeats, the copy on the NAS is damaged (kss doctor)',
+        remedy: 'nothing local was changed; if this repeats, the copy on the NAS is damaged',
       });
     }
     options.onProgress?.(job.size, job.size);
@@ -254,7 +254,7 @@ export class SshTransport implements NasTransport {
     const [result] = (await pipe.done.finally(() => clearTimeout(timer))) as [StageResult];
     if (result.signal === 'SIGKILL') {
       throw new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where})`, {
-        remedy: 'check the network and the NAS; `kss doctor` tests the connection',
+        remedy: 'check the network and the NAS',
       });
     }
     this.throwIfSshFailed(result);
@@ -278,7 +278,7 @@ export class SshTransport implements NasTransport {
     const remedies: Record<Exclude<typeof failure, 'remote'>, string> = {
       'host-key': `the NAS host key is unknown or changed. Check it, then record it: ssh-keyscan -p ${port} ${host} >> ${knownHosts} (after ssh-keygen -R '[${host}]:${port}' -f ${knownHosts} if it changed)`,
       auth: `the NAS refused our key: add the public key of ${this.options.target.identity ?? 'root'} to the NAS user's authorized_keys`,
-      unreachable: 'check the network and that the NAS runs sshd; `kss doctor` tests the connection',
+      unreachable: 'check the network and that the NAS runs sshd',
     };
     if (failure !== 'remote') {
       throw new NasUnreachableError(`cannot reach the NAS (${this.where}): ${lastLine(result.stderrTail)}`, {

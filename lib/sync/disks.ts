@@ -107,7 +107,7 @@ export async function pullGeneration(
     const layer = generation.disks[target];
     if (layer === undefined) {
       throw new DiskStateError(`the NAS generation ${generation.id.slice(0, 12)} has no disk ${target}`, {
-        remedy: 'the domain definition here and on the NAS differ: compare them (kss status)',
+        remedy: 'the domain has other disks here than where that generation was made: compare the definitions (virsh dumpxml)',
       });
     }
     for (const hash of layerChain(manifest.layers, layer).reverse()) {

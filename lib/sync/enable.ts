@@ -1,6 +1,6 @@
 // Taking a domain under management on this host: each disk's current content becomes
 // the base layer of the first generation, sealed in place; the disk files the domain
-// names become fresh empty tops on them. The first start (or `kss push`) publishes it.
+// names become fresh empty tops on them. The first start publishes it.
 import { DiskStateError } from '../errors.js';
 import { sealDisks } from './disks.js';
 import { readLocalState, writeLocalState } from './local-state.js';
@@ -13,7 +13,7 @@ export async function enableDisks(domain: string, disks: Record<string, string>,
   return withDomainLock(config.stateDir, domain, log, 10_000, async () => {
     const state = await readLocalState(config.stateDir, domain);
     if (state.synced !== null || state.pending.length > 0) {
-      throw new DiskStateError(`${domain} is already managed on this host`, { remedy: `kss status ${domain}` });
+      throw new DiskStateError(`${domain} is already managed on this host`, { remedy: `kss snapshot list ${domain} shows its generations` });
     }
     state.disks = disks;
     const first = await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { evenIfEmpty: true });

@@ -35,7 +35,7 @@ export interface LocalState {
   pending: PendingGeneration[];
   /** This host took the lease and has not given it back. */
   leaseHeld: boolean;
-  /** How the last attempt to sync ended, for `kss status`. */
+  /** How the last attempt to sync ended (for status reports). */
   lastSync?: { at: string; outcome: string };
 }
 

@@ -21,7 +21,7 @@ export async function resolveConflict(domain: string, keep: Keep, deps: SyncDeps
     const seen = await repository.readManifest(domain);
     if (state.pending.length === 0 || !seen?.head || seen.head === state.synced?.id) {
       throw new DiskStateError(`${domain} has no conflict to resolve: ${state.pending.length === 0 ? 'nothing here is unsynced' : 'the NAS has not moved'}`, {
-        remedy: `kss status ${domain}`,
+        remedy: `kss snapshot list ${domain}`,
       });
     }
     await mergePending(state, config.host);
@@ -77,7 +77,7 @@ export async function rollback(domain: string, target: string, deps: SyncDeps): 
   return withDomainLock(config.stateDir, domain, log, 30_000, async () => {
     const state: LocalState = await readLocalState(config.stateDir, domain);
     if (state.pending.length > 0) {
-      throw new DiskStateError(`${domain} has changes here that are not on the NAS yet`, { remedy: `push them first: kss push ${domain}` });
+      throw new DiskStateError(`${domain} has changes here that are not on the NAS yet`, { remedy: `start ${domain} once with the NAS reachable (that pushes them), shut it down, then roll back` });
     }
     const repository = deps.openRepository();
     const seen = (await repository.readManifest(domain)) ?? undefined;
@@ -107,5 +107,5 @@ export async function rollback(domain: string, target: string, deps: SyncDeps): 
 }
 
 function movedAgain(domain: string): ConflictError {
-  return new ConflictError(`the NAS moved on again for ${domain} while this ran; nothing was changed`, { remedy: 'look again (kss status) and run the command again' });
+  return new ConflictError(`the NAS moved on again for ${domain} while this ran; nothing was changed`, { remedy: 'look again (kss snapshot list) and run the command again' });
 }

@@ -80,7 +80,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         return;
       case 'start-local': {
         const head = localHead(state);
-        if (!head) throw new DiskStateError(`${domain} has no local generation to start from`, { remedy: `pull it first: kss pull ${domain}` });
+        if (!head) throw new DiskStateError(`${domain} has no local generation to start from`, { remedy: `start it with the NAS reachable (without --no-sync): that fetches it` });
         await rotateTops(state, head, engine);
         log.warn(decision.why === 'skip-sync' ? 'started without syncing, as asked' : 'the NAS is unreachable; started on the lease this host holds', {
           problem: decision.problem,

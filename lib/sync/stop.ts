@@ -1,7 +1,7 @@
 // After a stop, in the background (started by the hook at release end, detached from
 // it), under the domain's lock: seal the tops into a generation, merge the pending
 // generations into one, push it and give the lease back. Every step can be killed:
-// the next run of this, `kss push`, or the next start finishes the work.
+// the next run of this or the next start finishes the work.
 import { ConflictError } from '../errors.js';
 import { decideStop, type NasView } from './decide.js';
 import { mergePending, publishPending, pushPending, sealDisks } from './disks.js';

@@ -1,7 +1,7 @@
 // What every lifecycle operation does around its work: hold the domain's lock, and look
 // at the NAS (where an unreachable NAS is part of the picture, not a failure).
 import { NasUnreachableError } from '../errors.js';
-import { acquireLock } from '../lock.js';
+import { withLock } from '../lock.js';
 import type { Logger } from '../log.js';
 import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
@@ -9,16 +9,9 @@ import type { NasView } from './decide.js';
 import { domainLockPath } from './local-state.js';
 
 /** Runs `work` holding the domain's lock (waiting up to `waitMs` for it); always releases it. */
-export async function withDomainLock<T>(stateDir: string, domain: string, log: Logger, waitMs: number, work: () => Promise<T>): Promise<T> {
-  const release = await acquireLock(domainLockPath(stateDir, domain), {
-    waitMs,
-    onCompromised: (error) => log.error('lost the domain lock', { error: error.message }),
-  });
-  try {
-    return await work();
-  } finally {
-    await release();
-  }
+export function withDomainLock<T>(stateDir: string, domain: string, log: Logger, waitMs: number, work: () => Promise<T>): Promise<T> {
+  const onCompromised = (error: Error) => log.error('lost the domain lock', { error: error.message });
+  return withLock(domainLockPath(stateDir, domain), { waitMs, onCompromised }, work);
 }
 
 /** The domain's manifest and the NAS as a decision sees it. */

@@ -166,6 +166,12 @@ function collectStage(command: Command, child: ChildProcess, captureStdout: bool
   });
 }
 
+/** A failed pipeline stage as a ToolError; `where` says what it was talking to. */
+export function stageError(stage: StageResult, where: string): ToolError {
+  const how = stage.signal ? `was killed by ${stage.signal}` : `failed with exit status ${stage.exitCode}`;
+  return new ToolError(`${stage.command.file} ${how} (${where})`, formatCommand(stage.command), stage.exitCode ?? undefined, stage.stderrTail);
+}
+
 /**
  * Bytes a running process has read so far (Linux: /proc/PID/io rchar), for progress of
  * a process that reads a file itself; undefined once it has ended.

@@ -5,8 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rm, stat as localStat } from 'node:fs/promises';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
-import { bytesReadBy, runCommand, startPipeline, type Command, type StageResult } from '../runner.js';
-import { shellJoin } from '../shell-quote.js';
+import { bytesReadBy, runCommand, stageError, startPipeline, type Command, type StageResult } from '../runner.js';
 import * as scripts from './remote-scripts.js';
 import { buildSshCommand, classifySshFailure, type SshTarget } from './ssh-command.js';
 import type { ExclusiveResult, NasEntry, NasTransport, TransferOptions, TransferResult } from './transport.js';
@@ -32,7 +31,7 @@ export class SshTransport implements NasTransport {
   }
 
   async readFile(path: string): Promise<Buffer | undefined> {
-    const result = await this.run(scripts.readFileScript(this.options.root, path), { binary: true });
+    const result = await this.run(scripts.readFileScript(this.options.root, path));
     return result.exitCode === scripts.MISSING ? undefined : result.stdoutBuffer;
   }
 
@@ -59,10 +58,7 @@ export class SshTransport implements NasTransport {
   }
 
   async mkdirExclusive(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
-    const result = await this.run(scripts.mkdirExclusiveScript(this.options.root, path, ownerName), {
-      input: ownerData,
-      binary: true,
-    });
+    const result = await this.run(scripts.mkdirExclusiveScript(this.options.root, path, ownerName), { input: ownerData });
     const text = result.stdoutBuffer.toString('utf8');
     if (text.startsWith('created')) return { created: true };
     const match = /^exists (-?\d+)\n/u.exec(text);
@@ -244,7 +240,7 @@ export class SshTransport implements NasTransport {
   }
 
   /** Runs one script; MISSING is returned, not thrown; ssh's own failures are classified. */
-  private async run(script: string, opts: { input?: Buffer; binary?: boolean } = {}) {
+  private async run(script: string, opts: { input?: Buffer } = {}) {
     const pipe = startPipeline([this.ssh(script)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe' });
     const chunks: Buffer[] = [];
     pipe.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -290,11 +286,6 @@ export class SshTransport implements NasTransport {
   private protocolError(step: string, reply: string): Error {
     return new Error(`unexpected reply from the NAS during ${step}: ${JSON.stringify(reply.slice(0, 200))}`);
   }
-}
-
-function stageError(stage: StageResult, where: string): ToolError {
-  const how = stage.signal ? `was killed by ${stage.signal}` : `failed with exit status ${stage.exitCode}`;
-  return new ToolError(`${stage.command.file} ${how} (${where})`, shellJoin([stage.command.file, ...stage.command.args]), stage.exitCode ?? undefined, stage.stderrTail);
 }
 
 /** Parses find's "SIZE MTIME TYPE NAME\0" records. */

@@ -1,8 +1,19 @@
 // File operations that survive a crash or kill -9 at any point: a file is either its
 // old complete self or its new complete self, never half-written.
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+
+/** Whether a path exists; only "no such file" means no (other errors are thrown). */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
+}
 
 /** Flushes a file's data to disk. */
 export async function fsyncFile(path: string): Promise<void> {

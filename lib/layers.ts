@@ -14,7 +14,7 @@
 import { chmod, link, mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { DiskStateError, IntegrityError } from './errors.js';
-import { fsyncDir, fsyncFile, renameDurably, tempPathBeside } from './durable-fs.js';
+import { fsyncDir, fsyncFile, pathExists, renameDurably, tempPathBeside } from './durable-fs.js';
 import { isSha256, sha256File, type ProgressCallback } from './hash.js';
 import {
   checkCommand,
@@ -108,10 +108,10 @@ export async function hasOwnData(path: string, deps: EngineDeps = defaultDeps): 
  */
 export async function createTop(topPath: string, hash: string, deps: EngineDeps = defaultDeps): Promise<void> {
   const layer = join(layersDirOf(topPath), layerFileName(hash));
-  if (!(await exists(layer))) {
+  if (!(await pathExists(layer))) {
     throw new DiskStateError(`cannot put a new top on ${topPath}: layer ${layer} does not exist`);
   }
-  if ((await exists(topPath)) && (await hasOwnData(topPath, deps))) {
+  if ((await pathExists(topPath)) && (await hasOwnData(topPath, deps))) {
     throw new DiskStateError(`${topPath} holds writes that are not sealed yet; replacing it would lose them`, {
       remedy: 'seal the top first (it happens when the VM shuts down), then try again',
     });
@@ -178,8 +178,8 @@ export async function sealTop(
  */
 export async function recoverSeal(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult | undefined> {
   const incoming = join(layersDirOf(topPath), INCOMING);
-  if (!(await exists(incoming))) return undefined;
-  if (!(await exists(topPath))) return finishSeal(topPath, deps);
+  if (!(await pathExists(incoming))) return undefined;
+  if (!(await pathExists(topPath))) return finishSeal(topPath, deps);
 
   // Killed after the new top was made: that top must stand on the incoming layer.
   const [top, parent] = await readChain(topPath, deps);
@@ -308,15 +308,5 @@ async function linkIfAbsent(from: string, to: string): Promise<void> {
   } catch (error) {
     // Same hash, same bytes: a layer that is already there is the one we would publish.
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw error;
   }
 }

@@ -2,6 +2,7 @@
 // one layer per disk, and the disks always move together.
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps } from '../layers.js';
 import type { Logger } from '../log.js';
@@ -32,7 +33,7 @@ export async function sealDisks(
   const layers: Record<string, LayerInfo> = {};
   const missing: string[] = [];
   for (const [target, top] of Object.entries(state.disks)) {
-    const present = await exists(top);
+    const present = await pathExists(top);
     const before = previous?.disks[target];
     if (present && before === undefined && !options.evenIfEmpty && (await readChain(top, options.deps)).length === 1) {
       // A disk image of its own, not a top on our layers: not enabled (kss enable), not "writes".
@@ -111,7 +112,7 @@ export async function pullGeneration(
       });
     }
     for (const hash of layerChain(manifest.layers, layer).reverse()) {
-      if (await exists(layerPathOf(top, hash))) continue;
+      if (await pathExists(layerPathOf(top, hash))) continue;
       log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
       const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), transferLog(log, `pull ${target} ${hash.slice(0, 12)}`));
       log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
@@ -122,7 +123,7 @@ export async function pullGeneration(
 /** Puts a fresh empty top on the generation's layer, on every disk. */
 export async function rotateTops(state: LocalState, generation: Generation, deps?: EngineDeps): Promise<void> {
   for (const [target, top] of Object.entries(state.disks)) {
-    const current = (await exists(top)) ? (await readLayerHashes(top, deps))[0] : undefined;
+    const current = (await pathExists(top)) ? (await readLayerHashes(top, deps))[0] : undefined;
     if (current !== generation.disks[target]) await createTop(top, generation.disks[target] as string, deps);
   }
 }
@@ -156,8 +157,4 @@ function transferLog(log: Logger, label: string): TransferProgress {
     meter.update(done);
     if (done === total) meter.finish();
   };
-}
-
-async function exists(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => undefined)) !== undefined;
 }

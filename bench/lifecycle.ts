@@ -30,24 +30,6 @@ function seconds(work: () => void): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-async function host(name: string, work: string, nas: SshNas): Promise<LibvirtHost> {
-  const dir = join(work, name);
-  const h = await LibvirtHost.start(name, dir, {
-    nas: `ssh://root@${nas.target.host}:${nas.target.port}${nas.root}`,
-    sshIdentity: '/root/.ssh/id_nas',
-    sshKnownHosts: '/root/.ssh/known_hosts',
-  });
-  execFileSync('cp', [nas.target.identity as string, join(dir, 'root-ssh', 'id_nas')]);
-  execFileSync('cp', [nas.target.knownHosts as string, join(dir, 'root-ssh', 'known_hosts')]);
-  return h;
-}
-
-function define(h: LibvirtHost, domain: string, disks: Record<string, string>): void {
-  const file = `/var/lib/libvirt/${domain}.xml`;
-  execFileSync('sh', ['-c', 'cat > "$0"', h.outside(file)], { input: tinyDomainXml(domain, disks, true) });
-  h.mustVirsh('define', file);
-}
-
 /** Moves the hook away or back, and makes libvirtd notice (SIGHUP). */
 function setHook(h: LibvirtHost, present: boolean): void {
   const hook = h.outside('/etc/libvirt/hooks/qemu');
@@ -64,16 +46,16 @@ export async function benchLifecycle(): Promise<void> {
   const hosts: LibvirtHost[] = [];
   try {
     nas = await startSshNas();
-    const desk = await host('desk', work, nas);
+    const desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
     hosts.push(desk);
-    const laptop = await host('laptop', work, nas);
+    const laptop = await LibvirtHost.startWithSshNas('laptop', join(work, 'laptop'), nas);
     hosts.push(laptop);
     const disks = { vda: `${IMAGES}/bench.qcow2` };
     createImage(desk.outside(disks.vda), 4 * 2 ** 30);
     const config = { ...(await readConfig(desk.outside('/etc/kvm-snapshot-sync/config.json'))), stateDir: desk.outside('/var/lib/kvm-snapshot-sync') };
     await enableDisks('bench', { vda: desk.outside(disks.vda) }, { config, log: new Logger([]) });
-    define(desk, 'bench', disks);
-    define(laptop, 'bench', disks);
+    desk.define('bench', tinyDomainXml('bench', disks, true));
+    laptop.define('bench', tinyDomainXml('bench', disks, true));
     let deskStops = 0;
     let laptopStops = 0;
     desk.mustVirsh('start', 'bench'); // the first push of the base

@@ -8,6 +8,7 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, syml
 import { join } from 'node:path';
 import { NAMESPACE_URI } from '../../lib/namespace.js';
 import { BINARY } from './hosts.js';
+import type { SshNas } from './ssh-nas.js';
 
 export const LIBVIRT_TOOLS = ['unshare', 'nsenter', 'libvirtd', 'virtlogd', 'virsh', 'qemu-system-x86_64', 'qemu-img'];
 
@@ -70,6 +71,25 @@ export class LibvirtHost {
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     return host;
+  }
+
+  /** A host whose config points at the SSH NAS, with the NAS's client key and known_hosts. */
+  static async startWithSshNas(name: string, dir: string, nas: SshNas): Promise<LibvirtHost> {
+    const host = await LibvirtHost.start(name, dir, {
+      nas: `ssh://root@${nas.target.host}:${nas.target.port}${nas.root}`,
+      sshIdentity: '/root/.ssh/id_nas',
+      sshKnownHosts: '/root/.ssh/known_hosts',
+    });
+    copyFileSync(nas.target.identity as string, join(dir, 'root-ssh', 'id_nas'));
+    copyFileSync(nas.target.knownHosts as string, join(dir, 'root-ssh', 'known_hosts'));
+    return host;
+  }
+
+  /** Defines (or redefines) a domain from XML, through a file the host's virsh can read. */
+  define(name: string, xml: string): void {
+    const inside = `/var/lib/libvirt/${name}.xml`;
+    writeFileSync(this.outside(inside), xml);
+    this.mustVirsh('define', inside);
   }
 
   /** Runs a command inside the host, from /, with a clean environment (the hook inherits it). */

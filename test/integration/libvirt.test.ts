@@ -3,7 +3,7 @@
 // behind a 1 Gbit link. Guest writes and reads go through the running domain.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -21,19 +21,6 @@ let nas: SshNas | undefined;
 let desk: LibvirtHost | undefined;
 let laptop: LibvirtHost | undefined;
 
-async function startHost(name: string): Promise<LibvirtHost> {
-  const n = nas as SshNas;
-  const dir = join(work, name);
-  const host = await LibvirtHost.start(name, dir, {
-    nas: `ssh://root@${n.target.host}:${n.target.port}${n.root}`,
-    sshIdentity: '/root/.ssh/id_nas',
-    sshKnownHosts: '/root/.ssh/known_hosts',
-  });
-  execFileSync('cp', [n.target.identity as string, join(dir, 'root-ssh', 'id_nas')]);
-  execFileSync('cp', [n.target.knownHosts as string, join(dir, 'root-ssh', 'known_hosts')]);
-  return host;
-}
-
 /** Defines a managed two-disk domain on a host; on the first host, also enables it. */
 async function defineWork(host: LibvirtHost, domain: string, enable: boolean): Promise<Record<string, string>> {
   const disks = { vda: `${IMAGES}/${domain}-root.qcow2`, vdb: `${IMAGES}/${domain}-home.qcow2` };
@@ -44,7 +31,7 @@ async function defineWork(host: LibvirtHost, domain: string, enable: boolean): P
     const config = { ...(await readConfig(host.outside('/etc/kvm-snapshot-sync/config.json'))), stateDir: host.outside('/var/lib/kvm-snapshot-sync') };
     await enableDisks(domain, { vda: host.outside(disks.vda), vdb: host.outside(disks.vdb) }, { config, log: new Logger([]) });
   }
-  host.mustVirsh('define', writeXml(host, domain, tinyDomainXml(domain, disks, true)));
+  host.define(domain, tinyDomainXml(domain, disks, true));
   return disks;
 }
 
@@ -56,8 +43,8 @@ before(async (t) => {
   if (!requireTools(t as unknown as TestContext, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS)) return;
   work = mkdtempSync(join(tmpdir(), 'kss-e2e-'));
   nas = await startSshNas();
-  desk = await startHost('desk');
-  laptop = await startHost('laptop');
+  desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
+  laptop = await LibvirtHost.startWithSshNas('laptop', join(work, 'laptop'), nas);
 });
 after(() => {
   desk?.stop();
@@ -164,7 +151,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
       .replace(/^<domain type='(\w+)'>/u, "<domain type='$1' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>")
       .replace('</domain>', "<qemu:commandline><qemu:arg value='-no-such-option'/></qemu:commandline></domain>");
     d.mustVirsh('undefine', 'broken');
-    d.mustVirsh('define', writeXml(d, 'broken', failing));
+    d.define('broken', failing);
     assert.notEqual(d.virsh('start', 'broken').status, 0);
     await d.waitForStop('broken', 2);
     assert.deepEqual(digests(d, disks), before);
@@ -197,7 +184,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const disk = `${IMAGES}/plain.qcow2`;
     createImage(d.outside(disk), 16 * MiB);
     const inode = statSync(d.outside(disk)).ino;
-    d.mustVirsh('define', writeXml(d, 'plain', tinyDomainXml('plain', { vda: disk }, false)));
+    d.define('plain', tinyDomainXml('plain', { vda: disk }, false));
     d.mustVirsh('start', 'plain');
     d.guestIo('plain', 'write -P 0x01 0 1M');
     d.mustVirsh('destroy', 'plain');
@@ -206,11 +193,3 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(d.hookLog('plain'), '');
   });
 });
-
-/** Writes domain XML where the host's virsh can read it; returns that path inside the host. */
-function writeXml(host: LibvirtHost, name: string, xml: string): string {
-  const inside = `/var/lib/libvirt/${name}.xml`;
-  mkdirSync(host.outside('/var/lib/libvirt'), { recursive: true });
-  execFileSync('sh', ['-c', 'cat > "$0"', host.outside(inside)], { input: xml });
-  return inside;
-}

@@ -17,6 +17,8 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
   let exitCode = 0;
   const context = (flag: string | undefined) => ({ ...io, configFile: configPath(flag, io.env) });
   const cli = yargs(args)
+    // --no-sync and --no-push are flags of their own, not "not --sync".
+    .parserConfiguration({ 'boolean-negation': false })
     .scriptName('kss')
     .usage('kvm-snapshot-sync (kss): keeps KVM virtual machines in sync between hosts through a NAS.\n\nUsage: $0 <command> [options]')
     .option('config', {

@@ -74,7 +74,10 @@ export async function rollbackCommand(o: { domain: string; to: string }, context
 /** `kss gc VM`: applies retention on the NAS (old generations, unneeded layers). */
 export async function gcCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const { config, openRepository: open } = await syncDeps(context);
-  const result = await open().collectGarbage(o.domain, { keepDays: config.retentionDays, keepGenerations: config.retentionGenerations });
+  const repository = open();
+  const result = await repository
+    .collectGarbage(o.domain, { keepDays: config.retentionDays, keepGenerations: config.retentionGenerations })
+    .finally(() => repository.close());
   context.stdout.write(
     `${o.domain}: removed ${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)\n`,
   );

@@ -25,7 +25,8 @@ export async function snapshotList(o: { domain: string; remote: boolean; json: b
     for (const { generation } of state.pending) rows.push(row(generation, 'local', ['not pushed']));
   }
   try {
-    const manifest = await openRepository(config).readManifest(o.domain);
+    const repository = openRepository(config);
+    const manifest = await repository.readManifest(o.domain).finally(() => repository.close());
     for (const generation of Object.values(manifest?.generations ?? {})) {
       const marks: string[] = [];
       if (generation.id === manifest?.head) marks.push('head');

@@ -7,14 +7,14 @@
 // resumes only after its kept prefix is read back and found equal to the local one.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, link, mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomic, fsyncDir } from '../durable-fs.js';
 import { IntegrityError, NasFullError, NasUnreachableError } from '../errors.js';
 import { hashPrefix, receiveFile } from './receive-file.js';
-import type { ExclusiveResult, NasEntry, NasTransport, TransferOptions, TransferResult } from './transport.js';
+import type { ExclusiveResult, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
 
 export interface DirTransportOptions {
   root: string;
@@ -83,28 +83,57 @@ export class DirTransport implements NasTransport {
   }
 
   mkdirExclusive(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
-    return this.small(`lock ${path}`, async () => {
-      const full = this.resolve(path);
-      await mkdir(dirname(full), { recursive: true });
+    return this.small(`lock ${path}`, () => this.lockDir(path, ownerName, ownerData));
+  }
+
+  replaceIfUnchanged(
+    path: string,
+    data: Buffer,
+    guard: { expectedSha256: string | null; required: string[]; lock: LockClaim },
+  ): Promise<ReplaceResult> {
+    return this.small(`update ${path}`, async () => {
+      const { lock } = guard;
+      const taken = await this.lockDir(lock.path, lock.ownerName, lock.ownerData);
+      if (!taken.created) return { outcome: 'locked', ownerData: taken.ownerData, ageMs: taken.ageMs };
       try {
-        await mkdir(full);
-      } catch (error) {
-        if (!isCode(error, 'EEXIST')) throw error;
-        const owner = await readFile(join(full, ownerName)).catch(() => undefined);
-        const times = await Promise.all([stat(full), stat(join(full, ownerName)).catch(() => undefined)]);
-        const newest = Math.max(...times.map((s) => s?.mtimeMs ?? 0));
-        return { created: false, ownerData: owner, ageMs: (await this.nasNow()) - newest };
+        for (const required of guard.required) {
+          if (!(await this.entry(this.resolve(required)))) return { outcome: 'missing', path: required };
+        }
+        const full = this.resolve(path);
+        const current = await readFile(full).catch((error: unknown) => {
+          if (isCode(error, 'ENOENT')) return undefined;
+          throw error;
+        });
+        const currentSha256 = current === undefined ? null : createHash('sha256').update(current).digest('hex');
+        if (currentSha256 !== guard.expectedSha256) return { outcome: 'changed' };
+        await mkdir(dirname(full), { recursive: true });
+        await writeFileAtomic(full, data);
+        return { outcome: 'replaced' };
+      } finally {
+        const owner = join(this.resolve(lock.path), lock.ownerName);
+        if ((await readFile(owner).catch(() => undefined))?.equals(lock.ownerData)) await rm(this.resolve(lock.path), { recursive: true, force: true });
       }
-      await writeFileAtomic(join(full, ownerName), ownerData);
-      return { created: true };
     });
   }
 
-  touch(path: string): Promise<void> {
-    return this.small(`touch ${path}`, async () => {
-      const now = new Date(await this.nasNow());
-      await utimes(this.resolve(path), now, now);
-    });
+  /** mkdir is atomic: exactly one caller creates `path` and writes the owner file. */
+  private async lockDir(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
+    const full = this.resolve(path);
+    await mkdir(dirname(full), { recursive: true });
+    try {
+      await mkdir(full);
+    } catch (error) {
+      if (!isCode(error, 'EEXIST')) throw error;
+      const owner = await readFile(join(full, ownerName)).catch(() => undefined);
+      const times = await Promise.all([stat(full).catch(() => undefined), stat(join(full, ownerName)).catch(() => undefined)]);
+      const now = await this.nasNow();
+      // Gone again in between: a holder just released it (age 0: try again soon).
+      const seen = times.filter((s) => s !== undefined).map((s) => s.mtimeMs);
+      const newest = seen.length > 0 ? Math.max(...seen) : now;
+      return { created: false, ownerData: owner, ageMs: now - newest };
+    }
+    await writeFileAtomic(join(full, ownerName), ownerData);
+    return { created: true };
   }
 
   async putLayer(localPath: string, hash: string, partPath: string, target: string, options: TransferOptions = {}): Promise<TransferResult> {

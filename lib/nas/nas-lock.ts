@@ -1,17 +1,16 @@
 // The lock that serializes manifest updates of one domain across hosts. It is a
 // directory on the NAS (mkdir is atomic on local disks, NFS, SMB and over SSH) holding
-// owner.json: host, pid, a random token, since when. The holder refreshes its mtime
-// while it works; a lock whose newest activity is older than `staleMs` by the NAS's
-// own clock (the hosts' clocks may disagree) belongs to a host that died, and is
-// broken. Breaking renames the lock away and then checks that what was renamed is the
-// lock judged stale; if a live holder's lock was taken by mistake (two breakers at
-// once), it is put back. The holder re-reads its token just before it writes, so even
-// that rare race cannot make two writers: the compare-and-swap on the head, done under
-// this lock, is what keeps the manifest right.
+// owner.json: host, pid, a random token, since when. It is held only for the one round
+// trip of a compare-and-swap (NasTransport.replaceIfUnchanged), so a lock that stays
+// was left by a process or connection that died in that moment. A lock whose newest
+// activity is older than `staleMs` by the NAS's own clock (the hosts' clocks may
+// disagree) is broken: renamed away, then checked to be the lock judged stale; if a
+// live holder's lock was taken by mistake (two breakers at once), it is put back.
+// The compare-and-swap on the manifest's content is what keeps the manifest right.
 import { randomBytes } from 'node:crypto';
 import { LockedError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { NasTransport } from './transport.js';
+import type { LockBusy, LockClaim, NasTransport } from './transport.js';
 
 const OWNER = 'owner.json';
 
@@ -33,69 +32,56 @@ export interface NasLockOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
-export interface HeldNasLock {
-  owner: NasLockOwner;
-  /** Fails unless this lock is still ours on the NAS: call right before writing. */
-  verify(): Promise<void>;
-  release(): Promise<void>;
+/** A claim on the lock at `path` with a new owner token, for one locked operation. */
+export function lockClaim(path: string, host: string, now: Date = new Date()): LockClaim {
+  const owner: NasLockOwner = { host, pid: process.pid, token: randomBytes(8).toString('hex'), since: now.toISOString() };
+  return { path, ownerName: OWNER, ownerData: Buffer.from(JSON.stringify(owner)) };
 }
 
-/** Takes the NAS lock at `path`, waiting up to `waitMs`, breaking a stale one. */
-export async function acquireNasLock(transport: NasTransport, path: string, options: NasLockOptions): Promise<HeldNasLock> {
-  const now = options.now ?? (() => new Date());
-  const sleep = options.sleep ?? ((ms: number) => new Promise((resolve) => setTimeout(resolve, ms)));
-  const owner: NasLockOwner = { host: options.host, pid: process.pid, token: randomBytes(8).toString('hex'), since: now().toISOString() };
-  const data = Buffer.from(JSON.stringify(owner));
-  const deadline = Date.now() + options.waitMs;
-  let holder: NasLockOwner | undefined;
-  for (let attempt = 0; ; attempt += 1) {
-    const result = await transport.mkdirExclusive(path, OWNER, data);
-    if (result.created) return held(transport, path, owner, options.staleMs);
-    holder = parseOwner(result.ownerData);
-    if (result.ageMs >= options.staleMs) {
-      options.log?.warn('breaking a stale NAS lock', { lock: path, holder: holder?.host, idleSeconds: Math.round(result.ageMs / 1000) });
-      await breakLock(transport, path, holder);
-      continue;
+/**
+ * What to do when a locked operation found the lock held: break it when it is stale,
+ * otherwise wait a little (backing off) for its holder; once `waitMs` have passed
+ * since the first call, fail with a LockedError that names the holder.
+ */
+export class NasLockWaiter {
+  private readonly deadline: number;
+  private attempt = 0;
+
+  constructor(
+    private readonly transport: NasTransport,
+    private readonly path: string,
+    private readonly options: NasLockOptions,
+  ) {
+    this.deadline = Date.now() + options.waitMs;
+  }
+
+  async busy(found: LockBusy): Promise<void> {
+    const holder = parseOwner(found.ownerData);
+    if (found.ageMs >= this.options.staleMs) {
+      this.options.log?.warn('breaking a stale NAS lock', { lock: this.path, holder: holder?.host, idleSeconds: Math.round(found.ageMs / 1000) });
+      await this.breakLock(holder);
+      return;
     }
-    if (Date.now() >= deadline) break;
-    await sleep(Math.min(250 * 2 ** Math.min(attempt, 3), 2000));
+    if (Date.now() >= this.deadline) {
+      const who = holder ? `host ${holder.host} (pid ${holder.pid}) since ${holder.since}` : 'another process';
+      throw new LockedError(`the NAS is being updated for this domain by ${who}`, {
+        remedy: `try again in a moment; if ${holder?.host ?? 'that host'} died, the lock frees itself after ${Math.round(this.options.staleMs / 1000)} s`,
+      });
+    }
+    const sleep = this.options.sleep ?? ((ms: number) => new Promise((resolve) => setTimeout(resolve, ms)));
+    await sleep(Math.min(100 * 2 ** Math.min(this.attempt++, 4), 2000));
   }
-  const who = holder ? `host ${holder.host} (pid ${holder.pid}) since ${holder.since}` : 'another process';
-  throw new LockedError(`the NAS is being updated for this domain by ${who}`, {
-    remedy: `try again in a moment; if ${holder?.host ?? 'that host'} died, the lock frees itself after ${Math.round(options.staleMs / 1000)} s`,
-  });
-}
 
-async function breakLock(transport: NasTransport, path: string, stale: NasLockOwner | undefined): Promise<void> {
-  const aside = `${path}.broken-${randomBytes(4).toString('hex')}`;
-  if (!(await transport.rename(path, aside))) return; // someone else broke it first
-  const moved = parseOwner(await transport.readFile(`${aside}/${OWNER}`));
-  if (moved?.token !== stale?.token) {
-    // We took a lock that was just made by a live holder: give it back if we can.
-    await transport.mkdirExclusive(path, OWNER, Buffer.from(JSON.stringify(moved ?? {})));
+  private async breakLock(stale: NasLockOwner | undefined): Promise<void> {
+    const aside = `${this.path}.broken-${randomBytes(4).toString('hex')}`;
+    if (!(await this.transport.rename(this.path, aside))) return; // someone else broke it first
+    const moved = parseOwner(await this.transport.readFile(`${aside}/${OWNER}`));
+    if (moved?.token !== stale?.token) {
+      // We took a lock that was just made by a live holder: give it back if we can.
+      await this.transport.mkdirExclusive(this.path, OWNER, Buffer.from(JSON.stringify(moved ?? {})));
+    }
+    await this.transport.remove(aside);
   }
-  await transport.remove(aside);
-}
-
-function held(transport: NasTransport, path: string, owner: NasLockOwner, staleMs: number): HeldNasLock {
-  const beat = setInterval(() => void transport.touch(`${path}/${OWNER}`).catch(() => undefined), Math.max(1000, staleMs / 4));
-  beat.unref();
-  return {
-    owner,
-    async verify() {
-      const current = parseOwner(await transport.readFile(`${path}/${OWNER}`));
-      if (current?.token !== owner.token) {
-        throw new LockedError('the NAS lock was taken from us (it was judged stale); nothing was written', {
-          remedy: 'run the command again',
-        });
-      }
-    },
-    async release() {
-      clearInterval(beat);
-      const current = parseOwner(await transport.readFile(`${path}/${OWNER}`).catch(() => undefined));
-      if (current?.token === owner.token) await transport.remove(path);
-    },
-  };
 }
 
 function parseOwner(data: Buffer | undefined): NasLockOwner | undefined {

@@ -59,30 +59,67 @@ export function renameScript(root: string, from: string, to: string): string {
   return inRoot(root, `[ -e ${q(from)} ] || exit ${MISSING}\nmv -f -T -- ${q(from)} ${q(to)}`);
 }
 
-/** Sets a file's mtime to the NAS's now. */
-export function touchScript(root: string, path: string): string {
-  return inRoot(root, `touch -c -- ${q(path)}`);
+/**
+ * The lock-taking lines shared by mkdirExclusive and the compare-and-swap: mkdir is
+ * atomic, so exactly one caller creates the directory. A caller that does not prints
+ * "exists AGE_SECONDS" (the newest activity by the NAS's clock), then the owner file,
+ * and exits 0; the one that does runs `then` (the owner file is its to write).
+ */
+function takeLockLines(path: string, ownerName: string, then: string[]): string[] {
+  const owner = q(`${path}/${ownerName}`);
+  return [
+    `mkdir -p -- ${q(parentOf(path))} || exit 1`,
+    `if ! mkdir -- ${q(path)} 2>/dev/null; then`,
+    // Gone again in between: a holder just released it (age 0: try again soon).
+    `  m=$(stat -c %Y -- ${owner} 2>/dev/null || stat -c %Y -- ${q(path)} 2>/dev/null || date +%s) || exit 1`,
+    '  echo "exists $(( $(date +%s) - m ))"',
+    `  cat -- ${owner} 2>/dev/null`,
+    '  exit 0',
+    'fi',
+    ...then,
+  ];
+}
+
+/** Creates a lock directory and writes stdin into its owner file (see takeLockLines). */
+export function mkdirExclusiveScript(root: string, path: string, ownerName: string): string {
+  const owner = q(`${path}/${ownerName}`);
+  return inRoot(root, takeLockLines(path, ownerName, [`cat > ${owner} && sync -- ${owner} && echo created`]).join('\n'));
 }
 
 /**
- * mkdir is atomic: exactly one caller creates the directory, and writes stdin into the
- * owner file. Prints "created", or "exists AGE_SECONDS" and then the owner file.
+ * A compare-and-swap of a small file in one round trip: takes the lock (as
+ * mkdirExclusive, the owner data given here), then prints "missing PATH" when a
+ * required path does not exist, "changed" when `path` no longer hashes to
+ * `expectedSha256` ("none": must not exist), or replaces it with stdin (temp file,
+ * sync, rename, sync the directory) and prints "replaced". The lock is removed after,
+ * if it still holds our owner data (it could only have been broken as stale).
  */
-export function mkdirExclusiveScript(root: string, path: string, ownerName: string): string {
-  const owner = `${path}/${ownerName}`;
+export function replaceIfUnchangedScript(
+  root: string,
+  path: string,
+  temp: string,
+  guard: { expectedSha256: string | null; required: string[]; lockPath: string; ownerName: string; ownerData: string },
+): string {
+  const owner = q(`${guard.lockPath}/${guard.ownerName}`);
+  const mine = q(guard.ownerData);
   return inRoot(
     root,
-    [
-      `mkdir -p -- ${q(parentOf(path))} || exit 1`,
-      `if mkdir -- ${q(path)} 2>/dev/null; then`,
-      `  cat > ${q(owner)} && sync -- ${q(owner)} && echo created`,
+    takeLockLines(guard.lockPath, guard.ownerName, [
+      `printf %s ${mine} > ${owner} || { rm -rf -- ${q(guard.lockPath)}; exit 1; }`,
+      `unlock() { [ "$(cat -- ${owner} 2>/dev/null)" = ${mine} ] && rm -rf -- ${q(guard.lockPath)}; }`,
+      ...guard.required.map((required) => `[ -e ${q(required)} ] || { unlock; printf 'missing %s\\n' ${q(required)}; exit 0; }`),
+      `if [ -f ${q(path)} ]; then`,
+      '  if command -v openssl >/dev/null 2>&1; then hasher="openssl dgst -sha256 -r"; else hasher=sha256sum; fi',
+      `  current=$($hasher < ${q(path)}) || { unlock; exit 1; }`,
+      '  current=${current%% *}',
       'else',
-      `  m=$(stat -c %Y -- ${q(owner)} 2>/dev/null || stat -c %Y -- ${q(path)}) || exit 1`,
-      '  echo "exists $(( $(date +%s) - m ))"',
-      `  cat -- ${q(owner)} 2>/dev/null`,
-      '  exit 0',
+      '  current=none',
       'fi',
-    ].join('\n'),
+      `[ "$current" = ${q(guard.expectedSha256 ?? 'none')} ] || { unlock; echo changed; exit 0; }`,
+      `{ mkdir -p -- ${q(parentOf(path))} && cat > ${q(temp)} && sync -- ${q(temp)} && mv -f -T -- ${q(temp)} ${q(path)} && sync -- ${q(parentOf(path))}; } || { rm -f -- ${q(temp)}; unlock; exit 1; }`,
+      'unlock',
+      'echo replaced',
+    ]).join('\n'),
   );
 }
 

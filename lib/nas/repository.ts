@@ -2,10 +2,11 @@
 // place that knows the order that keeps the NAS whole: layers are published complete
 // and verified first; the manifest that names them is written after, atomically, under
 // the domain's NAS lock, and only if its head is still the one the writer started from.
+import { createHash } from 'node:crypto';
 import { chmod, link, mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir } from '../durable-fs.js';
-import { ConflictError, IntegrityError } from '../errors.js';
+import { ConflictError, IntegrityError, LockedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
   NAS_FORMAT,
@@ -19,7 +20,7 @@ import {
   type LayerInfo,
   type Manifest,
 } from './format.js';
-import { acquireNasLock } from './nas-lock.js';
+import { lockClaim, NasLockWaiter } from './nas-lock.js';
 import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
 import type { NasTransport, TransferProgress, TransferResult } from './transport.js';
 
@@ -63,11 +64,17 @@ export class NasRepository {
 
   /** The domain's manifest, or undefined when the NAS has nothing for it. */
   async readManifest(domain: string): Promise<Manifest | undefined> {
+    return (await this.readManifestAndHash(domain)).manifest;
+  }
+
+  /** The manifest with the SHA-256 of its bytes (what a compare-and-swap compares). */
+  private async readManifestAndHash(domain: string): Promise<{ manifest: Manifest | undefined; sha256: string | null }> {
     const path = nasPaths.manifest(domain);
     const data = await this.transport.readFile(path);
-    if (data === undefined) return undefined;
+    if (data === undefined) return { manifest: undefined, sha256: null };
     try {
-      return parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`);
+      const manifest = parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`);
+      return { manifest, sha256: createHash('sha256').update(data).digest('hex') };
     } catch (error) {
       throw new IntegrityError((error as Error).message, {
         remedy: 'the manifest on the NAS is damaged or from a newer version; nothing was changed',
@@ -108,36 +115,50 @@ export class NasRepository {
   }
 
   /**
-   * Changes the manifest under the NAS lock: `change` gets the current manifest (or an
-   * empty one) and returns the next; it may throw (a ConflictError) to refuse. Every
-   * layer the next manifest adds must already be published.
+   * Changes the manifest: `change` gets the current manifest (or an empty one) and
+   * returns the next; it may throw (a ConflictError) to refuse. Every layer the next
+   * manifest adds must already be published. Two round trips: a read, and a
+   * compare-and-swap under the NAS lock (lib/nas/nas-lock.ts) that writes only if the
+   * manifest is still the one read; if another host changed it in between, `change`
+   * runs again on what that host wrote.
    */
   async updateManifest(domain: string, change: (current: Manifest) => Manifest): Promise<Manifest> {
-    await this.checkMarker();
-    const lock = await acquireNasLock(this.transport, nasPaths.lock(domain), {
+    const lockPath = nasPaths.lock(domain);
+    const waiter = new NasLockWaiter(this.transport, lockPath, {
       host: this.options.host,
       waitMs: this.options.lockWaitMs ?? 30_000,
       staleMs: this.options.lockStaleMs ?? 60_000,
       log: this.options.log,
     });
-    try {
-      const current = (await this.readManifest(domain)) ?? emptyManifest(domain);
+    for (let attempt = 1; ; attempt += 1) {
+      const read = await this.readManifestAndHash(domain);
+      if (read.manifest === undefined) await this.checkMarker();
+      const current = read.manifest ?? emptyManifest(domain);
       const next = { ...change(structuredClone(current)), revision: current.revision + 1 };
       const problem = manifestProblem(next);
       if (problem) throw new Error(`internal: refusing to write an invalid manifest: ${problem}`);
-      for (const hash of Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h))) {
-        if (!(await this.transport.stat(nasPaths.layer(domain, hash)))) {
-          throw new IntegrityError(`layer ${hash} is not on the NAS; the manifest was not changed`, {
+      const added = Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h));
+      const result = await this.transport.replaceIfUnchanged(nasPaths.manifest(domain), serializeManifest(next), {
+        expectedSha256: read.sha256,
+        required: added.map((hash) => nasPaths.layer(domain, hash)),
+        lock: lockClaim(lockPath, this.options.host, this.options.now?.()),
+      });
+      switch (result.outcome) {
+        case 'replaced':
+          this.options.log?.info('manifest updated', { domain, revision: next.revision, head: next.head ?? 'none' });
+          return next;
+        case 'missing':
+          throw new IntegrityError(`layer file ${result.path} is not on the NAS; the manifest was not changed`, {
             remedy: 'push the layer first',
           });
-        }
+        case 'locked':
+          await waiter.busy(result);
+          break;
+        case 'changed':
+          // Another host wrote between our read and our write: look again.
+          if (attempt >= 20) throw new LockedError(`the manifest of ${domain} kept changing under us (${attempt} attempts)`, { remedy: 'try again in a moment' });
+          this.options.log?.info('the manifest changed while we updated it; reading it again', { domain });
       }
-      await lock.verify();
-      await this.transport.writeFileAtomic(nasPaths.manifest(domain), serializeManifest(next));
-      this.options.log?.info('manifest updated', { domain, revision: next.revision, head: next.head ?? 'none' });
-      return next;
-    } finally {
-      await lock.release();
     }
   }
 
@@ -180,6 +201,11 @@ export class NasRepository {
     if (change === 'take') manifest.lease = { host: this.options.host, since: (this.options.now?.() ?? new Date()).toISOString() };
     if (change === 'release' && manifest.lease?.host === this.options.host) manifest.lease = null;
     return manifest;
+  }
+
+  /** Closes the transport's connection to the NAS. */
+  close(): Promise<void> {
+    return this.transport.close();
   }
 
   /** Writes the domain definition (not versioned: the newest wins). */

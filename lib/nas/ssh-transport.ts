@@ -1,14 +1,18 @@
 // The NAS over SSH, with the system's OpenSSH client (see lib/nas/transport.ts for the
 // contract). Each operation is one ssh invocation running one script from
-// lib/nas/remote-scripts.ts; layer data streams through zstd where both ends have it,
-// and is hashed on the NAS as it is written (no second read of a large file).
+// lib/nas/remote-scripts.ts, all over one shared connection until close(); layer
+// data streams through zstd where both ends have it, and is hashed on the NAS as it is
+// written (no second read of a large file).
 import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { open, rm, stat as localStat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
 import { bytesReadBy, runCommand, stageError, startPipeline, type Command, type StageResult } from '../runner.js';
 import * as scripts from './remote-scripts.js';
-import { buildSshCommand, classifySshFailure, type SshTarget } from './ssh-command.js';
-import type { ExclusiveResult, NasEntry, NasTransport, TransferOptions, TransferResult } from './transport.js';
+import { buildSshCommand, buildSshExitCommand, classifySshFailure, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import type { ExclusiveResult, LockBusy, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
 
 export interface SshTransportOptions {
   target: SshTarget;
@@ -20,10 +24,15 @@ export interface SshTransportOptions {
   compress: boolean;
 }
 
+/** How long an idle shared connection stays open when its transport was not closed. */
+const CONTROL_PERSIST_SEC = 10;
+
 export class SshTransport implements NasTransport {
   readonly where: string;
   private localZstd: Promise<boolean> | undefined;
   private hasher: Promise<Command> | undefined;
+  /** The shared connection's socket lives in a private directory made on first use. */
+  private multiplex: SshMultiplex | undefined;
 
   constructor(private readonly options: SshTransportOptions) {
     const { user, host, port } = options.target;
@@ -59,16 +68,39 @@ export class SshTransport implements NasTransport {
 
   async mkdirExclusive(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
     const result = await this.run(scripts.mkdirExclusiveScript(this.options.root, path, ownerName), { input: ownerData });
-    const text = result.stdoutBuffer.toString('utf8');
-    if (text.startsWith('created')) return { created: true };
-    const match = /^exists (-?\d+)\n/u.exec(text);
-    if (!match) throw this.protocolError('mkdirExclusive', text);
-    const owner = result.stdoutBuffer.subarray(match[0].length);
-    return { created: false, ownerData: owner.length > 0 ? owner : undefined, ageMs: Number(match[1]) * 1000 };
+    if (result.stdout.startsWith('created')) return { created: true };
+    return { created: false, ...this.parseBusy('mkdirExclusive', result.stdoutBuffer) };
   }
 
-  async touch(path: string): Promise<void> {
-    await this.run(scripts.touchScript(this.options.root, path));
+  async replaceIfUnchanged(
+    path: string,
+    data: Buffer,
+    guard: { expectedSha256: string | null; required: string[]; lock: LockClaim },
+  ): Promise<ReplaceResult> {
+    const temp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
+    const { lock } = guard;
+    const script = scripts.replaceIfUnchangedScript(this.options.root, path, temp, {
+      expectedSha256: guard.expectedSha256,
+      required: guard.required,
+      lockPath: lock.path,
+      ownerName: lock.ownerName,
+      ownerData: lock.ownerData.toString('utf8'),
+    });
+    const result = await this.run(script, { input: data });
+    const reply = result.stdout;
+    if (reply === 'replaced\n') return { outcome: 'replaced' };
+    if (reply === 'changed\n') return { outcome: 'changed' };
+    if (reply.startsWith('missing ')) return { outcome: 'missing', path: reply.slice(8).replace(/\n$/u, '') };
+    return { outcome: 'locked', ...this.parseBusy('replaceIfUnchanged', result.stdoutBuffer) };
+  }
+
+  /** Reads "exists AGE_SECONDS\n<owner file>" (remote-scripts.ts takeLockLines). */
+  private parseBusy(step: string, reply: Buffer): LockBusy {
+    const text = reply.toString('utf8');
+    const match = /^exists (-?\d+)\n/u.exec(text);
+    if (!match) throw this.protocolError(step, text);
+    const owner = reply.subarray(Buffer.byteLength(match[0]));
+    return { ownerData: owner.length > 0 ? owner : undefined, ageMs: Number(match[1]) * 1000 };
   }
 
   async putLayer(localPath: string, hash: string, partPath: string, target: string, options: TransferOptions = {}): Promise<TransferResult> {
@@ -225,10 +257,22 @@ export class SshTransport implements NasTransport {
     return this.hasher;
   }
 
-  async close(): Promise<void> {}
+  /** Closes the shared connection (the next operation would open a new one). */
+  async close(): Promise<void> {
+    const multiplex = this.multiplex;
+    if (multiplex === undefined) return;
+    this.multiplex = undefined;
+    if (existsSync(multiplex.controlPath)) {
+      const exit = startPipeline([buildSshExitCommand(this.options.target, multiplex)], { input: 'ignore', output: 'ignore' });
+      const timer = setTimeout(() => exit.kill(), 5000);
+      await exit.done.finally(() => clearTimeout(timer));
+    }
+    rmSync(dirname(multiplex.controlPath), { recursive: true, force: true });
+  }
 
   private ssh(script: string): Command {
-    return buildSshCommand(this.options.target, script);
+    this.multiplex ??= { controlPath: join(mkdtempSync(join(tmpdir(), 'kss-ssh-')), 'master'), persistSec: CONTROL_PERSIST_SEC };
+    return buildSshCommand(this.options.target, script, this.multiplex);
   }
 
   private hasLocalZstd(): Promise<boolean> {

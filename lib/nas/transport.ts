@@ -14,7 +14,8 @@
 //
 // Atomicity. writeFileAtomic leaves either the old or the new content under the name,
 // durable once it returns. mkdirExclusive succeeds for exactly one caller among any
-// number of hosts. rename is atomic within the NAS.
+// number of hosts. rename is atomic within the NAS. replaceIfUnchanged is a
+// compare-and-swap done in one round trip: the manifest's lock is held only while it runs.
 //
 // Layers. putLayer and getLayer move one layer file, resumably: an interrupted transfer
 // (killed process, dropped link) leaves a partial file that the next call with the same
@@ -48,10 +49,32 @@ export interface TransferResult {
   resumedFrom: number;
 }
 
+/** Who holds a lock directory, and how long since its newest activity (NAS clock). */
+export interface LockBusy {
+  ownerData: Buffer | undefined;
+  ageMs: number;
+}
+
 /** The outcome of mkdirExclusive: created, or who holds it and for how long. */
-export type ExclusiveResult =
-  | { created: true }
-  | { created: false; ownerData: Buffer | undefined; ageMs: number };
+export type ExclusiveResult = { created: true } | ({ created: false } & LockBusy);
+
+/** The lock directory a replaceIfUnchanged holds while it compares and writes. */
+export interface LockClaim {
+  path: string;
+  ownerName: string;
+  /** Written into the owner file; the lock is removed afterwards only if it still holds this. */
+  ownerData: Buffer;
+}
+
+/** What replaceIfUnchanged did; only "replaced" wrote anything. */
+export type ReplaceResult =
+  | { outcome: 'replaced' }
+  /** The file is no longer what the caller read. */
+  | { outcome: 'changed' }
+  /** A path that had to exist does not. */
+  | { outcome: 'missing'; path: string }
+  /** Another holder has the lock. */
+  | ({ outcome: 'locked' } & LockBusy);
 
 export interface NasTransport {
   /** Where the NAS is, for messages: `/mnt/nas/kss` or `ssh kss@nas:22 /volume1/kss`. */
@@ -83,8 +106,18 @@ export interface NasTransport {
    */
   mkdirExclusive(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult>;
 
-  /** Sets a file's mtime to the NAS's now (heartbeat of a lock). */
-  touch(path: string): Promise<void>;
+  /**
+   * Replaces the small file `path` with `data` only if it is unchanged: in one round
+   * trip it takes the lock directory (as mkdirExclusive), checks that every path in
+   * `required` exists and that `path` still hashes (SHA-256) to `expectedSha256` (null:
+   * that it does not exist), replaces it as writeFileAtomic does, and removes the lock
+   * if the lock still holds its owner data.
+   */
+  replaceIfUnchanged(
+    path: string,
+    data: Buffer,
+    guard: { expectedSha256: string | null; required: string[]; lock: LockClaim },
+  ): Promise<ReplaceResult>;
 
   /**
    * Uploads the local file `localPath` (whose SHA-256 must be `hash`) to `target`,

@@ -18,52 +18,56 @@ export async function resolveConflict(domain: string, keep: Keep, deps: SyncDeps
   return withDomainLock(config.stateDir, domain, log, 30_000, async () => {
     const state = await readLocalState(config.stateDir, domain);
     const repository = deps.openRepository();
-    const seen = await repository.readManifest(domain);
-    if (state.pending.length === 0 || !seen?.head || seen.head === state.synced?.id) {
-      throw new DiskStateError(`${domain} has no conflict to resolve: ${state.pending.length === 0 ? 'nothing here is unsynced' : 'the NAS has not moved'}`, {
-        remedy: `kss snapshot list ${domain}`,
-      });
-    }
-    await mergePending(state, config.host);
-    await writeLocalState(config.stateDir, state);
-    await pushPending(state, repository, log); // the local side goes to the NAS either way
-    const local = state.pending[0]!;
-    const layers = local.layers;
-    const branchName = `conflict-${now.toISOString().replaceAll(/[:.]/gu, '-')}`;
+    try {
+      const seen = await repository.readManifest(domain);
+      if (state.pending.length === 0 || !seen?.head || seen.head === state.synced?.id) {
+        throw new DiskStateError(`${domain} has no conflict to resolve: ${state.pending.length === 0 ? 'nothing here is unsynced' : 'the NAS has not moved'}`, {
+          remedy: `kss snapshot list ${domain}`,
+        });
+      }
+      await mergePending(state, config.host);
+      await writeLocalState(config.stateDir, state);
+      await pushPending(state, repository, log); // the local side goes to the NAS either way
+      const local = state.pending[0]!;
+      const layers = local.layers;
+      const branchName = `conflict-${now.toISOString().replaceAll(/[:.]/gu, '-')}`;
 
-    let manifest: Manifest;
-    if (keep === 'remote') {
-      manifest = await repository.updateManifest(domain, (m) => {
-        if (m.head !== seen.head) throw movedAgain(domain);
-        Object.assign(m.layers, layers);
-        m.generations[local.generation.id] = local.generation;
-        m.branches[branchName] = { head: local.generation.id, host: config.host, created: now.toISOString(), reason: `kept the NAS side; this is what ${config.host} had` };
-        return m;
-      });
-      const head = manifest.generations[manifest.head as string]!;
-      await pullGeneration(state, manifest, head, repository, log);
-      await rotateTops(state, head);
-      state.synced = head;
-      state.pending = [];
-    } else {
-      const made = { parent: local.generation.parent, host: config.host, created: now.toISOString(), disks: local.generation.disks };
-      const generation: Generation = { id: generationId(made), ...made };
-      manifest = await repository.updateManifest(domain, (m) => {
-        if (m.head !== seen.head) throw movedAgain(domain);
-        const lost = m.generations[m.head as string]!;
-        m.branches[branchName] = { head: lost.id, host: lost.host, created: now.toISOString(), reason: `kept ${config.host}'s side; this is what the NAS had` };
-        Object.assign(m.layers, layers);
-        m.generations[generation.id] = generation;
-        m.head = generation.id;
-        return m;
-      });
-      state.synced = generation;
-      state.pending = [];
+      let manifest: Manifest;
+      if (keep === 'remote') {
+        manifest = await repository.updateManifest(domain, (m) => {
+          if (m.head !== seen.head) throw movedAgain(domain);
+          Object.assign(m.layers, layers);
+          m.generations[local.generation.id] = local.generation;
+          m.branches[branchName] = { head: local.generation.id, host: config.host, created: now.toISOString(), reason: `kept the NAS side; this is what ${config.host} had` };
+          return m;
+        });
+        const head = manifest.generations[manifest.head as string]!;
+        await pullGeneration(state, manifest, head, repository, log);
+        await rotateTops(state, head);
+        state.synced = head;
+        state.pending = [];
+      } else {
+        const made = { parent: local.generation.parent, host: config.host, created: now.toISOString(), disks: local.generation.disks };
+        const generation: Generation = { id: generationId(made), ...made };
+        manifest = await repository.updateManifest(domain, (m) => {
+          if (m.head !== seen.head) throw movedAgain(domain);
+          const lost = m.generations[m.head as string]!;
+          m.branches[branchName] = { head: lost.id, host: lost.host, created: now.toISOString(), reason: `kept ${config.host}'s side; this is what the NAS had` };
+          Object.assign(m.layers, layers);
+          m.generations[generation.id] = generation;
+          m.head = generation.id;
+          return m;
+        });
+        state.synced = generation;
+        state.pending = [];
+      }
+      state.lastSync = { at: now.toISOString(), outcome: `conflict resolved, kept ${keep}` };
+      await writeLocalState(config.stateDir, state);
+      log.info('conflict resolved', { keep, head: manifest.head ?? 'none', branch: branchName });
+      return { head: manifest.head as string, branch: branchName };
+    } finally {
+      await repository.close();
     }
-    state.lastSync = { at: now.toISOString(), outcome: `conflict resolved, kept ${keep}` };
-    await writeLocalState(config.stateDir, state);
-    log.info('conflict resolved', { keep, head: manifest.head ?? 'none', branch: branchName });
-    return { head: manifest.head as string, branch: branchName };
   });
 }
 
@@ -80,29 +84,33 @@ export async function rollback(domain: string, target: string, deps: SyncDeps): 
       throw new DiskStateError(`${domain} has changes here that are not on the NAS yet`, { remedy: `start ${domain} once with the NAS reachable (that pushes them), shut it down, then roll back` });
     }
     const repository = deps.openRepository();
-    const seen = (await repository.readManifest(domain)) ?? undefined;
-    const matches = Object.keys(seen?.generations ?? {}).filter((id) => id.startsWith(target) || seen?.branches[target]?.head === id);
-    if (!seen || matches.length !== 1) {
-      throw new DiskStateError(matches.length > 1 ? `"${target}" names more than one generation` : `no generation or branch "${target}" on the NAS`, {
-        remedy: `kss snapshot list ${domain} --remote shows them`,
+    try {
+      const seen = (await repository.readManifest(domain)) ?? undefined;
+      const matches = Object.keys(seen?.generations ?? {}).filter((id) => id.startsWith(target) || seen?.branches[target]?.head === id);
+      if (!seen || matches.length !== 1) {
+        throw new DiskStateError(matches.length > 1 ? `"${target}" names more than one generation` : `no generation or branch "${target}" on the NAS`, {
+          remedy: `kss snapshot list ${domain} --remote shows them`,
+        });
+      }
+      const wanted = seen.generations[matches[0] as string]!;
+      const made = { parent: seen.head, host: config.host, created: now.toISOString(), disks: wanted.disks };
+      const generation: Generation = { id: generationId(made), ...made };
+      const manifest = await repository.updateManifest(domain, (m) => {
+        if (m.head !== seen.head) throw movedAgain(domain);
+        m.generations[generation.id] = generation;
+        m.head = generation.id;
+        return m;
       });
+      await pullGeneration(state, manifest, generation, repository, log);
+      await rotateTops(state, generation);
+      state.synced = generation;
+      state.lastSync = { at: now.toISOString(), outcome: `rolled back to ${wanted.id.slice(0, 12)}` };
+      await writeLocalState(config.stateDir, state);
+      log.info('rolled back', { to: wanted.id, generation: generation.id });
+      return generation;
+    } finally {
+      await repository.close();
     }
-    const wanted = seen.generations[matches[0] as string]!;
-    const made = { parent: seen.head, host: config.host, created: now.toISOString(), disks: wanted.disks };
-    const generation: Generation = { id: generationId(made), ...made };
-    const manifest = await repository.updateManifest(domain, (m) => {
-      if (m.head !== seen.head) throw movedAgain(domain);
-      m.generations[generation.id] = generation;
-      m.head = generation.id;
-      return m;
-    });
-    await pullGeneration(state, manifest, generation, repository, log);
-    await rotateTops(state, generation);
-    state.synced = generation;
-    state.lastSync = { at: now.toISOString(), outcome: `rolled back to ${wanted.id.slice(0, 12)}` };
-    await writeLocalState(config.stateDir, state);
-    log.info('rolled back', { to: wanted.id, generation: generation.id });
-    return generation;
   });
 }
 

@@ -63,36 +63,51 @@ export async function prepareStart(domain: string, disks: Record<string, string>
     }
     await writeLocalState(config.stateDir, state);
 
-    let repository: NasRepository | undefined;
-    let manifest: Manifest | undefined;
-    let nas: NasView = { reachable: false, problem: 'not asked' };
-    deps.onStep?.('start:read-nas');
-    if (!flags.restoring && !flags.skipSync) {
-      repository = deps.openRepository();
-      ({ manifest, nas } = await lookAtNas(repository, domain));
-    }
-    const local = { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld };
-    const decision = decideStart(config.host, local, nas, flags);
-    log.info('start', { decision: describe(decision), synced: local.synced ?? 'none', pending: local.pending, nasHead: manifest?.head ?? 'none' });
-
-    switch (decision.action) {
-      case 'leave-disks':
-        return;
-      case 'start-local': {
-        const head = localHead(state);
-        if (!head) throw new DiskStateError(`${domain} has no local generation to start from`, { remedy: `start it with the NAS reachable (without --no-sync): that fetches it` });
-        await rotateTops(state, head, engine);
-        log.warn(decision.why === 'skip-sync' ? 'started without syncing, as asked' : 'the NAS is unreachable; started on the lease this host holds', {
-          problem: decision.problem,
-        });
-        return;
-      }
-      case 'refuse':
-        throw refusal(domain, decision, state, manifest);
-      case 'sync':
-        await sync(domain, state, manifest, decision, repository as NasRepository, deps, now, engine);
+    const repository = flags.restoring || flags.skipSync ? undefined : deps.openRepository();
+    try {
+      await decideAndSync(domain, state, flags, repository, deps, now);
+    } finally {
+      await repository?.close();
     }
   });
+}
+
+/** With the local state settled: looks at the NAS, decides, and syncs or refuses. */
+async function decideAndSync(
+  domain: string,
+  state: LocalState,
+  flags: { restoring: boolean; skipSync: boolean; stealLease: boolean },
+  repository: NasRepository | undefined,
+  deps: SyncDeps,
+  now: () => Date,
+): Promise<void> {
+  const { config, log } = deps;
+  const engine = engineDeps(deps);
+  let manifest: Manifest | undefined;
+  let nas: NasView = { reachable: false, problem: 'not asked' };
+  deps.onStep?.('start:read-nas');
+  if (repository) ({ manifest, nas } = await lookAtNas(repository, domain));
+  const local = { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld };
+  const decision = decideStart(config.host, local, nas, flags);
+  log.info('start', { decision: describe(decision), synced: local.synced ?? 'none', pending: local.pending, nasHead: manifest?.head ?? 'none' });
+
+  switch (decision.action) {
+    case 'leave-disks':
+      return;
+    case 'start-local': {
+      const head = localHead(state);
+      if (!head) throw new DiskStateError(`${domain} has no local generation to start from`, { remedy: `start it with the NAS reachable (without --no-sync): that fetches it` });
+      await rotateTops(state, head, engine);
+      log.warn(decision.why === 'skip-sync' ? 'started without syncing, as asked' : 'the NAS is unreachable; started on the lease this host holds', {
+        problem: decision.problem,
+      });
+      return;
+    }
+    case 'refuse':
+      throw refusal(domain, decision, state, manifest);
+    case 'sync':
+      await sync(domain, state, manifest, decision, repository as NasRepository, deps, now, engine);
+  }
 }
 
 async function sync(

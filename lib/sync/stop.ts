@@ -34,34 +34,38 @@ export async function finishStop(domain: string, deps: SyncDeps): Promise<void> 
     }
 
     const repository = noPush ? undefined : deps.openRepository();
-    const { nas }: { nas: NasView } = repository ? await lookAtNas(repository, domain) : { nas: { reachable: false, problem: 'not asked' } };
-    const decision = decideStop(config.host, { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld }, nas, { noPush });
-    log.info('stop', { decision: decision.action, pending: state.pending.length });
+    try {
+      const { nas }: { nas: NasView } = repository ? await lookAtNas(repository, domain) : { nas: { reachable: false, problem: 'not asked' } };
+      const decision = decideStop(config.host, { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld }, nas, { noPush });
+      log.info('stop', { decision: decision.action, pending: state.pending.length });
 
-    let outcome: string;
-    if (decision.action === 'push' && repository) {
-      deps.onStep?.('stop:push');
-      await pushPending(state, repository, log);
-      deps.onStep?.('stop:publish');
-      try {
-        state.synced = await publishPending(state, repository, decision.releaseLease ? 'release' : 'keep');
-        state.pending = [];
-        if (decision.releaseLease) state.leaseHeld = false;
-        outcome = 'pushed';
-      } catch (error) {
-        if (!(error instanceof ConflictError)) throw error;
-        outcome = `conflict: ${error.message}`;
+      let outcome: string;
+      if (decision.action === 'push' && repository) {
+        deps.onStep?.('stop:push');
+        await pushPending(state, repository, log);
+        deps.onStep?.('stop:publish');
+        try {
+          state.synced = await publishPending(state, repository, decision.releaseLease ? 'release' : 'keep');
+          state.pending = [];
+          if (decision.releaseLease) state.leaseHeld = false;
+          outcome = 'pushed';
+        } catch (error) {
+          if (!(error instanceof ConflictError)) throw error;
+          outcome = `conflict: ${error.message}`;
+        }
+      } else if (decision.action === 'nothing' && repository) {
+        if (decision.releaseLease) await repository.setLease(domain, 'release', null);
+        state.leaseHeld = state.leaseHeld && !decision.releaseLease;
+        outcome = 'nothing to push';
+      } else {
+        outcome = decision.action === 'keep-pending' ? `kept here (${decision.why}: ${decision.detail})` : 'nothing to do';
+        if (decision.action === 'keep-pending' && decision.why !== 'no-push') log.warn('not pushed', { why: decision.why, detail: decision.detail });
       }
-    } else if (decision.action === 'nothing' && repository) {
-      if (decision.releaseLease) await repository.setLease(domain, 'release', null);
-      state.leaseHeld = state.leaseHeld && !decision.releaseLease;
-      outcome = 'nothing to push';
-    } else {
-      outcome = decision.action === 'keep-pending' ? `kept here (${decision.why}: ${decision.detail})` : 'nothing to do';
-      if (decision.action === 'keep-pending' && decision.why !== 'no-push') log.warn('not pushed', { why: decision.why, detail: decision.detail });
+      state.lastSync = { at: now().toISOString(), outcome };
+      await writeLocalState(config.stateDir, state);
+      log.info('stop finished', { outcome });
+    } finally {
+      await repository?.close();
     }
-    state.lastSync = { at: now().toISOString(), outcome };
-    await writeLocalState(config.stateDir, state);
-    log.info('stop finished', { outcome });
   });
 }

@@ -3,7 +3,7 @@
 // /var/log/libvirt, /run, the tool's config/state/log directories and /root/.ssh, and
 // its own virtlogd and libvirtd started inside it. The built executable is its hook,
 // /etc/libvirt/hooks/qemu. Two of them run at once on this machine (see platform.md).
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NAMESPACE_URI } from '../../lib/namespace.js';
@@ -13,6 +13,13 @@ import type { SshNas } from './ssh-nas.js';
 export const LIBVIRT_TOOLS = ['unshare', 'nsenter', 'libvirtd', 'virtlogd', 'virsh', 'qemu-system-x86_64', 'qemu-img'];
 
 const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/**
+ * prctl(PR_SET_CHILD_SUBREAPER) (syscall 157 on x86_64, option 36), then runs the
+ * command and reaps every process that ends below it until none is left. Perl is in
+ * every Debian (perl-base is essential).
+ */
+const SUBREAPER = 'syscall(157, 36, 1, 0, 0, 0) == 0 or die "prctl: $!"; defined(my $pid = fork) or die "fork: $!"; if (!$pid) { exec @ARGV or die "exec: $!" } 1 while wait() != -1;';
 
 /** Directories each host gets its own copy of: inside path → name under the host dir. */
 const BINDS: Record<string, string> = {
@@ -63,8 +70,8 @@ export class LibvirtHost {
       .join(' && ');
     execFileSync('unshare', [`--mount=${host.mntns}`, `--uts=${host.utsns}`, '--propagation', 'private', 'sh', '-c', `${binds} && hostname ${name}`]);
     mkdirSync(join(dir, 'run', 'libvirt'), { recursive: true });
-    host.inside(['virtlogd', '-d', '-p', '/run/virtlogd.pid']);
-    host.inside(['libvirtd', '-d', '-p', '/run/libvirtd.pid']);
+    host.startDaemon('virtlogd');
+    host.startDaemon('libvirtd');
     const deadline = Date.now() + 60_000;
     while (host.virsh('version').status !== 0) {
       if (Date.now() > deadline) throw new Error(`libvirtd on ${name} did not answer`);
@@ -83,6 +90,20 @@ export class LibvirtHost {
     copyFileSync(nas.target.identity as string, join(dir, 'root-ssh', 'id_nas'));
     copyFileSync(nas.target.knownHosts as string, join(dir, 'root-ssh', 'known_hosts'));
     return host;
+  }
+
+  /**
+   * Starts libvirtd or virtlogd inside the host under a child subreaper of its own:
+   * this machine's PID 1 reaps orphans only every ~2 s (platform.md), and libvirt waits
+   * for a killed QEMU (an orphan, after libvirt's double fork) to be gone, so without it
+   * every `virsh destroy` took ~2 s; a host with systemd reaps at once.
+   */
+  startDaemon(daemon: 'libvirtd' | 'virtlogd'): void {
+    const reaper = spawn('nsenter', [`--mount=${this.mntns}`, `--uts=${this.utsns}`, '--wd=/', 'env', '-i', `PATH=${CLEAN_PATH}`, 'perl', '-e', SUBREAPER, daemon, '-d', '-p', `/run/${daemon}.pid`], {
+      detached: true,
+      stdio: 'ignore',
+    });
+    reaper.unref();
   }
 
   /** Defines (or redefines) a domain from XML, through a file the host's virsh can read. */
@@ -125,14 +146,25 @@ export class LibvirtHost {
     throw new Error(`${insidePath} is not in a per-host directory`);
   }
 
-  /** Writes through the running domain's block layer (qemu-io in the monitor). */
+  /**
+   * Reads or writes through the running domain's block layer, as the guest would:
+   * qemu-io in the monitor, on the disk device's backend (`-d` takes a QOM path). The
+   * monitor answers errors (no such device, permission conflicts); qemu-io writes its
+   * own report, "Pattern verification failed" before "read N/N bytes", to QEMU's stdout,
+   * which virtlogd copies into the domain's log a moment later. Either failure throws.
+   */
   guestIo(domain: string, command: string, drive = 'virtio-disk0'): void {
     const qom = `/machine/peripheral/${drive}/virtio-backend`;
     const logFile = this.outside(`/var/log/libvirt/qemu/${domain}.log`);
-    const before = existsSync(logFile) ? readFileSync(logFile, 'utf8').length : 0;
-    this.mustVirsh('qemu-monitor-command', domain, '--hmp', `qemu-io ${qom} "${command}"`);
-    const output = readFileSync(logFile, 'utf8').slice(before);
-    if (/Pattern verification failed|error|failed/iu.test(output)) throw new Error(`qemu-io ${command} in ${domain} on ${this.name}: ${output}`);
+    const before = existsSync(logFile) ? readFileSync(logFile).length : 0;
+    const answer = this.mustVirsh('qemu-monitor-command', domain, '--hmp', `qemu-io -d ${qom} "${command}"`).trim();
+    const fail = (detail: string) => new Error(`qemu-io "${command}" in ${domain} on ${this.name}: ${detail}`);
+    if (answer !== '') throw fail(answer);
+    const done = /^(read|wrote) \d+\/\d+ bytes at offset/mu;
+    const readReport = () => readFileSync(logFile).subarray(before).toString('utf8');
+    let report = readReport();
+    for (const deadline = Date.now() + 10_000; !done.test(report) && Date.now() < deadline; report = readReport()) execFileSync('sleep', ['0.05']);
+    if (!done.test(report) || /Pattern verification failed|error|failed/iu.test(report)) throw fail(report.trim() || 'no report in the log');
   }
 
   /** The hook's log for a domain. */

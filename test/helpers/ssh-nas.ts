@@ -100,7 +100,7 @@ export async function startSshNas(options: { root?: string; shape?: boolean } = 
     );
     sshd = spawn(
       'ip',
-      ['netns', 'exec', ns, 'sh', '-c', `mount -t tmpfs kss-run /run && mkdir -m 755 /run/sshd && exec /usr/sbin/sshd -D -e -f "$1"`, 'sh', join(dir, 'sshd_config')],
+      ['netns', 'exec', ns, 'sh', '-c', `mount -t tmpfs kss-run /run && mount -t tmpfs kss-home /root && mkdir -m 755 /run/sshd && exec /usr/sbin/sshd -D -e -f "$1"`, 'sh', join(dir, 'sshd_config')],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     let log = '';

@@ -61,7 +61,8 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       setup = await setUp(t as unknown as TestContext);
       local = mkdtempSync(join(tmpdir(), 'kss-local-'));
     });
-    after(() => {
+    after(async () => {
+      await setup?.transport.close();
       setup?.stop();
       rmSync(local, { recursive: true, force: true });
     });
@@ -106,7 +107,49 @@ for (const [kind, setUp] of Object.entries(kinds)) {
         Array.from({ length: 6 }, (_, i) => s.transport.mkdirExclusive('domains/y/lock', 'owner.json', Buffer.from(String(i)))),
       );
       assert.equal(racers.filter((r) => r.created).length, 1, 'exactly one of six racers wins');
-      await s.transport.touch('domains/x/lock/owner.json');
+    });
+
+    it('replaces a file only when it is unchanged, under the lock, in one call', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const dir = `domains/${ODD}`;
+      const path = `${dir}/manifest.json`;
+      const lock = (owner: string) => ({ path: `${dir}/lock`, ownerName: 'owner.json', ownerData: Buffer.from(owner) });
+      const guard = (expectedSha256: string | null, owner = '{"token":"a"}', required: string[] = []) => ({ expectedSha256, required, lock: lock(owner) });
+
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('one'), guard(sha256(Buffer.from('x')))), { outcome: 'changed' });
+      assert.equal(existsSync(join(s.root, path)), false, 'a file that must exist and does not: nothing written');
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('one'), guard(null)), { outcome: 'replaced' });
+      assert.equal(readFileSync(join(s.root, path), 'utf8'), 'one');
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('two'), guard(null)), { outcome: 'changed' });
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('two'), guard(sha256(Buffer.from('one')), undefined, [`${dir}/layers/l $(x).qcow2`])), {
+        outcome: 'missing',
+        path: `${dir}/layers/l $(x).qcow2`,
+      });
+      mkdirSync(join(s.root, dir, 'layers'));
+      writeFileSync(join(s.root, dir, 'layers/l $(x).qcow2'), '');
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('two'), guard(sha256(Buffer.from('one')), undefined, [`${dir}/layers/l $(x).qcow2`])), { outcome: 'replaced' });
+      assert.equal(readFileSync(join(s.root, path), 'utf8'), 'two');
+      assert.equal(existsSync(join(s.root, dir, 'lock')), false, 'the lock is removed after each call');
+
+      // A held lock: nothing is written, and the holder and its age are told.
+      assert.deepEqual(await s.transport.mkdirExclusive(`${dir}/lock`, 'owner.json', Buffer.from('{"token":"held"}')), { created: true });
+      const busy = await s.transport.replaceIfUnchanged(path, Buffer.from('three'), guard(sha256(Buffer.from('two'))));
+      assert.equal(busy.outcome, 'locked');
+      assert.ok(busy.outcome === 'locked' && busy.ownerData?.toString() === '{"token":"held"}' && busy.ageMs >= 0 && busy.ageMs < 10_000);
+      assert.equal(readFileSync(join(s.root, path), 'utf8'), 'two');
+      assert.equal(existsSync(join(s.root, dir, 'lock', 'owner.json')), true, "another holder's lock is left alone");
+      await s.transport.remove(`${dir}/lock`);
+
+      // Racers from the same content: exactly one replaces it.
+      const racers = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => s.transport.replaceIfUnchanged(path, Buffer.from(`racer ${i}`), guard(sha256(Buffer.from('two')), `{"token":"${i}"}`))),
+      );
+      assert.equal(racers.filter((r) => r.outcome === 'replaced').length, 1, 'exactly one of six racers writes');
+      assert.ok(racers.every((r) => r.outcome !== 'missing'));
+      assert.match(readFileSync(join(s.root, path), 'utf8'), /^racer \d$/);
+      assert.deepEqual(await s.transport.list(dir).then((entries) => entries.map((e) => e.name).sort()), ['layers', 'manifest.json'], 'no temp file, no lock left');
+      await s.transport.remove(dir);
     });
 
     it('moves a layer both ways, byte for byte, and resumes a partial upload', async (t) => {

@@ -1,13 +1,14 @@
-// The NAS lock's decisions, over an in-memory transport: the races that real tools
-// cannot produce on demand.
+// What a locked NAS operation does when it finds the lock held, over an in-memory
+// transport: the races that real tools cannot produce on demand.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { LockedError } from '../../../lib/errors.js';
-import { acquireNasLock } from '../../../lib/nas/nas-lock.js';
+import { lockClaim, NasLockWaiter } from '../../../lib/nas/nas-lock.js';
 import type { ExclusiveResult, NasTransport } from '../../../lib/nas/transport.js';
 
-/** Files and directories in memory; `ages` gives a directory's idle time. */
-function memoryTransport(files = new Map<string, Buffer>(), ages = new Map<string, number>()) {
+/** Lock directories and their files in memory. */
+function memoryTransport() {
+  const files = new Map<string, Buffer>();
   const dirs = new Set<string>();
   const transport: Partial<NasTransport> = {
     where: 'memory',
@@ -29,75 +30,65 @@ function memoryTransport(files = new Map<string, Buffer>(), ages = new Map<strin
       return true;
     },
     mkdirExclusive: async (path, owner, data): Promise<ExclusiveResult> => {
-      if (dirs.has(path)) return { created: false, ownerData: files.get(`${path}/${owner}`), ageMs: ages.get(path) ?? 0 };
+      if (dirs.has(path)) return { created: false, ownerData: files.get(`${path}/${owner}`), ageMs: 0 };
       dirs.add(path);
       files.set(`${path}/${owner}`, data);
       return { created: true };
     },
-    touch: async () => {},
   };
-  return { transport: transport as NasTransport, files, dirs, ages };
+  const hold = (host: string) => {
+    const claim = lockClaim('lock', host);
+    dirs.add('lock');
+    files.set('lock/owner.json', claim.ownerData);
+    return claim.ownerData;
+  };
+  return { transport: transport as NasTransport, files, dirs, hold };
 }
 
-const fast = { waitMs: 50, staleMs: 60_000, sleep: async () => {} };
+const options = { host: 'desk', staleMs: 60_000 };
 
-describe('NAS lock', () => {
-  it('is taken, verified and released', async () => {
-    const { transport, dirs } = memoryTransport();
-    const lock = await acquireNasLock(transport, 'lock', { host: 'desk', ...fast });
-    await lock.verify();
-    await lock.release();
-    assert.equal(dirs.has('lock'), false);
-  });
-
-  it('refuses while another host holds it, naming the host', async () => {
-    const { transport } = memoryTransport();
-    const held = await acquireNasLock(transport, 'lock', { host: 'laptop', ...fast });
-    await assert.rejects(acquireNasLock(transport, 'lock', { host: 'desk', ...fast }), (error: unknown) => {
+describe('NAS lock waiter', () => {
+  it('waits for a live holder, backing off, then refuses naming the holder', async () => {
+    const { transport, hold } = memoryTransport();
+    const ownerData = hold('laptop');
+    const sleeps: number[] = [];
+    const waiter = new NasLockWaiter(transport, 'lock', { ...options, waitMs: 60_000, sleep: async (ms) => void sleeps.push(ms) });
+    for (let i = 0; i < 6; i += 1) await waiter.busy({ ownerData, ageMs: 1000 });
+    assert.deepEqual(sleeps, [100, 200, 400, 800, 1600, 1600]);
+    const impatient = new NasLockWaiter(transport, 'lock', { ...options, waitMs: 0 });
+    await assert.rejects(impatient.busy({ ownerData, ageMs: 1000 }), (error: unknown) => {
       assert.ok(error instanceof LockedError);
       assert.match(error.message, /by host laptop \(pid \d+\) since /);
+      assert.match(error.remedy ?? '', /frees itself after 60 s/);
       return true;
     });
-    await held.release();
   });
 
-  it('breaks a stale lock and takes it', async () => {
-    const { transport, ages } = memoryTransport();
-    await acquireNasLock(transport, 'lock', { host: 'dead', ...fast });
-    ages.set('lock', 120_000);
-    const lock = await acquireNasLock(transport, 'lock', { host: 'desk', ...fast });
-    assert.equal(lock.owner.host, 'desk');
-    await lock.verify();
-  });
-
-  it('never lets two writers through: a holder whose lock was taken finds out before writing', async () => {
-    const { transport, ages } = memoryTransport();
-    const slow = await acquireNasLock(transport, 'lock', { host: 'slow', ...fast });
-    ages.set('lock', 120_000); // judged stale while slow still works
-    const other = await acquireNasLock(transport, 'lock', { host: 'other', ...fast });
-    await other.verify();
-    await assert.rejects(slow.verify(), /taken from us/);
-    await slow.release(); // and does not remove the other's lock
-    await other.verify();
+  it('breaks a stale lock at once', async () => {
+    const { transport, dirs, files, hold } = memoryTransport();
+    const ownerData = hold('dead');
+    const waiter = new NasLockWaiter(transport, 'lock', { ...options, waitMs: 0 });
+    await waiter.busy({ ownerData, ageMs: 120_000 });
+    assert.deepEqual([...dirs], [], 'the lock and what it was renamed to are gone');
+    assert.equal(files.size, 0);
   });
 
   it('gives back a live lock taken by mistake when two breakers race', async () => {
-    const { transport, files, ages } = memoryTransport();
-    await acquireNasLock(transport, 'lock', { host: 'dead', ...fast });
-    ages.set('lock', 120_000);
-    // Between a breaker's look and its rename, a live holder replaced the stale lock.
+    const { transport, files, hold } = memoryTransport();
+    const stale = hold('dead');
+    // Between our look and our rename, another breaker removed the stale lock and a live
+    // holder took the lock anew.
     const realRename = transport.rename.bind(transport);
     let raced = false;
     transport.rename = async (from, to) => {
       if (!raced) {
         raced = true;
         await realRename(from, `${from}.gone`);
-        ages.delete('lock');
         await transport.mkdirExclusive('lock', 'owner.json', Buffer.from(JSON.stringify({ host: 'live', pid: 1, token: 'live', since: 'now' })));
       }
       return realRename(from, to);
     };
-    await assert.rejects(acquireNasLock(transport, 'lock', { host: 'desk', ...fast }), LockedError);
+    await new NasLockWaiter(transport, 'lock', { ...options, waitMs: 0 }).busy({ ownerData: stale, ageMs: 120_000 });
     assert.equal(JSON.parse((files.get('lock/owner.json') as Buffer).toString()).token, 'live', 'the live holder has its lock back');
   });
 });

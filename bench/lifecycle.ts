@@ -95,6 +95,7 @@ export async function benchLifecycle(): Promise<void> {
       destroys.push(seconds(() => desk.mustVirsh('destroy', 'bench')));
       await desk.waitForStop('bench', ++deskStops);
 
+      execFileSync('sync'); // both the pull and the raw copy start with no dirty data
       pulls.push(seconds(() => laptop.mustVirsh('start', 'bench')));
       const root = (nas as SshNas).root;
       const manifest = (await new NasRepository(new DirTransport({ root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'bench' }).readManifest('bench')) as Manifest;
@@ -103,7 +104,9 @@ export async function benchLifecycle(): Promise<void> {
       if (size < 2 ** 31) {
         throw new Error(`the guest writes did not reach the disk (the new layer has ${size} bytes, not 2 GiB): b) and c) would be meaningless`);
       }
+      execFileSync('sync');
       raws.push(seconds(() => execFileSync('sh', ['-c', `${ssh} 'cat ${shellJoin([join(root, layer)])}' > ${shellJoin([join(work, 'raw.bin')])}`])));
+      if (process.env.BENCH_DEBUG) console.error(laptop.hookLog('bench').split('\n').slice(-14).join('\n'), desk.hookLog('bench').split('\n').filter((l) => l.includes('prepare')).slice(-12).join('\n'));
       console.error(`run ${run + 1}: layer ${(size / 2 ** 30).toFixed(2)} GiB, destroy ${destroys.at(-1)?.toFixed(2)} s, start with pull ${pulls.at(-1)?.toFixed(2)} s, raw ssh ${raws.at(-1)?.toFixed(2)} s`);
       laptop.mustVirsh('destroy', 'bench');
       await laptop.waitForStop('bench', ++laptopStops);

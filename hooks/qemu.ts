@@ -46,7 +46,7 @@ export async function runHook(args: readonly string[], io: HookIo): Promise<numb
       (logEntry) => (logEntry.level === 'warn' ? stderrSink(logEntry) : undefined),
     ]).with({ domain: name, op: `${op}/${subop}`, pid: process.pid });
 
-    log.info('hook call', { extra });
+    log.info('hook call', { extra, startupMs: Math.round(process.uptime() * 1000) });
     const handler = await entry.load();
     await handler({ domain, op, subop, extra, config, log });
     log.info('hook call done');

@@ -14,6 +14,8 @@ export interface LockOptions {
   staleMs?: number;
   /** Called if the lock is lost while held (its directory removed, refresh failing). */
   onCompromised?: (error: Error) => void;
+  /** Called once when the lock is held by another process and we start waiting for it. */
+  onWait?: () => void;
 }
 
 /** Releases a lock; safe to call more than once. */
@@ -26,15 +28,23 @@ export async function acquireLock(path: string, options: LockOptions): Promise<R
   // so a lock not refreshed for 10 s belongs to a process that died (kill -9, power).
   const staleMs = options.staleMs ?? 10_000;
   const interval = 200;
-  let release: () => Promise<void>;
-  try {
-    release = await lockfile.lock(path, {
+  const take = (retries: number) =>
+    lockfile.lock(path, {
       realpath: false,
       stale: staleMs,
       update: Math.max(1000, staleMs / 3),
-      retries: { retries: Math.ceil(options.waitMs / interval), factor: 1, minTimeout: interval, maxTimeout: interval },
+      retries: { retries, factor: 1, minTimeout: interval, maxTimeout: interval },
       onCompromised: options.onCompromised ?? (() => {}),
     });
+  let release: () => Promise<void>;
+  try {
+    try {
+      release = await take(0);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ELOCKED' || options.waitMs <= 0) throw error;
+      options.onWait?.();
+      release = await take(Math.ceil(options.waitMs / interval));
+    }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ELOCKED') throw error;
     throw new LockedError(`${path} is locked by another kvm-snapshot-sync process`, {

@@ -54,8 +54,21 @@ export interface GcResult {
 /** Unreferenced layer files younger than this are left alone: a push may be about to name them. */
 const GC_GRACE_MS = 24 * 3600_000;
 
+/** A manifest as read, with the SHA-256 of its bytes (what a compare-and-swap compares). */
+interface ReadManifest {
+  manifest: Manifest | undefined;
+  sha256: string | null;
+}
+
 export class NasRepository {
   private markerChecked = false;
+  /**
+   * The last manifest read or written, per domain: an update starts from it instead of
+   * reading again (one round trip less in a start). Safe because the compare-and-swap
+   * refuses to write over anything else, and a refusal by `change` is only believed
+   * after a fresh read.
+   */
+  private readonly lastSeen = new Map<string, ReadManifest>();
 
   constructor(
     readonly transport: NasTransport,
@@ -67,14 +80,13 @@ export class NasRepository {
     return (await this.readManifestAndHash(domain)).manifest;
   }
 
-  /** The manifest with the SHA-256 of its bytes (what a compare-and-swap compares). */
-  private async readManifestAndHash(domain: string): Promise<{ manifest: Manifest | undefined; sha256: string | null }> {
+  private async readManifestAndHash(domain: string): Promise<ReadManifest> {
     const path = nasPaths.manifest(domain);
     const data = await this.transport.readFile(path);
-    if (data === undefined) return { manifest: undefined, sha256: null };
+    if (data === undefined) return this.seen(domain, { manifest: undefined, sha256: null });
     try {
       const manifest = parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`);
-      return { manifest, sha256: createHash('sha256').update(data).digest('hex') };
+      return this.seen(domain, { manifest, sha256: sha256(data) });
     } catch (error) {
       throw new IntegrityError((error as Error).message, {
         remedy: 'the manifest on the NAS is damaged or from a newer version; nothing was changed',
@@ -131,14 +143,24 @@ export class NasRepository {
       log: this.options.log,
     });
     for (let attempt = 1; ; attempt += 1) {
-      const read = await this.readManifestAndHash(domain);
+      const cached = this.lastSeen.get(domain);
+      this.lastSeen.delete(domain);
+      const read = cached ?? (await this.readManifestAndHash(domain));
       if (read.manifest === undefined) await this.checkMarker();
       const current = read.manifest ?? emptyManifest(domain);
-      const next = { ...change(structuredClone(current)), revision: current.revision + 1 };
+      let changed: Manifest;
+      try {
+        changed = change(structuredClone(current));
+      } catch (error) {
+        if (cached) continue; // maybe refused on an old picture: judge again on a fresh read
+        throw error;
+      }
+      const next = { ...changed, revision: current.revision + 1 };
       const problem = manifestProblem(next);
       if (problem) throw new Error(`internal: refusing to write an invalid manifest: ${problem}`);
       const added = Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h));
-      const result = await this.transport.replaceIfUnchanged(nasPaths.manifest(domain), serializeManifest(next), {
+      const data = serializeManifest(next);
+      const result = await this.transport.replaceIfUnchanged(nasPaths.manifest(domain), data, {
         expectedSha256: read.sha256,
         required: added.map((hash) => nasPaths.layer(domain, hash)),
         lock: lockClaim(lockPath, this.options.host, this.options.now?.()),
@@ -146,6 +168,7 @@ export class NasRepository {
       switch (result.outcome) {
         case 'replaced':
           this.options.log?.info('manifest updated', { domain, revision: next.revision, head: next.head ?? 'none' });
+          this.seen(domain, { manifest: next, sha256: sha256(data) });
           return next;
         case 'missing':
           throw new IntegrityError(`layer file ${result.path} is not on the NAS; the manifest was not changed`, {
@@ -201,6 +224,11 @@ export class NasRepository {
     if (change === 'take') manifest.lease = { host: this.options.host, since: (this.options.now?.() ?? new Date()).toISOString() };
     if (change === 'release' && manifest.lease?.host === this.options.host) manifest.lease = null;
     return manifest;
+  }
+
+  private seen(domain: string, read: ReadManifest): ReadManifest {
+    this.lastSeen.set(domain, read);
+    return read;
   }
 
   /** Closes the transport's connection to the NAS. */
@@ -259,6 +287,10 @@ export class NasRepository {
     }
     this.markerChecked = true;
   }
+}
+
+function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
 }
 
 function conflict(domain: string, manifest: Manifest, basedOn: string | null): ConflictError {

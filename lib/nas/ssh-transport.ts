@@ -9,7 +9,7 @@ import { open, rm, stat as localStat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
-import { bytesReadBy, runCommand, stageError, startPipeline, type Command, type StageResult } from '../runner.js';
+import { bytesReadBy, runCommand, stageError, startPipeline, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
 import * as scripts from './remote-scripts.js';
 import { buildSshCommand, buildSshExitCommand, classifySshFailure, type SshMultiplex, type SshTarget } from './ssh-command.js';
 import type { ExclusiveResult, LockBusy, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
@@ -33,6 +33,8 @@ export class SshTransport implements NasTransport {
   private hasher: Promise<Command> | undefined;
   /** The shared connection's socket lives in a private directory made on first use. */
   private multiplex: SshMultiplex | undefined;
+  /** Operations under way: close() stops them. */
+  private readonly running = new Set<Pipeline>();
 
   constructor(private readonly options: SshTransportOptions) {
     const { user, host, port } = options.target;
@@ -145,7 +147,7 @@ export class SshTransport implements NasTransport {
       ...(job.compressed ? [{ file: 'zstd', args: ['-1', '-T0', '-cq'] }] : []),
       ssh,
     ];
-    const pipe = startPipeline(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' });
+    const pipe = this.start(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' });
     options.onProgress?.(job.offset, job.size);
     const progress = setInterval(() => {
       const read = bytesReadBy(pipe.pids[0]);
@@ -223,7 +225,7 @@ export class SshTransport implements NasTransport {
       { file: 'tee', args: ['-a', '--', localPart] },
       ...(job.offset === 0 ? [hasher] : []),
     ];
-    const pipe = startPipeline(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' });
+    const pipe = this.start(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' });
     options.onProgress?.(job.offset, job.size);
     const progress = setInterval(() => {
       void localStat(localPart).then((s) => options.onProgress?.(Math.min(s.size, job.size), job.size), () => undefined);
@@ -257,8 +259,9 @@ export class SshTransport implements NasTransport {
     return this.hasher;
   }
 
-  /** Closes the shared connection (the next operation would open a new one). */
+  /** Stops what is under way and closes the shared connection (the next operation opens a new one). */
   async close(): Promise<void> {
+    for (const pipe of this.running) pipe.kill();
     const multiplex = this.multiplex;
     if (multiplex === undefined) return;
     this.multiplex = undefined;
@@ -268,6 +271,13 @@ export class SshTransport implements NasTransport {
       await exit.done.finally(() => clearTimeout(timer));
     }
     rmSync(dirname(multiplex.controlPath), { recursive: true, force: true });
+  }
+
+  private start(stages: Command[], options: PipelineOptions): Pipeline {
+    const pipe = startPipeline(stages, options);
+    this.running.add(pipe);
+    void pipe.done.finally(() => this.running.delete(pipe));
+    return pipe;
   }
 
   private ssh(script: string): Command {
@@ -285,7 +295,7 @@ export class SshTransport implements NasTransport {
 
   /** Runs one script; MISSING is returned, not thrown; ssh's own failures are classified. */
   private async run(script: string, opts: { input?: Buffer } = {}) {
-    const pipe = startPipeline([this.ssh(script)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe' });
+    const pipe = this.start([this.ssh(script)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe' });
     const chunks: Buffer[] = [];
     pipe.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
     pipe.stdin?.on('error', () => undefined);

@@ -11,7 +11,7 @@
 // recorded is found again by recoverSeal).
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../durable-fs.js';
+import { pathExists, writeFileAtomic } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { escapeFileName } from '../file-names.js';
 import type { Generation, LayerInfo } from '../nas/format.js';
@@ -86,6 +86,11 @@ export async function setFlag(stateDir: string, domain: string, flag: Flag): Pro
   const dir = join(domainStateDir(stateDir, domain), 'flags');
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await writeFile(join(dir, flag), `${new Date().toISOString()}\n`);
+}
+
+/** Whether a one-shot flag is set, without consuming it. */
+export async function hasFlag(stateDir: string, domain: string, flag: Flag): Promise<boolean> {
+  return pathExists(join(domainStateDir(stateDir, domain), 'flags', flag));
 }
 
 /** Consumes a one-shot flag: true if it was set (and now is not). */

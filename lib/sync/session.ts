@@ -8,10 +8,13 @@ import type { NasRepository } from '../nas/repository.js';
 import type { NasView } from './decide.js';
 import { domainLockPath } from './local-state.js';
 
-/** Runs `work` holding the domain's lock (waiting up to `waitMs` for it); always releases it. */
-export function withDomainLock<T>(stateDir: string, domain: string, log: Logger, waitMs: number, work: () => Promise<T>): Promise<T> {
+/**
+ * Runs `work` holding the domain's lock (waiting up to `waitMs` for it, telling
+ * `onWait` when it has to); always releases it.
+ */
+export function withDomainLock<T>(stateDir: string, domain: string, log: Logger, waitMs: number, work: () => Promise<T>, onWait?: () => void): Promise<T> {
   const onCompromised = (error: Error) => log.error('lost the domain lock', { error: error.message });
-  return withLock(domainLockPath(stateDir, domain), { waitMs, onCompromised }, work);
+  return withLock(domainLockPath(stateDir, domain), { waitMs, onCompromised, onWait }, work);
 }
 
 /** The domain's manifest and the NAS as a decision sees it. */

@@ -14,7 +14,7 @@ import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment, type ClientEnvResult } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
 import { mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
-import { localHead, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
+import { hasFlag, localHead, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
 import { lookAtNas, withDomainLock } from './session.js';
 
 export interface SyncDeps {
@@ -40,36 +40,61 @@ const START_LOCK_WAIT_MS = 60 * 60_000;
 export async function prepareStart(domain: string, disks: Record<string, string>, deps: SyncDeps): Promise<void> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
-  await withDomainLock(config.stateDir, domain, log, START_LOCK_WAIT_MS, async () => {
-    const state = await readLocalState(config.stateDir, domain);
-    state.disks = disks;
-    const flags = {
-      restoring: await takeFlag(config.stateDir, domain, 'restoring'),
-      skipSync: await takeFlag(config.stateDir, domain, 'skip-sync'),
-      stealLease: await takeFlag(config.stateDir, domain, 'steal-lease'),
-    };
-    const client = await (deps.clientEnvironment ?? readClientEnvironment)(domain);
-    if (client.skipSync || client.stealLease) log.info('asked by the client environment', { note: client.note, noSync: client.skipSync, stealLease: client.stealLease });
-    flags.skipSync ||= client.skipSync;
-    flags.stealLease ||= client.stealLease;
-    const engine = engineDeps(deps);
-    if (!flags.restoring) {
-      deps.onStep?.('start:seal');
-      const sealed = await sealDisks(state, config.host, now(), { deps: engine });
-      if (sealed) {
-        state.pending.push(sealed);
-        log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
-      }
-    }
-    await writeLocalState(config.stateDir, state);
+  // Ask the NAS at once, before the lock: its answer (a new SSH connection, most of a
+  // start's cost) comes while the local work runs. Not when this start will not sync
+  // (a hung share could not be stopped); asked again if the lock had to be waited for
+  // (a push of this host's may have moved the NAS meanwhile).
+  const client = await (deps.clientEnvironment ?? readClientEnvironment)(domain);
+  const skipping = client.skipSync || (await hasFlag(config.stateDir, domain, 'skip-sync')) || (await hasFlag(config.stateDir, domain, 'restoring'));
+  let repository = skipping ? undefined : deps.openRepository();
+  deps.onStep?.('start:read-nas');
+  let looking = repository ? quietly(lookAtNas(repository, domain)) : undefined;
+  let waited = false;
+  try {
+    await withDomainLock(
+      config.stateDir,
+      domain,
+      log,
+      START_LOCK_WAIT_MS,
+      async () => {
+        const state = await readLocalState(config.stateDir, domain);
+        state.disks = disks;
+        const flags = {
+          restoring: await takeFlag(config.stateDir, domain, 'restoring'),
+          skipSync: client.skipSync || (await takeFlag(config.stateDir, domain, 'skip-sync')),
+          stealLease: client.stealLease || (await takeFlag(config.stateDir, domain, 'steal-lease')),
+        };
+        if (client.skipSync || client.stealLease) log.info('asked by the client environment', { note: client.note, noSync: client.skipSync, stealLease: client.stealLease });
+        const useNas = !flags.restoring && !flags.skipSync;
+        if (!useNas) await repository?.close(); // stops the question under way
+        else if (waited || !repository) {
+          await looking?.catch(() => undefined);
+          repository ??= deps.openRepository();
+          looking = quietly(lookAtNas(repository, domain));
+        }
+        if (!flags.restoring) {
+          deps.onStep?.('start:seal');
+          const sealed = await sealDisks(state, config.host, now(), { deps: engineDeps(deps) });
+          if (sealed) {
+            state.pending.push(sealed);
+            log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
+          }
+        }
+        await writeLocalState(config.stateDir, state);
+        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, deps, now);
+      },
+      () => (waited = true),
+    );
+  } finally {
+    await repository?.close();
+    await looking?.catch(() => undefined);
+  }
+}
 
-    const repository = flags.restoring || flags.skipSync ? undefined : deps.openRepository();
-    try {
-      await decideAndSync(domain, state, flags, repository, deps, now);
-    } finally {
-      await repository?.close();
-    }
-  });
+/** The same promise, marked as handled: it is awaited later, and may fail before that. */
+function quietly<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 /** With the local state settled: looks at the NAS, decides, and syncs or refuses. */
@@ -78,15 +103,13 @@ async function decideAndSync(
   state: LocalState,
   flags: { restoring: boolean; skipSync: boolean; stealLease: boolean },
   repository: NasRepository | undefined,
+  looking: ReturnType<typeof lookAtNas> | undefined,
   deps: SyncDeps,
   now: () => Date,
 ): Promise<void> {
   const { config, log } = deps;
   const engine = engineDeps(deps);
-  let manifest: Manifest | undefined;
-  let nas: NasView = { reachable: false, problem: 'not asked' };
-  deps.onStep?.('start:read-nas');
-  if (repository) ({ manifest, nas } = await lookAtNas(repository, domain));
+  const { manifest, nas }: { manifest?: Manifest; nas: NasView } = (await looking) ?? { nas: { reachable: false, problem: 'not asked' } };
   const local = { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld };
   const decision = decideStart(config.host, local, nas, flags);
   log.info('start', { decision: describe(decision), synced: local.synced ?? 'none', pending: local.pending, nasHead: manifest?.head ?? 'none' });
@@ -139,12 +162,17 @@ async function sync(
       await rotateTops(state, head, engine);
       state.synced = head;
       await writeLocalState(config.stateDir, state);
+      onStep?.('start:take-lease');
+      await repository.setLease(domain, 'take', head.id);
     } else {
+      // In step: the fresh top (local) and the lease (the NAS) do not wait for each other.
       onStep?.('start:rotate');
-      await rotateTops(state, state.synced!, engine);
+      const rotating = rotateTops(state, state.synced!, engine);
+      onStep?.('start:take-lease');
+      const taking = repository.setLease(domain, 'take', state.synced?.id ?? null);
+      const failed = (await Promise.allSettled([rotating, taking])).find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     }
-    onStep?.('start:take-lease');
-    await repository.setLease(domain, 'take', state.synced?.id ?? null);
   }
   state.leaseHeld = true;
   state.lastSync = { at: now().toISOString(), outcome: decision.push ? 'pushed before start' : decision.pull ? 'pulled before start' : 'in step' };

@@ -4,7 +4,7 @@
 // its own virtlogd and libvirtd started inside it. The built executable is its hook,
 // /etc/libvirt/hooks/qemu. Two of them run at once on this machine (see platform.md).
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NAMESPACE_URI } from '../../lib/namespace.js';
 import { BINARY } from './hosts.js';
@@ -188,6 +188,16 @@ export class LibvirtHost {
     for (const daemon of ['libvirtd', 'virtlogd']) {
       const pidFile = join(this.dir, 'run', `${daemon}.pid`);
       if (existsSync(pidFile)) spawnSync('kill', [readFileSync(pidFile, 'utf8').trim()]);
+    }
+    // Whatever still runs in the host (a background push, the reapers) would find its
+    // directories gone: stop it first.
+    const namespace = `mnt:[${statSync(this.mntns).ino}]`;
+    for (const pid of readdirSync('/proc').filter((name) => /^\d+$/u.test(name))) {
+      try {
+        if (readlinkSync(`/proc/${pid}/ns/mnt`) === namespace) process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
     }
     spawnSync('umount', ['-l', this.mntns]);
     spawnSync('umount', ['-l', this.utsns]);

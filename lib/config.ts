@@ -118,7 +118,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     sshKnownHosts: optionalPath('sshKnownHosts'),
     stateDir: optionalPath('stateDir') ?? DEFAULTS.stateDir,
     logDir: optionalPath('logDir') ?? DEFAULTS.logDir,
-    maxChainDepth: wholeNumber('maxChainDepth', 1, 64),
+    maxChainDepth: wholeNumber('maxChainDepth', 2, 64),
     retentionDays: wholeNumber('retentionDays', 1, 36_500),
     retentionGenerations: wholeNumber('retentionGenerations', 1, 10_000),
   };

@@ -275,6 +275,31 @@ export async function mergeLayers(
   }
 }
 
+/**
+ * Shortens the chain under `layer` in this host's copy: replaces the file of `layer`
+ * with an image of the same guest content that stands directly on `onto`, the layers
+ * between merged into it (the same safe rebase as mergeLayers). For layers the NAS
+ * already holds, which keeps their canonical bytes: the local file no longer hashes to
+ * its name. Layers above keep naming it, and read the same. The old file stays until
+ * the new one replaces it by an atomic rename.
+ *
+ * Steps: compact:copy, compact:replace.
+ */
+export async function compactLayer(layersDir: string, layer: string, onto: string, deps: EngineDeps = defaultDeps): Promise<void> {
+  const temp = join(layersDir, `${MERGING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  try {
+    deps.onStep?.('compact:copy');
+    await deps.run(createOverlayCommand(temp, layerFileName(layer)));
+    await deps.run(rebaseSafeCommand(temp, layerFileName(onto)));
+    await chmod(temp, 0o444);
+    await fsyncFile(temp);
+    deps.onStep?.('compact:replace');
+    await renameDurably(temp, join(layersDir, layerFileName(layer)));
+  } finally {
+    await rm(temp, { force: true });
+  }
+}
+
 /** Removes what interrupted merges left behind in a layers directory (never guest data). */
 export async function removeMergeLeftovers(layersDir: string): Promise<void> {
   await removeLeftovers(layersDir, MERGING_PREFIX);

@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
-import { createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps } from '../layers.js';
+import { compactLayer, createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps } from '../layers.js';
 import type { Logger } from '../log.js';
 import { generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import type { LeaseChange, NasRepository } from '../nas/repository.js';
@@ -94,6 +94,36 @@ export async function mergePending(state: LocalState, host: string, deps?: Engin
   const made = { parent: state.synced?.id ?? null, host, created: newest.created, disks };
   state.pending = [{ generation: { id: generationId(made), ...made }, layers }];
   return true;
+}
+
+/**
+ * Keeps each disk's local chain within `maxDepth` layers. A chain grows by a layer a
+ * session; reading through it costs little up to ~16 layers and then fast more (npm
+ * run bench -- chain). When it is deeper than the limit, the newest layer the NAS
+ * already has absorbs the layers below it, in this host's copy only, down to where the
+ * chain is half the limit deep: the next compaction is then several sessions away, and
+ * nothing is transferred (the other host compacts its own copy the same way). Layers
+ * not on the NAS yet are never touched. Returns the disks compacted.
+ */
+export async function boundChainDepth(state: LocalState, maxDepth: number, deps?: EngineDeps): Promise<string[]> {
+  const compacted: string[] = [];
+  for (const [target, top] of Object.entries(state.disks)) {
+    const published = state.synced?.disks[target];
+    if (published === undefined || !(await pathExists(top))) continue;
+    const chain = await readLayerHashes(top, deps); // nearest first, the base last
+    const at = chain.indexOf(published);
+    if (chain.length <= maxDepth || at < 0) continue;
+    // Keep chain[0..at] (pending layers and `published`), then `onto` and what is below it.
+    const wanted = Math.max(2, Math.ceil(maxDepth / 2));
+    const ontoIndex = Math.min(chain.length - 1, chain.length - (wanted - (at + 1)));
+    if (ontoIndex < at + 2) continue; // nothing published to absorb: the depth is unpushed layers
+    const onto = chain[ontoIndex] as string;
+    await removeMergeLeftovers(layersDirOf(top));
+    await compactLayer(layersDirOf(top), published, onto, deps);
+    state.compacted = { ...state.compacted, [published]: onto };
+    compacted.push(target);
+  }
+  return compacted;
 }
 
 /** Fetches every layer the generation's disks need that this host lacks, verified. */

@@ -37,6 +37,11 @@ export interface LocalState {
   leaseHeld: boolean;
   /** How the last attempt to sync ended (for status reports). */
   lastSync?: { at: string; outcome: string };
+  /**
+   * Layers whose local file was compacted (lib/sync/disks.ts boundChainDepth): it now
+   * stands on the layer named here, and no longer hashes to its name.
+   */
+  compacted?: Record<string, string>;
 }
 
 /** One-shot flags; the CLI sets them, the hook consumes them. */

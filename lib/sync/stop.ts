@@ -1,10 +1,11 @@
 // After a stop, in the background (started by the hook at release end, detached from
 // it), under the domain's lock: seal the tops into a generation, merge the pending
-// generations into one, push it and give the lease back. Every step can be killed:
+// generations into one, push it and give the lease back, then keep the local chains
+// within maxChainDepth (lib/sync/disks.ts boundChainDepth). Every step can be killed:
 // the next run of this or the next start finishes the work.
 import { ConflictError } from '../errors.js';
 import { decideStop, type NasView } from './decide.js';
-import { mergePending, publishPending, pushPending, sealDisks } from './disks.js';
+import { boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
 import { readLocalState, takeFlag, writeLocalState } from './local-state.js';
 import { lookAtNas, withDomainLock } from './session.js';
 import { engineDeps, type SyncDeps } from './start.js';
@@ -63,6 +64,12 @@ export async function finishStop(domain: string, deps: SyncDeps): Promise<void> 
       }
       state.lastSync = { at: now().toISOString(), outcome };
       await writeLocalState(config.stateDir, state);
+      deps.onStep?.('stop:compact');
+      const compacted = await boundChainDepth(state, config.maxChainDepth, engine);
+      if (compacted.length > 0) {
+        log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: config.maxChainDepth });
+        await writeLocalState(config.stateDir, state);
+      }
       log.info('stop finished', { outcome });
     } finally {
       await repository?.close();

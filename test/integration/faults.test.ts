@@ -26,14 +26,14 @@ after(() => rmSync(root, { recursive: true, force: true }));
 let count = 0;
 
 /** Two hosts and a NAS; the desktop has the domain enabled, with a pattern on each disk. */
-async function world(t: TestContext) {
+async function world(t: TestContext, config: Record<string, unknown> = {}) {
   if (!requireTools(t, 'qemu-img', 'qemu-io')) return undefined;
   count += 1;
   const base = join(root, `w${count}`);
   const nas = join(base, 'nas');
   mkdirSync(nas, { recursive: true });
-  const desk = new TestHost('desk', join(base, 'desk'), nas);
-  const laptop = new TestHost('laptop', join(base, 'laptop'), nas);
+  const desk = new TestHost('desk', join(base, 'desk'), nas, config);
+  const laptop = new TestHost('laptop', join(base, 'laptop'), nas, config);
   const deskDisks = { vda: desk.disk('vm.qcow2'), vdb: desk.disk('vm-home.qcow2') };
   const laptopDisks = { vda: laptop.disk('vm.qcow2'), vdb: laptop.disk('vm-home.qcow2') };
   createImage(deskDisks.vda, 16 * MiB);
@@ -98,6 +98,33 @@ describe('SIGKILL during the stop work', () => {
 
       w.call(w.laptop, 'prepare', 'begin');
       assert.deepEqual(w.digests(w.laptopDisks), expected, 'and the laptop gets exactly that');
+    });
+  }
+});
+
+describe('SIGKILL while the stop work compacts the local chain', () => {
+  for (const step of ['stop:compact', 'compact:copy', 'compact:replace']) {
+    it(`recovers when killed before ${step}`, async (t) => {
+      const w = await world(t, { maxChainDepth: 2 });
+      if (!w) return;
+      // Day one pushed; day two makes the chain three layers deep: its stop compacts.
+      w.call(w.desk, 'prepare', 'begin');
+      qemuIo(w.deskDisks.vda, 'write -P 0x22 1M 2M');
+      w.call(w.desk, 'release', 'end');
+      await w.desk.waitForStop('vm');
+      w.call(w.desk, 'prepare', 'begin');
+      qemuIo(w.deskDisks.vda, 'write -P 0x33 2M 2M');
+      const expected = w.digests(w.deskDisks);
+      await w.killedAt(w.desk, 'stop', step, w.deskDisks);
+      assert.deepEqual(w.digests(w.deskDisks), expected, 'killed: the disks read the same');
+      w.call(w.desk, 'release', 'end');
+      await w.desk.waitForStop('vm');
+      assert.deepEqual(w.digests(w.deskDisks), expected, 'recovered: the disks read the same');
+      const layers = JSON.parse(spawnSync('qemu-img', ['info', '--backing-chain', '--output=json', '-U', w.deskDisks.vda], { encoding: 'utf8' }).stdout).length - 1;
+      assert.ok(layers <= 2, `and the chain is compacted (${layers} layers)`);
+      await w.assertNasWhole();
+      w.call(w.laptop, 'prepare', 'begin');
+      assert.deepEqual(w.digests(w.laptopDisks), expected, 'the laptop gets exactly that');
     });
   }
 });

@@ -290,6 +290,29 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await d.waitForStop('alive', 1);
   });
 
+  it('leaves the disks of a managed-saved VM alone, and syncs after it is restored and stopped', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    const vda = (await defineWork(d, 'saved', true)).vda as string;
+    await defineWork(l, 'saved', false);
+    d.mustVirsh('start', 'saved');
+    d.guestIo('saved', 'write -P 0x91 8M 1M');
+    const top = statSync(d.outside(vda)).ino;
+    d.mustVirsh('managedsave', 'saved');
+    assert.match(d.hookLog('saved'), /managed save: the disks stay as they are/u);
+    assert.equal(statSync(d.outside(vda)).ino, top, 'the top is not sealed');
+    d.mustVirsh('start', 'saved'); // restores the saved memory image onto the same disks
+    assert.equal(statSync(d.outside(vda)).ino, top, 'nor replaced at the restore');
+    assert.match(d.hookLog('saved'), /restoring a saved image/u);
+    d.guestIo('saved', 'read -P 0x91 8M 1M');
+    d.mustVirsh('destroy', 'saved');
+    await d.waitForStop('saved', 1);
+    l.mustVirsh('start', 'saved');
+    l.guestIo('saved', 'read -P 0x91 8M 1M');
+    l.mustVirsh('destroy', 'saved');
+    await l.waitForStop('saved', 1);
+  });
+
   it('leaves an unmanaged domain alone', async (t) => {
     if (!ready(t)) return;
     const d = desk as LibvirtHost;

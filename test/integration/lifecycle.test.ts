@@ -1,6 +1,7 @@
 // The hook lifecycle, hook call by hook call as libvirt makes them, on two simulated
 // hosts sharing one NAS: every scenario asserts the bytes a guest would read.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -87,6 +88,54 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     ok(desk.call('work', 'prepare', 'begin', s.deskXml), 'desk start (pull)');
     assert.deepEqual({ vda: guestDigest(deskDisks.vda), vdb: guestDigest(deskDisks.vdb) }, day2, 'and the desktop the laptop day');
     qemuIo(deskDisks.vdb, 'read -P 0x44 8M 2M', 'read -P 0 2M 64k', 'read -P 0x22 1M 1M');
+  });
+
+  it('keeps each host\'s chain within maxChainDepth, every byte and every generation still there', async (t) => {
+    if (!requireTools(t, 'qemu-img', 'qemu-io')) return;
+    const max = 4;
+    const desk = new TestHost('desk', join(root, 'deep-desk'), nas, { maxChainDepth: max });
+    const laptop = new TestHost('laptop', join(root, 'deep-laptop'), nas, { maxChainDepth: max });
+    const deskDisks = { vda: desk.disk('deep.qcow2') };
+    const laptopDisks = { vda: laptop.disk('deep.qcow2') };
+    createImage(deskDisks.vda, 32 * MiB);
+    qemuIo(deskDisks.vda, 'write -P 0x11 0 8M');
+    await enableDisks('deep', deskDisks, { config: await desk.config(), log: desk.quietLog() });
+    const [deskXml, laptopXml] = [managedDomainXml('deep', deskDisks), managedDomainXml('deep', laptopDisks)];
+    const depth = (disk: string) => JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', '-U', disk], { encoding: 'utf8' })).length - 1;
+
+    // Ten sessions on the desktop, each writing its own pattern over part of the last one.
+    const digests: string[] = [];
+    for (let day = 1; day <= 10; day += 1) {
+      ok(desk.call('deep', 'prepare', 'begin', deskXml), `desk start ${day}`);
+      qemuIo(deskDisks.vda, `write -P ${0x20 + day} ${day}M 2M`);
+      digests.push(guestDigest(deskDisks.vda));
+      ok(desk.call('deep', 'release', 'end', deskXml), `desk stop ${day}`);
+      await desk.waitForStop('deep');
+      assert.equal(guestDigest(deskDisks.vda), digests.at(-1), `day ${day}: compaction keeps every byte`);
+      assert.ok(depth(deskDisks.vda) <= max, `day ${day}: the desktop's chain has ${depth(deskDisks.vda)} layers`);
+    }
+    assert.match(desk.log('deep'), /compacted the local chain/u);
+    assert.ok(Object.keys((await desk.state('deep')).compacted ?? {}).length > 0);
+
+    // The laptop pulls the whole history (the NAS keeps every layer as pushed) ...
+    ok(laptop.call('deep', 'prepare', 'begin', laptopXml), 'laptop start');
+    assert.equal(guestDigest(laptopDisks.vda), digests.at(-1));
+    assert.equal(depth(laptopDisks.vda), 11, 'the base and ten days under the top');
+    ok(laptop.call('deep', 'release', 'end', laptopXml), 'laptop stop');
+    await laptop.waitForStop('deep');
+    assert.ok(depth(laptopDisks.vda) <= max, `and compacts its own copy (${depth(laptopDisks.vda)} layers)`);
+    assert.equal(guestDigest(laptopDisks.vda), digests.at(-1));
+
+    // ... and old generations stay restorable on a compacted host.
+    const manifest = (await manifestOf('deep')) as Manifest;
+    const third = Object.values(manifest.generations).sort((a, b) => a.created.localeCompare(b.created))[3];
+    const back = laptop.kss('rollback', 'deep', '--to', (third as { id: string }).id.slice(0, 16));
+    assert.equal(back.status, 0, back.stderr);
+    assert.equal(guestDigest(laptopDisks.vda), digests[2], 'the disk as at day 3');
+
+    // The desktop's next start pulls the rollback onto its compacted chain.
+    ok(desk.call('deep', 'prepare', 'begin', deskXml), 'desk start after the rollback');
+    assert.equal(guestDigest(deskDisks.vda), digests[2]);
   });
 
   it('refuses a start while another host has the VM, and names it', async (t) => {

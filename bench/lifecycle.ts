@@ -4,7 +4,7 @@
 //      start with the hook absent (moved away, libvirtd told with SIGHUP);
 //   b) `virsh destroy` with 2 GiB of random guest writes waiting to be pushed;
 //   c) a start that pulls that 2 GiB layer first, against `ssh cat` of the same file.
-// Environment: BENCH_RUNS (default 3).
+// Environment: BENCH_RUNS (default 3; a) runs at least 9 times: its margin is small).
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -57,19 +57,17 @@ export async function benchLifecycle(): Promise<void> {
     await enableDisks('bench', { vda: desk.outside(disks.vda) }, { config, log: new Logger([]) });
     desk.define('bench', tinyDomainXml('bench', disks, true));
     laptop.define('bench', tinyDomainXml('bench', disks, true));
-    let deskStops = 0;
-    let laptopStops = 0;
     desk.mustVirsh('start', 'bench'); // the first push of the base
     desk.mustVirsh('destroy', 'bench');
-    await desk.waitForStop('bench', ++deskStops);
+    await desk.waitForStop('bench');
 
     // a) prepare's cost with the NAS in step.
     const withHook: number[] = [];
     const without: number[] = [];
-    for (let run = 0; run < Math.max(RUNS, 5); run += 1) {
+    for (let run = 0; run < Math.max(RUNS, 9); run += 1) {
       withHook.push(seconds(() => desk.mustVirsh('start', 'bench')));
       desk.mustVirsh('destroy', 'bench');
-      await desk.waitForStop('bench', ++deskStops);
+      await desk.waitForStop('bench');
       setHook(desk, false);
       without.push(seconds(() => desk.mustVirsh('start', 'bench')));
       desk.mustVirsh('destroy', 'bench');
@@ -77,7 +75,8 @@ export async function benchLifecycle(): Promise<void> {
     }
 
     console.log('\nLifecycle on real libvirtd, NAS over SSH on the 1 Gbit link (medians)');
-    console.log(`a) virsh start, NAS in step: with the hook ${median(withHook).toFixed(3)} s, hook absent ${median(without).toFixed(3)} s: prepare adds ${(median(withHook) - median(without)).toFixed(3)} s`);
+    console.log(`a) virsh start, NAS in step, ${withHook.length} runs: with the hook ${median(withHook).toFixed(3)} s, hook absent ${median(without).toFixed(3)} s: prepare adds ${(median(withHook) - median(without)).toFixed(3)} s`);
+    console.log(`   each run, with / without: ${withHook.map((w, i) => `${w.toFixed(2)}/${(without[i] as number).toFixed(2)}`).join(' ')}`);
 
     // b) and c): 2 GiB of random guest writes; destroy; then the other host pulls them.
     const random = desk.outside(`${IMAGES}/random.bin`);
@@ -93,7 +92,7 @@ export async function benchLifecycle(): Promise<void> {
         desk.guestIo('bench', `write -s ${IMAGES}/random.bin ${offset} ${CHUNK}`);
       }
       destroys.push(seconds(() => desk.mustVirsh('destroy', 'bench')));
-      await desk.waitForStop('bench', ++deskStops);
+      await desk.waitForStop('bench');
 
       execFileSync('sync'); // both the pull and the raw copy start with no dirty data
       pulls.push(seconds(() => laptop.mustVirsh('start', 'bench')));
@@ -109,7 +108,7 @@ export async function benchLifecycle(): Promise<void> {
       if (process.env.BENCH_DEBUG) console.error(laptop.hookLog('bench').split('\n').slice(-14).join('\n'), desk.hookLog('bench').split('\n').filter((l) => l.includes('prepare')).slice(-12).join('\n'));
       console.error(`run ${run + 1}: layer ${(size / 2 ** 30).toFixed(2)} GiB, destroy ${destroys.at(-1)?.toFixed(2)} s, start with pull ${pulls.at(-1)?.toFixed(2)} s, raw ssh ${raws.at(-1)?.toFixed(2)} s`);
       laptop.mustVirsh('destroy', 'bench');
-      await laptop.waitForStop('bench', ++laptopStops);
+      await laptop.waitForStop('bench');
     }
     rmSync(random, { force: true });
 

@@ -28,7 +28,13 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
     .command(
       'config',
       'show the configuration in effect, validated, defaults filled in',
-      (y) => y.option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+      (y) =>
+        y.option('json', { type: 'boolean', default: false, describe: 'print JSON' }).command(
+          'set <settings..>',
+          'set keys of the configuration file (KEY=VALUE ...), creating it if needed; nothing is written unless the result is valid',
+          (z) => z.positional('settings', { type: 'string', array: true, demandOption: true }),
+          async (argv) => (await import('./commands/config.js')).setConfig({ file: configPath(argv.config, io.env), settings: argv.settings as string[] }, io),
+        ),
       async (argv) => (await import('./commands/config.js')).showConfig({ file: configPath(argv.config, io.env), json: argv.json }, io),
     )
     .command(

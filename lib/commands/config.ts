@@ -1,5 +1,11 @@
-// `kss config`: reads, validates and prints the configuration in effect.
-import { readConfig } from '../config.js';
+// `kss config`: reads, validates and prints the configuration in effect; `kss config
+// set` changes keys of the file (install.sh uses it).
+import { mkdir, readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { dirname } from 'node:path';
+import { readConfig, validateConfig } from '../config.js';
+import { writeFileAtomic } from '../durable-fs.js';
+import { UsageError } from '../errors.js';
 import { printJson, type Output } from './output.js';
 
 /** Prints the validated configuration, defaults filled in. */
@@ -23,4 +29,38 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['retentionGenerations', String(config.retentionGenerations)],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
+}
+
+/** Keys whose values are whole numbers in the file. */
+const NUMERIC = new Set(['maxChainDepth', 'retentionDays', 'retentionGenerations']);
+
+/**
+ * `kss config set KEY=VALUE…`: changes only the keys named, creating the file when it
+ * does not exist; the result must be a valid configuration, else nothing is written.
+ * A file that would not change is not rewritten.
+ */
+export async function setConfig(options: { file: string; settings: string[] }, out: Output): Promise<void> {
+  const current = await readFile(options.file, 'utf8').then(
+    (text) => JSON.parse(text) as Record<string, unknown>,
+    (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    },
+  );
+  const next: Record<string, unknown> = { ...current };
+  for (const setting of options.settings) {
+    const match = /^([A-Za-z]+)=(.*)$/su.exec(setting);
+    if (!match) throw new UsageError(`"${setting}" is not KEY=VALUE`, { remedy: 'for example: kss config set nas=/mnt/nas/kss' });
+    const [, key, value] = match as unknown as [string, string, string];
+    next[key] = NUMERIC.has(key) && /^\d+$/u.test(value) ? Number(value) : value;
+  }
+  validateConfig(next, options.file, hostname()); // throws, naming the key, before anything is written
+  const changed = Object.keys(next).filter((key) => current?.[key] !== next[key]);
+  if (current !== undefined && changed.length === 0) {
+    out.stderr.write(`kss: ${options.file} unchanged\n`);
+    return;
+  }
+  await mkdir(dirname(options.file), { recursive: true, mode: 0o755 });
+  await writeFileAtomic(options.file, Buffer.from(`${JSON.stringify(next, null, 2)}\n`));
+  out.stderr.write(`kss: ${current === undefined ? 'created' : 'updated'} ${options.file} (${changed.join(', ')})\n`);
 }

@@ -111,12 +111,8 @@ export async function boundChainDepth(state: LocalState, maxDepth: number, deps?
     const published = state.synced?.disks[target];
     if (published === undefined || !(await pathExists(top))) continue;
     const chain = await readLayerHashes(top, deps); // nearest first, the base last
-    const at = chain.indexOf(published);
-    if (chain.length <= maxDepth || at < 0) continue;
-    // Keep chain[0..at] (pending layers and `published`), then `onto` and what is below it.
-    const wanted = Math.max(2, Math.ceil(maxDepth / 2));
-    const ontoIndex = Math.min(chain.length - 1, chain.length - (wanted - (at + 1)));
-    if (ontoIndex < at + 2) continue; // nothing published to absorb: the depth is unpushed layers
+    const ontoIndex = compactionOnto(chain.length, chain.indexOf(published), maxDepth);
+    if (ontoIndex === undefined) continue;
     const onto = chain[ontoIndex] as string;
     await removeMergeLeftovers(layersDirOf(top));
     await compactLayer(layersDirOf(top), published, onto, deps);
@@ -124,6 +120,20 @@ export async function boundChainDepth(state: LocalState, maxDepth: number, deps?
     compacted.push(target);
   }
   return compacted;
+}
+
+/**
+ * Where a compaction stops, as an index into a chain of `length` layers (nearest first,
+ * the base last) whose newest published layer is at `published`: that layer absorbs
+ * the ones between it and the returned index, leaving the chain half the limit deep
+ * (or as close as the unpublished layers above it allow). Undefined: nothing to do.
+ */
+export function compactionOnto(length: number, published: number, maxDepth: number): number | undefined {
+  if (length <= maxDepth || published < 0) return undefined;
+  const wanted = Math.max(2, Math.ceil(maxDepth / 2));
+  // Kept: layers 0..published, then the one returned and everything below it.
+  const onto = Math.min(length - 1, length - (wanted - (published + 1)));
+  return onto >= published + 2 ? onto : undefined; // nothing published between: nothing to absorb
 }
 
 /** Fetches every layer the generation's disks need that this host lacks, verified. */

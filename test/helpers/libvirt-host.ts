@@ -36,36 +36,46 @@ const BINDS: Record<string, string> = {
 export class LibvirtHost {
   private readonly mntns: string;
   private readonly utsns: string;
+  /** Stops waited for so far, per domain (see waitForStop). */
+  private readonly stopsSeen = new Map<string, number>();
 
   private constructor(
     readonly name: string,
     readonly dir: string,
+    /** Directories of its own: inside path → name under the host dir. */
+    private readonly binds: Record<string, string>,
   ) {
     this.mntns = join(dir, 'ns', 'mnt');
     this.utsns = join(dir, 'ns', 'uts');
   }
 
-  /** Sets the host up and starts its daemons; `config` is written as the tool's config. */
-  static async start(name: string, dir: string, config: Record<string, unknown>): Promise<LibvirtHost> {
-    const host = new LibvirtHost(name, dir);
+  /**
+   * Sets the host up and starts its daemons; `config` is written as the tool's config
+   * and the built executable is its hook. A `bare` host has neither (install.sh's job),
+   * and a /usr/local of its own.
+   */
+  static async start(name: string, dir: string, config: Record<string, unknown>, options: { bare?: boolean } = {}): Promise<LibvirtHost> {
+    const host = new LibvirtHost(name, dir, options.bare ? { ...BINDS, '/usr/local': 'usr-local' } : BINDS);
     mkdirSync(join(dir, 'ns'), { recursive: true });
-    for (const sub of Object.values(BINDS)) mkdirSync(join(dir, sub), { recursive: true });
+    for (const sub of Object.values(host.binds)) mkdirSync(join(dir, sub), { recursive: true });
     cpSync('/etc/libvirt', join(dir, 'etc-libvirt'), { recursive: true });
     mkdirSync(join(dir, 'var-lib-libvirt', 'images'), { recursive: true, mode: 0o711 });
     // Both hosts share one cgroup tree: without this, two domains of one name collide.
     writeFileSync(join(dir, 'etc-libvirt', 'qemu.conf'), 'cgroup_controllers = [ ]\n', { flag: 'a' });
     mkdirSync(join(dir, 'etc-libvirt', 'hooks'), { recursive: true });
-    copyFileSync(BINARY, join(dir, 'etc-libvirt', 'hooks', 'qemu'));
-    execFileSync('chmod', ['755', join(dir, 'etc-libvirt', 'hooks', 'qemu')]);
-    writeFileSync(join(dir, 'etc-kss', 'config.json'), JSON.stringify({ host: name, ...config }, null, 2));
-    symlinkSync('/etc/libvirt/hooks/qemu', join(dir, 'etc-kss', 'kss'));
+    if (!options.bare) {
+      copyFileSync(BINARY, join(dir, 'etc-libvirt', 'hooks', 'qemu'));
+      execFileSync('chmod', ['755', join(dir, 'etc-libvirt', 'hooks', 'qemu')]);
+      writeFileSync(join(dir, 'etc-kss', 'config.json'), JSON.stringify({ host: name, ...config }, null, 2));
+      symlinkSync('/etc/libvirt/hooks/qemu', join(dir, 'etc-kss', 'kss'));
+    }
 
     // Namespace files must live on a private mount to be bind-mounted by unshare.
     execFileSync('mount', ['--bind', join(dir, 'ns'), join(dir, 'ns')]);
     execFileSync('mount', ['--make-private', join(dir, 'ns')]);
     writeFileSync(host.mntns, '');
     writeFileSync(host.utsns, '');
-    const binds = Object.entries(BINDS)
+    const binds = Object.entries(host.binds)
       .map(([inside, sub]) => `mkdir -p ${inside} && mount --bind '${join(dir, sub)}' ${inside}`)
       .join(' && ');
     execFileSync('unshare', [`--mount=${host.mntns}`, `--uts=${host.utsns}`, '--propagation', 'private', 'sh', '-c', `${binds} && hostname ${name}`]);
@@ -140,7 +150,7 @@ export class LibvirtHost {
 
   /** A path inside the host as seen from outside (for qemu-img on its disks). */
   outside(insidePath: string): string {
-    for (const [inside, sub] of Object.entries(BINDS)) {
+    for (const [inside, sub] of Object.entries(this.binds)) {
       if (insidePath === inside || insidePath.startsWith(`${inside}/`)) return join(this.dir, sub, insidePath.slice(inside.length));
     }
     throw new Error(`${insidePath} is not in a per-host directory`);
@@ -173,11 +183,17 @@ export class LibvirtHost {
     return existsSync(file) ? readFileSync(file, 'utf8') : '';
   }
 
-  /** Waits until the background work after a stop has finished. */
-  async waitForStop(domain: string, count: number, timeoutMs = 180_000): Promise<void> {
+  /**
+   * Waits until the background work of this domain's next stop has finished. Every stop
+   * counts, a start that failed or was refused too (libvirt runs the release hook after
+   * it): call this once for each.
+   */
+  async waitForStop(domain: string, timeoutMs = 180_000): Promise<void> {
+    const count = (this.stopsSeen.get(domain) ?? 0) + 1;
+    this.stopsSeen.set(domain, count);
     const deadline = Date.now() + timeoutMs;
     while ((this.hookLog(domain).match(/stop finished/gu) ?? []).length < count) {
-      if (Date.now() > deadline) throw new Error(`no finished stop on ${this.name}:\n${this.hookLog(domain).split('\n').slice(-8).join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`no finished stop ${count} of ${domain} on ${this.name}:\n${this.hookLog(domain).split('\n').slice(-8).join('\n')}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }

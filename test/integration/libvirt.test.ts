@@ -35,6 +35,18 @@ async function defineWork(host: LibvirtHost, domain: string, enable: boolean): P
   return disks;
 }
 
+/**
+ * One session: start the domain (`virsh start`, or the kss command line given), the
+ * guest's reads and writes, `virsh destroy`, and the stop work finished.
+ */
+async function session(h: LibvirtHost, domain: string, io: string[] = [], kssStart?: string[]): Promise<void> {
+  const started = kssStart ? h.kss(kssStart) : h.virsh('start', domain);
+  assert.equal(started.status, 0, `start of ${domain} on ${h.name}: ${started.stderr}\n${h.hookLog(domain)}`);
+  for (const command of io) h.guestIo(domain, command);
+  h.mustVirsh('destroy', domain);
+  await h.waitForStop(domain);
+}
+
 function digests(host: LibvirtHost, disks: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(disks).map(([target, path]) => [target, guestDigest(host.outside(path))]));
 }
@@ -70,7 +82,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.guestIo('work', 'read -P 0x11 0 4M');
     assert.throws(() => d.guestIo('work', 'read -P 0x99 16M 4M'), /Pattern verification failed/u, 'a wrong pattern is noticed');
     d.mustVirsh('destroy', 'work');
-    await d.waitForStop('work', 1);
+    await d.waitForStop('work');
     const day1 = digests(d, disks);
 
     l.mustVirsh('start', 'work');
@@ -78,14 +90,10 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     l.guestIo('work', 'read -P 0x6b 1M 2M', 'virtio-disk1');
     l.guestIo('work', 'write -P 0x7c 20M 1M');
     l.mustVirsh('destroy', 'work');
-    await l.waitForStop('work', 1);
+    await l.waitForStop('work');
     assert.deepEqual(Object.keys(day1), ['vda', 'vdb']);
 
-    d.mustVirsh('start', 'work');
-    d.guestIo('work', 'read -P 0x7c 20M 1M');
-    d.guestIo('work', 'read -P 0x5a 16M 3M');
-    d.mustVirsh('destroy', 'work');
-    await d.waitForStop('work', 2);
+    await session(d, 'work', ['read -P 0x7c 20M 1M', 'read -P 0x5a 16M 3M']);
     assert.deepEqual(digests(d, disks), digests(l, disks), 'both hosts hold the same bytes');
   });
 
@@ -94,26 +102,16 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     await defineWork(d, 'split', true);
     await defineWork(l, 'split', false);
-    // A refused start is a stop too (libvirt runs the release hook): count every one.
-    const stops = new Map<LibvirtHost, number>();
-    const stopped = (h: LibvirtHost) => h.waitForStop('split', stops.set(h, (stops.get(h) ?? 0) + 1).get(h) as number);
-    const session = async (h: LibvirtHost, io: string[], start: string[] = []) => {
-      const started = start.length > 0 ? h.kss(start) : h.virsh('start', 'split');
-      assert.equal(started.status, 0, `${h.name}: ${started.stderr}\n${[d, l].map((x) => `${x.name}:\n${x.hookLog('split')}`).join('\n')}`);
-      for (const command of io) h.guestIo('split', command);
-      h.mustVirsh('destroy', 'split');
-      await stopped(h);
-    };
-    await session(d, []);
-    await session(l, ['write -P 0x21 8M 1M']);
+    await session(d, 'split');
+    await session(l, 'split', ['write -P 0x21 8M 1M']);
     // The desktop works on yesterday's state without syncing; the laptop works too and pushes.
-    await session(d, ['read -P 0x11 0 4M', 'write -P 0x31 8M 1M'], ['start', 'split', '--no-sync']);
-    await session(l, ['write -P 0x41 12M 1M']);
+    await session(d, 'split', ['read -P 0x11 0 4M', 'write -P 0x31 8M 1M'], ['start', 'split', '--no-sync']);
+    await session(l, 'split', ['write -P 0x41 12M 1M']);
     assert.match(d.hookLog('split'), /kept here \(conflict: the NAS head moved/u, "the desktop's push was refused");
 
     const refused = d.virsh('start', 'split');
     assert.notEqual(refused.status, 0);
-    await stopped(d);
+    await d.waitForStop('split'); // a refused start is a stop too
     assert.match(refused.stderr, /split changed both here and on the NAS/u);
     assert.match(refused.stderr, /kss resolve split --keep local, or kss resolve split --keep remote/u);
 
@@ -122,26 +120,26 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(remote.status, 0, remote.stderr);
     const branch = /the other side is branch (\S+)/u.exec(remote.stdout)?.[1] as string;
     assert.ok(branch, remote.stdout);
-    await session(d, ['read -P 0x21 8M 1M', 'read -P 0x41 12M 1M']);
+    await session(d, 'split', ['read -P 0x21 8M 1M', 'read -P 0x41 12M 1M']);
     assert.match(d.kss(['snapshot', 'list', 'split']).stdout, new RegExp(`branch ${branch}`, 'u'));
 
     // The branch is restorable: the desktop's lost session comes back as a new generation.
     const back = d.kss(['rollback', 'split', '--to', branch]);
     assert.equal(back.status, 0, back.stderr);
-    await session(d, ['read -P 0x31 8M 1M', 'read -P 0x11 0 4M']);
+    await session(d, 'split', ['read -P 0x31 8M 1M', 'read -P 0x11 0 4M']);
 
     // And keeping the local side: the laptop works offline, the desktop pushes meanwhile.
-    await session(l, ['read -P 0x21 8M 1M', 'write -P 0x51 16M 1M'], ['start', 'split', '--no-sync']);
-    await session(d, ['write -P 0x61 20M 1M']);
+    await session(l, 'split', ['read -P 0x21 8M 1M', 'write -P 0x51 16M 1M'], ['start', 'split', '--no-sync']);
+    await session(d, 'split', ['write -P 0x61 20M 1M']);
     assert.notEqual(l.virsh('start', 'split').status, 0);
-    await stopped(l);
+    await l.waitForStop('split');
     const local = l.kss(['resolve', 'split', '--keep', 'local']);
     assert.equal(local.status, 0, local.stderr);
-    await session(l, ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
-    await session(d, ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
+    await session(l, 'split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
+    await session(d, 'split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
     const kept = /the other side is branch (\S+)/u.exec(local.stdout)?.[1] as string;
     assert.equal(d.kss(['rollback', 'split', '--to', kept]).status, 0);
-    await session(d, ['read -P 0x61 20M 1M']);
+    await session(d, 'split', ['read -P 0x61 20M 1M']);
   });
 
   it('stops without a push when asked, keeping the lease here; the next start pushes', async (t) => {
@@ -154,20 +152,16 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const stopped = d.kss(['stop', 'held', '--no-push', '--force']);
     assert.equal(stopped.status, 0, stopped.stderr);
     assert.match(stopped.stderr, /its changes stay on this host/u);
-    await d.waitForStop('held', 1);
+    await d.waitForStop('held');
     assert.match(d.hookLog('held'), /kept here \(no-push/u);
     const refused = l.virsh('start', 'held');
     assert.notEqual(refused.status, 0);
     assert.match(refused.stderr, /held is in use on host desk/u);
+    await l.waitForStop('held');
 
-    d.mustVirsh('start', 'held'); // pushes what the last stop kept, then starts
+    await session(d, 'held'); // pushes what the last stop kept, then starts
     assert.match(d.hookLog('held'), /decision=push-then-start/u);
-    d.mustVirsh('destroy', 'held');
-    await d.waitForStop('held', 2);
-    l.mustVirsh('start', 'held');
-    l.guestIo('held', 'read -P 0x71 8M 1M');
-    l.mustVirsh('destroy', 'held');
-    await l.waitForStop('held', 2); // its refused start was the first
+    await session(l, 'held', ['read -P 0x71 8M 1M']);
   });
 
   it('refuses a corrupted layer from the NAS and leaves the local VM as it was, startable', async (t) => {
@@ -175,13 +169,8 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     const disks = await defineWork(d, 'rot', true);
     await defineWork(l, 'rot', false);
-    d.mustVirsh('start', 'rot');
-    d.mustVirsh('destroy', 'rot');
-    await d.waitForStop('rot', 1);
-    l.mustVirsh('start', 'rot');
-    l.guestIo('rot', 'write -P 0x81 8M 1M');
-    l.mustVirsh('destroy', 'rot');
-    await l.waitForStop('rot', 1);
+    await session(d, 'rot');
+    await session(l, 'rot', ['write -P 0x81 8M 1M']);
     const before = digests(d, disks);
     const files = readdirSync(join((nas as SshNas).root, 'domains', 'rot', 'layers')).map((name) => join((nas as SshNas).root, 'domains', 'rot', 'layers', name));
     const newest = files.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0] as string;
@@ -193,6 +182,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const refused = d.virsh('start', 'rot');
     assert.notEqual(refused.status, 0);
     assert.match(refused.stderr, /is corrupt/u);
+    await d.waitForStop('rot');
     assert.deepEqual(digests(d, disks), before, 'nothing local changed');
     for (const disk of Object.values(disks)) assert.deepEqual(readdirSync(d.outside(`${disk}.layers`)).filter((name) => name.includes('.part')), [], 'no partial download left');
     const offline = d.kss(['start', 'rot', '--no-sync']);
@@ -200,7 +190,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.guestIo('rot', 'read -P 0x11 0 4M');
     d.guestIo('rot', 'read -P 0x00 8M 1M');
     d.mustVirsh('destroy', 'rot');
-    await d.waitForStop('rot', 3); // the refused start was the second
+    await d.waitForStop('rot');
   });
 
   it('shows the lease holder to whoever runs virsh start elsewhere', async (t) => {
@@ -214,24 +204,19 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.match(refused.stderr, /Hook script execution failed.*kvm-snapshot-sync: leased is in use on host desk since /su);
     assert.match(refused.stderr, /kss start leased --steal-lease/u);
     assert.match(l.virsh('domstate', 'leased').stdout, /shut off/u);
+    await l.waitForStop('leased'); // a refused start is a stop too
     d.mustVirsh('destroy', 'leased');
-    await d.waitForStop('leased', 1);
-    l.mustVirsh('start', 'leased');
-    l.mustVirsh('destroy', 'leased');
-    await l.waitForStop('leased', 2); // its refused start was the first
+    await d.waitForStop('leased');
+    await session(l, 'leased');
   });
 
   it('starts with KSS_NO_SYNC=1 virsh start when the NAS is away, and refuses without it', async (t) => {
     if (!ready(t)) return;
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     const disks = await defineWork(d, 'away', true);
-    d.mustVirsh('start', 'away');
-    d.mustVirsh('destroy', 'away');
-    await d.waitForStop('away', 1);
+    await session(d, 'away');
     await defineWork(l, 'away', false);
-    l.mustVirsh('start', 'away');
-    l.mustVirsh('destroy', 'away');
-    await l.waitForStop('away', 1);
+    await session(l, 'away');
     const before = digests(d, disks);
 
     (nas as SshNas).setLink(false);
@@ -239,6 +224,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
       const refused = d.virsh('start', 'away');
       assert.notEqual(refused.status, 0);
       assert.match(refused.stderr, /the NAS cannot be reached and this host does not hold away's lease/u);
+      await d.waitForStop('away'); // a refused start is a stop too
       const forced = d.inside(['virsh', '-c', 'qemu:///system', 'start', 'away'], undefined, { KSS_NO_SYNC: '1' });
       assert.equal(forced.status, 0, forced.stderr);
       assert.match(d.hookLog('away'), /asked by the client environment/u);
@@ -246,7 +232,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     } finally {
       (nas as SshNas).setLink(true);
     }
-    await d.waitForStop('away', 3); // the refused start was the second
+    await d.waitForStop('away');
     assert.deepEqual(digests(d, disks), before);
   });
 
@@ -254,9 +240,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     if (!ready(t)) return;
     const d = desk as LibvirtHost;
     const disks = await defineWork(d, 'broken', true);
-    d.mustVirsh('start', 'broken');
-    d.mustVirsh('destroy', 'broken');
-    await d.waitForStop('broken', 1);
+    await session(d, 'broken');
     const before = digests(d, disks);
     // QEMU itself refuses this argument: the start fails after prepare has run.
     const failing = tinyDomainXml('broken', disks, true)
@@ -265,7 +249,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.mustVirsh('undefine', 'broken');
     d.define('broken', failing);
     assert.notEqual(d.virsh('start', 'broken').status, 0);
-    await d.waitForStop('broken', 2);
+    await d.waitForStop('broken');
     assert.deepEqual(digests(d, disks), before);
     assert.match(d.hookLog('broken').split('\n').filter((line) => line.includes('stop finished')).at(-1) ?? '', /nothing to push/u);
   });
@@ -287,7 +271,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.match(state, /running/u);
     d.guestIo('alive', 'read -P 0x11 0 4M');
     d.mustVirsh('destroy', 'alive');
-    await d.waitForStop('alive', 1);
+    await d.waitForStop('alive');
   });
 
   it('leaves the disks of a managed-saved VM alone, and syncs after it is restored and stopped', async (t) => {
@@ -306,11 +290,8 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.match(d.hookLog('saved'), /restoring a saved image/u);
     d.guestIo('saved', 'read -P 0x91 8M 1M');
     d.mustVirsh('destroy', 'saved');
-    await d.waitForStop('saved', 1);
-    l.mustVirsh('start', 'saved');
-    l.guestIo('saved', 'read -P 0x91 8M 1M');
-    l.mustVirsh('destroy', 'saved');
-    await l.waitForStop('saved', 1);
+    await d.waitForStop('saved');
+    await session(l, 'saved', ['read -P 0x91 8M 1M']);
   });
 
   it('leaves an unmanaged domain alone', async (t) => {

@@ -1,0 +1,118 @@
+// install.sh, run for real as root inside a simulated host (its own /etc, /var, /run and
+// /usr/local; a real libvirtd): a fresh install that a person then uses with
+// `kss enable` and `virsh start`, a second run, later flags, a foreign qemu hook kept,
+// and --uninstall.
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { MiB, createImage } from '../helpers/disks.js';
+import { BINARY } from '../helpers/hosts.js';
+import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
+import { requireTools } from '../helpers/tools.js';
+
+const INSTALL = resolve('install.sh');
+const HOOK = '/etc/libvirt/hooks/qemu';
+const BESIDE = '/etc/libvirt/hooks/qemu.d/kvm-snapshot-sync';
+const CONFIG = '/etc/kvm-snapshot-sync/config.json';
+let work: string;
+let host: LibvirtHost | undefined;
+
+before(async (t) => {
+  if (!requireTools(t as unknown as TestContext, ...LIBVIRT_TOOLS)) return;
+  work = mkdtempSync(join(tmpdir(), 'kss-install-'));
+  host = await LibvirtHost.start('inst', join(work, 'inst'), {}, { bare: true });
+});
+after(() => {
+  host?.stop();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+function ready(t: TestContext): LibvirtHost | undefined {
+  if (!host) requireTools(t, ...LIBVIRT_TOOLS);
+  return host;
+}
+
+function install(h: LibvirtHost, ...args: string[]): string {
+  const run = h.inside([INSTALL, ...args]);
+  assert.equal(run.status, 0, `install.sh ${args.join(' ')}: ${run.stderr}`);
+  assert.equal(run.stdout, '', 'install.sh writes to stderr only');
+  return run.stderr;
+}
+
+const sameBytes = (a: string, b: string) => readFileSync(a).equals(readFileSync(b));
+const mtimes = (h: LibvirtHost, ...paths: string[]) => paths.map((p) => statSync(h.outside(p)).mtimeMs);
+
+describe('install.sh in a simulated host', () => {
+  it('installs everything on a bare host; kss enable and virsh start then work with the local NAS', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    const said = install(h);
+    assert.match(said, /installed the libvirt hook \/etc\/libvirt\/hooks\/qemu/u);
+    assert.match(said, /told libvirtd to look for hooks again/u);
+    assert.ok(sameBytes(h.outside(HOOK), BINARY), 'the hook is the executable');
+    assert.ok(sameBytes(h.outside('/usr/local/lib/kvm-snapshot-sync/kvm-snapshot-sync'), BINARY));
+    assert.deepEqual(JSON.parse(readFileSync(h.outside(CONFIG), 'utf8')), { host: 'inst', nas: '/var/lib/kvm-snapshot-sync/nas' });
+    assert.equal(statSync(h.outside('/var/lib/kvm-snapshot-sync')).mode & 0o777, 0o700);
+    assert.equal(statSync(h.outside('/var/log/kvm-snapshot-sync')).mode & 0o777, 0o750);
+    assert.match(h.inside(['kss', '--version']).stdout, /^\d+\.\d+\.\d+\n$/u);
+
+    const disk = '/var/lib/libvirt/images/vm.qcow2';
+    createImage(h.outside(disk), 16 * MiB);
+    h.define('vm', tinyDomainXml('vm', { vda: disk }, false));
+    const enabled = h.inside(['kss', 'enable', 'vm']);
+    assert.equal(enabled.status, 0, enabled.stderr);
+    h.mustVirsh('start', 'vm');
+    h.guestIo('vm', 'write -P 0x42 1M 1M');
+    h.mustVirsh('destroy', 'vm');
+    await h.waitForStop('vm');
+    const manifest = JSON.parse(readFileSync(h.outside('/var/lib/kvm-snapshot-sync/nas/domains/vm/manifest.json'), 'utf8'));
+    assert.equal(Object.keys(manifest.generations).length, 2, 'the base and the session reached the local NAS');
+    assert.equal(manifest.lease, null);
+  });
+
+  it('changes nothing when run again, and only the keys that later flags name', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    const files = [HOOK, '/usr/local/lib/kvm-snapshot-sync/kvm-snapshot-sync', CONFIG];
+    const before = mtimes(h, ...files);
+    const said = install(h);
+    assert.doesNotMatch(said, /installed |created|updated|told libvirtd/u);
+    assert.deepEqual(mtimes(h, ...files), before, 'no file was rewritten');
+
+    install(h, '--nas', '/srv/kss', '--ssh-known-hosts', '/root/.ssh/known_hosts');
+    assert.deepEqual(JSON.parse(readFileSync(h.outside(CONFIG), 'utf8')), { host: 'inst', nas: '/srv/kss', sshKnownHosts: '/root/.ssh/known_hosts' });
+    const bad = h.inside([INSTALL, '--nas', 'not/absolute']);
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /"nas"/u);
+    install(h, '--nas', '/var/lib/kvm-snapshot-sync/nas');
+    assert.equal(JSON.parse(readFileSync(h.outside(CONFIG), 'utf8')).nas, '/var/lib/kvm-snapshot-sync/nas');
+  });
+
+  it('puts its hook beside another program\'s qemu hook, never over it; --uninstall keeps data and config', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    const said = install(h, '--uninstall');
+    assert.match(said, /removed the hook \/etc\/libvirt\/hooks\/qemu/u);
+    for (const gone of [HOOK, '/usr/local/bin/kss', '/usr/local/lib/kvm-snapshot-sync']) assert.ok(!existsSync(h.outside(gone)), `${gone} is removed`);
+    for (const kept of [CONFIG, '/var/lib/kvm-snapshot-sync/nas/domains/vm/manifest.json', '/var/log/kvm-snapshot-sync/vm.log']) assert.ok(existsSync(h.outside(kept)), `${kept} is kept`);
+
+    const foreign = '#!/bin/sh\necho "$@" >> /var/lib/libvirt/foreign-hook.log\n';
+    writeFileSync(h.outside(HOOK), foreign);
+    chmodSync(h.outside(HOOK), 0o755);
+    assert.match(install(h), /belongs to another program: left as it is/u);
+    assert.equal(readFileSync(h.outside(HOOK), 'utf8'), foreign);
+    assert.ok(sameBytes(h.outside(BESIDE), BINARY));
+
+    h.mustVirsh('start', 'vm');
+    h.guestIo('vm', 'read -P 0x42 1M 1M');
+    h.mustVirsh('destroy', 'vm');
+    await h.waitForStop('vm');
+    assert.match(readFileSync(h.outside('/var/lib/libvirt/foreign-hook.log'), 'utf8'), /^vm prepare begin -$/mu, 'the other hook still runs');
+
+    install(h, '--uninstall');
+    assert.ok(!existsSync(h.outside(BESIDE)));
+    assert.equal(readFileSync(h.outside(HOOK), 'utf8'), foreign, 'and is still there after --uninstall');
+  });
+});

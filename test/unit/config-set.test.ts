@@ -1,0 +1,56 @@
+// `kss config set` (lib/commands/config.ts setConfig) on temporary files.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { setConfig } from '../../lib/commands/config.js';
+import { ConfigError, UsageError } from '../../lib/errors.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'kss-config-set-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function output() {
+  let stderr = '';
+  return { out: { stdout: { write: () => true }, stderr: { write: (text: string) => ((stderr += text), true) } }, said: () => stderr };
+}
+
+describe('kss config set', () => {
+  it('creates the file with the keys given', async () => {
+    const file = join(dir, 'new', 'config.json');
+    const { out, said } = output();
+    await setConfig({ file, settings: ['host=desk', 'nas=/srv/nas', 'maxChainDepth=6'] }, out as never);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { host: 'desk', nas: '/srv/nas', maxChainDepth: 6 });
+    assert.match(said(), /created .*\(host, nas, maxChainDepth\)/u);
+  });
+
+  it('changes only the keys named, keeping the others as they are', async () => {
+    const file = join(dir, 'keep.json');
+    writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas', retentionDays: 60 }));
+    const { out, said } = output();
+    await setConfig({ file, settings: ['nas=ssh://kss@nas.lan/volume1/kss'] }, out as never);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { host: 'desk', nas: 'ssh://kss@nas.lan/volume1/kss', retentionDays: 60 });
+    assert.match(said(), /updated .*\(nas\)/u);
+  });
+
+  it('does not rewrite a file that would not change', async () => {
+    const file = join(dir, 'same.json');
+    writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas' }));
+    const old = new Date('2020-01-01T00:00:00Z');
+    utimesSync(file, old, old);
+    const { out, said } = output();
+    await setConfig({ file, settings: ['nas=/srv/nas'] }, out as never);
+    assert.equal(statSync(file).mtimeMs, old.getTime());
+    assert.match(said(), /unchanged/u);
+  });
+
+  it('writes nothing when the result would be invalid, and names the key', async () => {
+    const file = join(dir, 'bad.json');
+    writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas' }));
+    const { out } = output();
+    await assert.rejects(setConfig({ file, settings: ['nas=relative/path'] }, out as never), (error: unknown) => error instanceof ConfigError && /"nas"/u.test(error.message));
+    await assert.rejects(setConfig({ file, settings: ['colour=blue'] }, out as never), ConfigError);
+    await assert.rejects(setConfig({ file, settings: ['just-a-word'] }, out as never), UsageError);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { host: 'desk', nas: '/srv/nas' });
+  });
+});

@@ -62,6 +62,36 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       async (argv) => (await import('./commands/domain.js')).enableCommand({ domain: argv.domain }, context(argv.config)),
     )
     .command(
+      'status [domain]',
+      'where each managed domain stands: synced, behind, ahead (push pending), busy, conflict, checked out by another host, offline',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', describe: 'one domain (default: every domain managed here)' })
+          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+      async (argv) => (await import('./commands/status.js')).statusCommand({ domain: argv.domain, json: argv.json }, context(argv.config)),
+    )
+    .command(
+      'wait <domain>',
+      'wait until no sync work runs for the domain; exit 0 when the NAS has everything of this host and the VM is not checked out here',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('timeout', { type: 'number', default: 3600, describe: 'seconds to wait for work in flight' }),
+      async (argv) => (await import('./commands/status.js')).waitCommand({ domain: argv.domain, timeoutSeconds: argv.timeout }, context(argv.config)),
+    )
+    .command(
+      'push <domain>',
+      'push what this host has and the NAS lacks, with progress (the work a stop does in the background); the VM must be shut off',
+      (y) => y.positional('domain', { type: 'string', demandOption: true }),
+      async (argv) => (await import('./commands/lifecycle.js')).pushCommand({ domain: argv.domain }, context(argv.config)),
+    )
+    .command(
+      'pull <domain>',
+      "fetch the NAS's newest generation of the domain, with progress, so that the next start has nothing to download",
+      (y) => y.positional('domain', { type: 'string', demandOption: true }),
+      async (argv) => (await import('./commands/lifecycle.js')).pullCommand({ domain: argv.domain }, context(argv.config)),
+    )
+    .command(
       'log <domain>',
       "show the domain's hook and background log",
       (y) =>

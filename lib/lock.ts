@@ -69,3 +69,8 @@ export async function withLock<T>(path: string, options: LockOptions, work: () =
     await release();
   }
 }
+
+/** Whether a live process holds the lock at `path` (a lock not refreshed for `staleMs` does not count). */
+export async function isLocked(path: string, staleMs = 10_000): Promise<boolean> {
+  return lockfile.check(path, { realpath: false, stale: staleMs });
+}

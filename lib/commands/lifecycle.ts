@@ -1,11 +1,15 @@
-// `kss start`, `kss stop`, `kss resolve`, `kss rollback`: the person's hand on the
-// lifecycle. start and stop are virsh around one-shot flags that the hook consumes.
+// `kss start`, `kss stop`, `kss push`, `kss pull`, `kss resolve`, `kss rollback`,
+// `kss gc`: the person's hand on the lifecycle. start and stop are virsh around one-shot
+// flags that the hook consumes.
 import { readConfig } from '../config.js';
-import { UsageError } from '../errors.js';
+import { DiskStateError, UsageError } from '../errors.js';
 import { Logger, streamSink } from '../log.js';
 import { openRepository } from '../nas/open.js';
 import { runCommand } from '../runner.js';
-import { setFlag, takeFlag, type Flag } from '../sync/local-state.js';
+import { barProgress, pullGeneration } from '../sync/disks.js';
+import { readLocalState, setFlag, takeFlag, type Flag } from '../sync/local-state.js';
+import { withDomainLock } from '../sync/session.js';
+import { finishStop } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
 import type { SyncDeps } from '../sync/start.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
@@ -81,4 +85,53 @@ export async function gcCommand(o: { domain: string }, context: CommandContext):
   context.stdout.write(
     `${o.domain}: removed ${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)\n`,
   );
+}
+
+/** The domain's file disks to sync, from its definition (target → path). */
+async function definedDisks(domain: string, context: CommandContext): Promise<Record<string, string>> {
+  const { parseDomainXml, syncedDisks } = await import('../domain-xml.js');
+  const xml = (await runCommand(virshCommand(libvirtUri(context.env), 'dumpxml', '--inactive', domain))).stdout;
+  return Object.fromEntries(syncedDisks(await parseDomainXml(xml)).map((disk) => [disk.target, disk.path as string]));
+}
+
+/**
+ * `kss push VM`: what the background work after a stop does (seal, merge, push, give
+ * the lease back, compact), by hand and with progress; the VM must be shut off. Fails
+ * when something stays unpushed, saying why.
+ */
+export async function pushCommand(o: { domain: string }, context: CommandContext): Promise<void> {
+  const deps = await syncDeps(context);
+  const { stdout } = await runCommand(virshCommand(libvirtUri(context.env), 'domstate', o.domain));
+  if (stdout.trim() !== 'shut off') {
+    throw new UsageError(`${o.domain} is ${stdout.trim()}: its disks are in use`, { remedy: `shut it down (kss stop ${o.domain}); that pushes by itself` });
+  }
+  await finishStop(o.domain, { ...deps, progressFor: barProgress(context.stderr) });
+  const state = await readLocalState(deps.config.stateDir, o.domain);
+  context.stdout.write(`${o.domain}: ${state.lastSync?.outcome ?? 'nothing to do'}\n`);
+  if (state.pending.length > 0) {
+    throw new DiskStateError(`${state.pending.length} generation(s) of ${o.domain} are still not on the NAS`, { remedy: `kss status ${o.domain} and kss log ${o.domain} tell why` });
+  }
+}
+
+/**
+ * `kss pull VM`: fetches and verifies the layers of the NAS's newest generation that this
+ * host lacks, with progress, so that the next start has nothing to download. The disks
+ * are not changed: the start puts them on it.
+ */
+export async function pullCommand(o: { domain: string }, context: CommandContext): Promise<void> {
+  const { config, log } = await syncDeps(context);
+  const disks = await definedDisks(o.domain, context);
+  await withDomainLock(config.stateDir, o.domain, log, 60_000, async () => {
+    const state = { ...(await readLocalState(config.stateDir, o.domain)), disks };
+    const repository = openRepository(config, log);
+    try {
+      const manifest = await repository.readManifest(o.domain);
+      const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
+      if (!manifest || !head) throw new DiskStateError(`the NAS has nothing for ${o.domain}`, { remedy: `kss enable ${o.domain} on the host that has it` });
+      await pullGeneration(state, manifest, head, repository, log, barProgress(context.stderr));
+      context.stdout.write(`${o.domain}: generation ${head.id.slice(0, 12)} from ${head.host} (${head.created}) is here; the next start uses it\n`);
+    } finally {
+      await repository.close();
+    }
+  });
 }

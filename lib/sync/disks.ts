@@ -9,7 +9,7 @@ import type { Logger } from '../log.js';
 import { generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import type { LeaseChange, NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
-import { createProgressMeter, progressLogReporter } from '../progress.js';
+import { createProgressMeter, progressBarReporter, progressLogReporter } from '../progress.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
 
 /** The path of a disk's layer. */
@@ -143,6 +143,7 @@ export async function pullGeneration(
   generation: Generation,
   repository: NasRepository,
   log: Logger,
+  progressFor: ProgressFor = logProgress(log),
 ): Promise<void> {
   for (const [target, top] of Object.entries(state.disks)) {
     const layer = generation.disks[target];
@@ -154,7 +155,7 @@ export async function pullGeneration(
     for (const hash of layerChain(manifest.layers, layer).reverse()) {
       if (await pathExists(layerPathOf(top, hash))) continue;
       log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
-      const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), transferLog(log, `pull ${target} ${hash.slice(0, 12)}`));
+      const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
       log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
     }
   }
@@ -169,13 +170,13 @@ export async function rotateTops(state: LocalState, generation: Generation, deps
 }
 
 /** Pushes every layer of the pending generations (resumable, verified on the NAS). */
-export async function pushPending(state: LocalState, repository: NasRepository, log: Logger): Promise<void> {
+export async function pushPending(state: LocalState, repository: NasRepository, log: Logger, progressFor: ProgressFor = logProgress(log)): Promise<void> {
   for (const pending of state.pending) {
     for (const [target, top] of Object.entries(state.disks)) {
       const hash = pending.generation.disks[target] as string;
       if (!Object.hasOwn(pending.layers, hash)) continue;
       log.info('pushing layer', { disk: target, layer: hash, bytes: pending.layers[hash]?.size });
-      const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, transferLog(log, `push ${target} ${hash.slice(0, 12)}`));
+      const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, progressFor(`push ${target} ${hash.slice(0, 12)}`));
       log.info('pushed layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom, alreadyThere: result.alreadyThere });
     }
   }
@@ -190,10 +191,23 @@ export async function publishPending(state: LocalState, repository: NasRepositor
 }
 
 /** Progress of one transfer as log lines (every 10 s and at the end). */
-function transferLog(log: Logger, label: string): TransferProgress {
+/** Makes the progress callback of one transfer, given its label ("push vda 3f2a…"). */
+export type ProgressFor = (label: string) => TransferProgress;
+
+/** Progress as log lines (the hook, background work). */
+export function logProgress(log: Logger): ProgressFor {
+  return (label) => meterProgress((total) => createProgressMeter(total, progressLogReporter((message) => log.info(message), label)));
+}
+
+/** Progress as a bar on a terminal (a line at the end elsewhere), for the CLI. */
+export function barProgress(stream: Parameters<typeof progressBarReporter>[1]): ProgressFor {
+  return (label) => meterProgress((total) => createProgressMeter(total, progressBarReporter(label, stream)));
+}
+
+function meterProgress(make: (total: number) => ReturnType<typeof createProgressMeter>): TransferProgress {
   let meter: ReturnType<typeof createProgressMeter> | undefined;
   return (done, total) => {
-    meter ??= createProgressMeter(total, progressLogReporter((message) => log.info(message), label));
+    meter ??= make(total);
     meter.update(done);
     if (done === total) meter.finish();
   };

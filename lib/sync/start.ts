@@ -13,7 +13,7 @@ import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment, type ClientEnvResult } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
-import { mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
+import { mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks, type ProgressFor } from './disks.js';
 import { hasFlag, localHead, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
 import { lookAtNas, withDomainLock } from './session.js';
 
@@ -26,6 +26,8 @@ export interface SyncDeps {
   clientEnvironment?: (domain: string) => Promise<ClientEnvResult>;
   /** Told each step's name just before it runs (fault-injection tests kill there). */
   onStep?: (step: string) => void;
+  /** How transfers show progress (default: log lines). */
+  progressFor?: ProgressFor;
 }
 
 /** The layer engine's dependencies for a lifecycle run: the real runner, our steps. */

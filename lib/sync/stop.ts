@@ -43,7 +43,7 @@ export async function finishStop(domain: string, deps: SyncDeps): Promise<void> 
       let outcome: string;
       if (decision.action === 'push' && repository) {
         deps.onStep?.('stop:push');
-        await pushPending(state, repository, log);
+        await pushPending(state, repository, log, deps.progressFor);
         deps.onStep?.('stop:publish');
         try {
           state.synced = await publishPending(state, repository, decision.releaseLease ? 'release' : 'keep');

@@ -164,6 +164,35 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await session(l, 'held', ['read -P 0x71 8M 1M']);
   });
 
+  it('pushes and pulls by hand, with progress (kss push, kss pull)', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    await defineWork(d, 'hand', true);
+    await defineWork(l, 'hand', false);
+    await session(d, 'hand');
+    d.mustVirsh('start', 'hand');
+    d.guestIo('hand', 'write -P 0xa1 4M 2M');
+    assert.equal(d.kss(['stop', 'hand', '--no-push', '--force']).status, 0);
+    await d.waitForStop('hand');
+    const pushed = d.kss(['push', 'hand']);
+    assert.equal(pushed.status, 0, pushed.stderr);
+    assert.match(pushed.stderr, /push vda [0-9a-f]{12}: .*\(100%\)/u);
+    assert.match(pushed.stdout, /^hand: pushed\n$/u);
+    assert.equal(d.kss(['wait', 'hand']).status, 0, 'in sync, and the lease given back');
+
+    const pulled = l.kss(['pull', 'hand']);
+    assert.equal(pulled.status, 0, pulled.stderr);
+    assert.match(pulled.stderr, /pull vda [0-9a-f]{12}: .*\(100%\)/u);
+    assert.match(pulled.stdout, /^hand: generation [0-9a-f]{12} from desk .* is here; the next start uses it\n$/u);
+    await session(l, 'hand', ['read -P 0xa1 4M 2M']);
+    assert.doesNotMatch(l.hookLog('hand'), /pulling layer/u, 'the start had nothing left to fetch');
+    const running = d.inside(['virsh', '-c', 'qemu:///system', 'start', 'hand']);
+    assert.equal(running.status, 0, running.stderr);
+    assert.match(d.kss(['push', 'hand']).stderr, /hand is running: its disks are in use/u);
+    d.mustVirsh('destroy', 'hand');
+    await d.waitForStop('hand');
+  });
+
   it('refuses a corrupted layer from the NAS and leaves the local VM as it was, startable', async (t) => {
     if (!ready(t)) return;
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];

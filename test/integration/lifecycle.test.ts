@@ -138,6 +138,48 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     assert.equal(guestDigest(deskDisks.vda), digests[2]);
   });
 
+  it('tells where the VM stands (kss status) and when it is safe to switch hosts (kss wait)', async (t) => {
+    const s = await twoHosts(t, 'told');
+    if (!s) return;
+    const { desk, laptop, deskDisks, laptopDisks } = s;
+    const status = (h: TestHost) => JSON.parse(h.kss('status', 'told', '--json').stdout)[0];
+    const wait = (h: TestHost) => h.kss('wait', 'told', '--timeout', '60');
+
+    assert.equal(status(desk).state, 'ahead', 'enabled, not published yet');
+    assert.equal(wait(desk).status, 5);
+    ok(desk.call('told', 'prepare', 'begin', s.deskXml), 'desk start');
+    assert.match(desk.kss('status').stdout, /^told: synced; checked out here\n  here [0-9a-f]{12}, NAS [0-9a-f]{12}; layers: vda 1, vdb 1/u);
+    const running = wait(desk);
+    assert.equal(running.status, 11, running.stderr);
+    assert.match(running.stderr, /checked out here/u);
+    assert.equal(status(laptop).state, 'behind');
+    assert.match(laptop.kss('status', 'told').stdout, /behind \(the NAS is newer\); checked out by desk since /u);
+
+    qemuIo(deskDisks.vda, 'write -P 0x61 1M 1M');
+    ok(desk.call('told', 'release', 'end', s.deskXml), 'desk stop');
+    const done = wait(desk); // waits for the background push
+    assert.equal(done.status, 0, done.stderr);
+    assert.match(done.stdout, /^told: synced\n$/u);
+    assert.deepEqual(status(desk).layers, { vda: 2, vdb: 1 });
+
+    // A conflict: the laptop worked offline while the desktop pushed.
+    ok(laptop.call('told', 'prepare', 'begin', s.laptopXml), 'laptop start');
+    ok(laptop.call('told', 'release', 'end', s.laptopXml), 'laptop stop');
+    await laptop.waitForStop('told');
+    await setFlag((await laptop.config()).stateDir, 'told', 'skip-sync');
+    ok(laptop.call('told', 'prepare', 'begin', s.laptopXml), 'laptop start offline');
+    qemuIo(laptopDisks.vdb, 'write -P 0x62 1M 1M');
+    ok(desk.call('told', 'prepare', 'begin', s.deskXml), 'desk start');
+    qemuIo(deskDisks.vdb, 'write -P 0x63 1M 1M');
+    ok(desk.call('told', 'release', 'end', s.deskXml), 'desk stop');
+    assert.equal(wait(desk).status, 0);
+    ok(laptop.call('told', 'release', 'end', s.laptopXml), 'laptop stop');
+    const conflict = wait(laptop);
+    assert.equal(conflict.status, 9, conflict.stderr);
+    assert.match(conflict.stderr, /kss resolve told --keep local\|remote/u);
+    assert.equal(status(laptop).state, 'conflict');
+  });
+
   it('refuses a start while another host has the VM, and names it', async (t) => {
     const s = await twoHosts(t, 'leased');
     if (!s) return;

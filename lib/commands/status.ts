@@ -1,0 +1,89 @@
+// `kss status [VM]` and `kss wait VM`.
+import { readConfig } from '../config.js';
+import { ConflictError, DiskStateError, LeaseHeldError, LockedError, NasUnreachableError } from '../errors.js';
+import { isLocked } from '../lock.js';
+import { openRepository } from '../nas/open.js';
+import { domainLockPath } from '../sync/local-state.js';
+import { domainStatus, knownDomains, type DomainStatus } from '../sync/status.js';
+import type { CommandContext } from './lifecycle.js';
+import { printJson } from './output.js';
+
+const STATE_TEXT: Record<DomainStatus['state'], string> = {
+  synced: 'synced',
+  behind: 'behind (the NAS is newer)',
+  ahead: 'ahead (push pending)',
+  conflict: 'conflict (kss resolve)',
+  'not-enabled': 'not enabled',
+  offline: 'offline (NAS unreachable)',
+};
+
+/** How a status reads in one phrase: what is happening first, then where it stands. */
+export function describeStatus(s: DomainStatus, host: string): string {
+  const parts = [s.busy ? 'busy: syncing now (kss log)' : STATE_TEXT[s.state]];
+  if (s.lease && s.lease.host !== host) parts.push(`checked out by ${s.lease.host} since ${s.lease.since}`);
+  if (s.lease?.host === host) parts.push('checked out here');
+  return parts.join('; ');
+}
+
+/** `kss status [VM] [--json]` */
+export async function statusCommand(o: { domain: string | undefined; json: boolean }, context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  const domains = o.domain !== undefined ? [o.domain] : await knownDomains(config);
+  const repository = openRepository(config);
+  try {
+    const statuses: DomainStatus[] = [];
+    for (const domain of domains) statuses.push(await domainStatus(domain, config, repository));
+    if (o.json) return printJson(context, statuses);
+    if (statuses.length === 0) {
+      context.stderr.write('kss: no domain is managed on this host yet (kss enable VM)\n');
+      return;
+    }
+    for (const s of statuses) {
+      const short = (id: string | null) => (id === null ? 'none' : id.slice(0, 12));
+      const layers = Object.entries(s.layers).map(([disk, n]) => `${disk} ${n}`).join(', ') || '-';
+      context.stdout.write(
+        `${s.domain}: ${describeStatus(s, config.host)}\n  here ${short(s.localHead)}${s.pending > 0 ? ` (${s.pending} not on the NAS)` : ''}, NAS ${s.state === 'offline' ? '?' : short(s.nasHead)}; layers: ${layers}${s.lastSync ? `; last: ${s.lastSync.outcome} at ${s.lastSync.at}` : ''}\n`,
+      );
+    }
+  } finally {
+    await repository.close();
+  }
+}
+
+/**
+ * `kss wait VM [--timeout S]`: waits until no sync work runs for the domain, then
+ * succeeds when nothing of this host's is missing on the NAS and the VM is not checked
+ * out here (the other host can start it: safe to switch machines), and fails with the
+ * reason otherwise.
+ */
+export async function waitCommand(o: { domain: string; timeoutSeconds: number }, context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  const deadline = Date.now() + o.timeoutSeconds * 1000;
+  while (await isLocked(domainLockPath(config.stateDir, o.domain))) {
+    if (Date.now() > deadline) {
+      throw new LockedError(`${o.domain} is still syncing after ${o.timeoutSeconds} s`, { remedy: `kss log ${o.domain} shows what it does; wait longer with --timeout` });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  const repository = openRepository(config);
+  const s = await domainStatus(o.domain, config, repository).finally(() => repository.close());
+  context.stdout.write(`${o.domain}: ${describeStatus(s, config.host)}\n`);
+  switch (s.state) {
+    case 'offline':
+      throw new NasUnreachableError(`cannot tell whether ${o.domain} is on the NAS: ${s.problem}`, { remedy: 'check the network and the NAS, then run kss wait again' });
+    case 'conflict':
+      throw new ConflictError(`${o.domain} has changes here and on the NAS`, { remedy: `kss resolve ${o.domain} --keep local|remote` });
+    case 'ahead':
+      throw new DiskStateError(`${s.pending} generation(s) of ${o.domain} are not on the NAS yet (last: ${s.lastSync?.outcome ?? 'never synced'})`, {
+        remedy: `start and shut down ${o.domain} once with the NAS reachable (that pushes them); kss log ${o.domain} tells why the last push did not happen`,
+      });
+    case 'not-enabled':
+      throw new DiskStateError(`${o.domain} is not managed on this host`, { remedy: `kss enable ${o.domain}` });
+    default:
+      if (s.lease?.host === config.host) {
+        throw new LeaseHeldError(`${o.domain} is checked out here (it runs, or was stopped with --no-push): the other host cannot start it`, {
+          remedy: `shut it down (kss stop ${o.domain}); its changes then go to the NAS`,
+        });
+      }
+  }
+}

@@ -1,0 +1,79 @@
+// Where a domain stands between this host and the NAS, for `kss status` and `kss wait`.
+// judgeSync is pure; domainStatus gathers what it judges.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Config } from '../config.js';
+import { readChain } from '../layers.js';
+import { isLocked } from '../lock.js';
+import type { Lease } from '../nas/format.js';
+import type { NasRepository } from '../nas/repository.js';
+import { pathExists } from '../durable-fs.js';
+import type { NasView } from './decide.js';
+import { domainLockPath, localHead, readLocalState } from './local-state.js';
+import { lookAtNas } from './session.js';
+
+/**
+ * synced: both sides have the same newest generation; behind: the NAS has a newer one
+ * (this host has nothing it lacks); ahead: this host has generations the NAS lacks;
+ * conflict: both; not-enabled: neither side has anything; offline: the NAS cannot be
+ * asked.
+ */
+export type SyncState = 'synced' | 'behind' | 'ahead' | 'conflict' | 'not-enabled' | 'offline';
+
+export function judgeSync(local: { synced: string | null; pending: number }, nas: NasView): SyncState {
+  if (!nas.reachable) return 'offline';
+  if (nas.head === null && local.synced === null) return local.pending > 0 ? 'ahead' : 'not-enabled';
+  if (local.pending > 0) return nas.head === local.synced ? 'ahead' : 'conflict';
+  return nas.head === local.synced ? 'synced' : 'behind';
+}
+
+export interface DomainStatus {
+  domain: string;
+  state: SyncState;
+  /** A start, a stop's background work or a kss command is working on it now. */
+  busy: boolean;
+  /** Generations sealed here and not on the NAS yet. */
+  pending: number;
+  localHead: string | null;
+  nasHead: string | null;
+  lease: Lease | null;
+  /** Layers under each disk's top, here. */
+  layers: Record<string, number>;
+  /** Why the NAS could not be asked. */
+  problem?: string;
+  lastSync?: { at: string; outcome: string };
+}
+
+/** The domains this host keeps state for. */
+export async function knownDomains(config: Config): Promise<string[]> {
+  const dirs = await readdir(join(config.stateDir, 'domains')).catch(() => [] as string[]);
+  const names: string[] = [];
+  for (const dir of dirs) {
+    const state = await readLocalState(config.stateDir, decodeURIComponent(dir)).catch(() => undefined);
+    if (state?.synced || state?.pending.length) names.push(state.domain);
+  }
+  return names.sort();
+}
+
+/** Looks at one domain here and on the NAS (an unreachable NAS is part of the answer). */
+export async function domainStatus(domain: string, config: Config, repository: NasRepository): Promise<DomainStatus> {
+  const busy = await isLocked(domainLockPath(config.stateDir, domain));
+  const state = await readLocalState(config.stateDir, domain);
+  const { manifest, nas } = await lookAtNas(repository, domain);
+  const layers: Record<string, number> = {};
+  for (const [target, top] of Object.entries(state.disks)) {
+    if (await pathExists(top)) layers[target] = (await readChain(top)).length - 1;
+  }
+  return {
+    domain,
+    state: judgeSync({ synced: state.synced?.id ?? null, pending: state.pending.length }, nas),
+    busy,
+    pending: state.pending.length,
+    localHead: localHead(state)?.id ?? null,
+    nasHead: manifest?.head ?? null,
+    lease: manifest?.lease ?? null,
+    layers,
+    ...(nas.reachable ? {} : { problem: nas.problem }),
+    ...(state.lastSync ? { lastSync: state.lastSync } : {}),
+  };
+}

@@ -62,6 +62,12 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       async (argv) => (await import('./commands/domain.js')).enableCommand({ domain: argv.domain }, context(argv.config)),
     )
     .command(
+      'disable <domain>',
+      'take a shut-off domain out of management here, losing nothing: its disks become standalone images again',
+      (y) => y.positional('domain', { type: 'string', demandOption: true }),
+      async (argv) => (await import('./commands/domain.js')).disableCommand({ domain: argv.domain }, context(argv.config)),
+    )
+    .command(
       'status [domain]',
       'where each managed domain stands: synced, behind, ahead (push pending), busy, conflict, checked out by another host, offline',
       (y) =>

@@ -18,6 +18,7 @@ import { fsyncDir, fsyncFile, pathExists, renameDurably, tempPathBeside } from '
 import { isSha256, sha256File, type ProgressCallback } from './hash.js';
 import {
   checkCommand,
+  compareCommand,
   createOverlayCommand,
   flattenCommand,
   infoChainCommand,
@@ -295,6 +296,26 @@ export async function compactLayer(layersDir: string, layer: string, onto: strin
     await fsyncFile(temp);
     deps.onStep?.('compact:replace');
     await renameDurably(temp, join(layersDir, layerFileName(layer)));
+  } finally {
+    await rm(temp, { force: true });
+  }
+}
+
+/**
+ * Makes a top a standalone image again: the guest content of its whole chain is copied
+ * into a new file beside it, compared with the chain, and renamed over the top. The
+ * layers are left where they are. Steps: flatten:copy, flatten:replace.
+ */
+export async function flattenTop(topPath: string, deps: EngineDeps = defaultDeps): Promise<void> {
+  const temp = tempPathBeside(topPath, 'flat');
+  try {
+    deps.onStep?.('flatten:copy');
+    await deps.run(flattenCommand(topPath, temp));
+    const { exitCode } = await deps.run(compareCommand(topPath, temp));
+    if (exitCode !== 0) throw new IntegrityError(`the standalone copy of ${topPath} does not read like its chain; nothing was changed`, { remedy: 'check the chain with kss check' });
+    await fsyncFile(temp);
+    deps.onStep?.('flatten:replace');
+    await renameDurably(temp, topPath);
   } finally {
     await rm(temp, { force: true });
   }

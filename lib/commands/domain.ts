@@ -1,4 +1,4 @@
-// `kss enable VM` and `kss log VM`.
+// `kss enable VM`, `kss disable VM` and `kss log VM`.
 import { createReadStream, existsSync, watch } from 'node:fs';
 import { readConfig } from '../config.js';
 import { syncedDisks } from '../domain-xml.js';
@@ -55,4 +55,24 @@ export async function logCommand(o: { domain: string; follow: boolean }, context
   await new Promise<never>(() => {
     watch(file, () => void print());
   });
+}
+
+/**
+ * `kss disable VM`: takes a shut-off domain out of management on this host, losing
+ * nothing (lib/sync/disable.ts), and removes our metadata from its definition.
+ */
+export async function disableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  const uri = libvirtUri(context.env);
+  const state = (await runCommand(virshCommand(uri, 'domstate', o.domain))).stdout.trim();
+  if (state !== 'shut off') throw new UsageError(`${o.domain} is ${state}`, { remedy: `shut it down first: kss stop ${o.domain}` });
+  const log = new Logger([streamSink(context.stderr, 'warn')]);
+  const { disableDomain } = await import('../sync/disable.js');
+  const { openRepository } = await import('../nas/open.js');
+  const done = await disableDomain(o.domain, { config, log, openRepository: () => openRepository(config, log) });
+  await runCommand(virshCommand(uri, 'metadata', o.domain, '--uri', NAMESPACE_URI, '--remove', '--config'));
+  context.stdout.write(
+    `${o.domain}: no longer managed here; ${done.disks.join(', ') || 'no disk'} standalone again. The layers beside the disks (*.layers/) and the NAS copy are kept; remove them by hand when you no longer want them.\n`,
+  );
+  if (done.unpushed > 0) context.stderr.write(`kss: warning: ${done.unpushed} generation(s) never reached the NAS; they are in the disks, not on the NAS\n`);
 }

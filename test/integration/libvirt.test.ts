@@ -193,6 +193,38 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await d.waitForStop('hand');
   });
 
+  it('takes a VM out of management losing nothing (kss disable), and back in (kss enable)', async (t) => {
+    if (!ready(t)) return;
+    const d = desk as LibvirtHost;
+    const disks = await defineWork(d, 'gone', true);
+    await session(d, 'gone', ['write -P 0xb1 2M 1M']);
+    d.mustVirsh('start', 'gone');
+    d.guestIo('gone', 'write -P 0xb2 3M 1M');
+    assert.equal(d.kss(['stop', 'gone', '--no-push', '--force']).status, 0);
+    await d.waitForStop('gone');
+    const before = digests(d, disks);
+
+    const off = d.kss(['disable', 'gone']);
+    assert.equal(off.status, 0, off.stderr);
+    assert.match(off.stdout, /gone: no longer managed here; vda, vdb standalone again/u);
+    assert.match(off.stderr, /1 generation\(s\) never reached the NAS; they are in the disks/u);
+    assert.deepEqual(digests(d, disks), before, 'every byte is still there');
+    for (const disk of Object.values(disks)) {
+      const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-U', d.outside(disk)], { encoding: 'utf8' }));
+      assert.equal(info['backing-filename'], undefined, `${disk} stands alone`);
+    }
+    assert.doesNotMatch(d.mustVirsh('dumpxml', 'gone'), /kvm-snapshot-sync/u);
+    const manifest = JSON.parse(readFileSync(join((nas as SshNas).root, 'domains', 'gone', 'manifest.json'), 'utf8'));
+    assert.equal(manifest.lease, null, 'the lease is given back');
+
+    d.mustVirsh('start', 'gone'); // unmanaged now: the hook leaves it alone
+    d.guestIo('gone', 'read -P 0xb2 3M 1M');
+    d.mustVirsh('destroy', 'gone');
+    const again = d.kss(['enable', 'gone']);
+    assert.equal(again.status, 0, again.stderr);
+    assert.match(d.mustVirsh('dumpxml', 'gone'), /urn:kvm-snapshot-sync:domain:1/u);
+  });
+
   it('refuses a corrupted layer from the NAS and leaves the local VM as it was, startable', async (t) => {
     if (!ready(t)) return;
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];

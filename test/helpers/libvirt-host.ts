@@ -184,6 +184,19 @@ export class LibvirtHost {
   }
 
   /**
+   * One session: start the domain (`virsh start`, or the kss command line given), the
+   * guest's reads and writes (guestIo on its first disk), `virsh destroy`, and the stop
+   * work finished.
+   */
+  async session(domain: string, io: string[] = [], kssStart?: string[]): Promise<void> {
+    const started = kssStart ? this.kss(kssStart) : this.virsh('start', domain);
+    if (started.status !== 0) throw new Error(`start of ${domain} on ${this.name}: ${started.stderr}\n${this.hookLog(domain)}`);
+    for (const command of io) this.guestIo(domain, command);
+    this.mustVirsh('destroy', domain);
+    await this.waitForStop(domain);
+  }
+
+  /**
    * Waits until the background work of this domain's next stop has finished. Every stop
    * counts, a start that failed or was refused too (libvirt runs the release hook after
    * it): call this once for each.

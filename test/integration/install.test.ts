@@ -63,10 +63,7 @@ describe('install.sh in a simulated host', () => {
     h.define('vm', tinyDomainXml('vm', { vda: disk }, false));
     const enabled = h.inside(['kss', 'enable', 'vm']);
     assert.equal(enabled.status, 0, enabled.stderr);
-    h.mustVirsh('start', 'vm');
-    h.guestIo('vm', 'write -P 0x42 1M 1M');
-    h.mustVirsh('destroy', 'vm');
-    await h.waitForStop('vm');
+    await h.session('vm', ['write -P 0x42 1M 1M']);
     const manifest = JSON.parse(readFileSync(h.outside('/var/lib/kvm-snapshot-sync/nas/domains/vm/manifest.json'), 'utf8'));
     assert.equal(Object.keys(manifest.generations).length, 2, 'the base and the session reached the local NAS');
     assert.equal(manifest.lease, null);
@@ -105,10 +102,7 @@ describe('install.sh in a simulated host', () => {
     assert.equal(readFileSync(h.outside(HOOK), 'utf8'), foreign);
     assert.ok(sameBytes(h.outside(BESIDE), BINARY));
 
-    h.mustVirsh('start', 'vm');
-    h.guestIo('vm', 'read -P 0x42 1M 1M');
-    h.mustVirsh('destroy', 'vm');
-    await h.waitForStop('vm');
+    await h.session('vm', ['read -P 0x42 1M 1M']);
     assert.match(readFileSync(h.outside('/var/lib/libvirt/foreign-hook.log'), 'utf8'), /^vm prepare begin -$/mu, 'the other hook still runs');
 
     install(h, '--uninstall');

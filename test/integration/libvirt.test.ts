@@ -35,18 +35,6 @@ async function defineWork(host: LibvirtHost, domain: string, enable: boolean): P
   return disks;
 }
 
-/**
- * One session: start the domain (`virsh start`, or the kss command line given), the
- * guest's reads and writes, `virsh destroy`, and the stop work finished.
- */
-async function session(h: LibvirtHost, domain: string, io: string[] = [], kssStart?: string[]): Promise<void> {
-  const started = kssStart ? h.kss(kssStart) : h.virsh('start', domain);
-  assert.equal(started.status, 0, `start of ${domain} on ${h.name}: ${started.stderr}\n${h.hookLog(domain)}`);
-  for (const command of io) h.guestIo(domain, command);
-  h.mustVirsh('destroy', domain);
-  await h.waitForStop(domain);
-}
-
 function digests(host: LibvirtHost, disks: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(disks).map(([target, path]) => [target, guestDigest(host.outside(path))]));
 }
@@ -93,7 +81,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await l.waitForStop('work');
     assert.deepEqual(Object.keys(day1), ['vda', 'vdb']);
 
-    await session(d, 'work', ['read -P 0x7c 20M 1M', 'read -P 0x5a 16M 3M']);
+    await d.session('work', ['read -P 0x7c 20M 1M', 'read -P 0x5a 16M 3M']);
     assert.deepEqual(digests(d, disks), digests(l, disks), 'both hosts hold the same bytes');
   });
 
@@ -102,11 +90,11 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     await defineWork(d, 'split', true);
     await defineWork(l, 'split', false);
-    await session(d, 'split');
-    await session(l, 'split', ['write -P 0x21 8M 1M']);
+    await d.session('split');
+    await l.session('split', ['write -P 0x21 8M 1M']);
     // The desktop works on yesterday's state without syncing; the laptop works too and pushes.
-    await session(d, 'split', ['read -P 0x11 0 4M', 'write -P 0x31 8M 1M'], ['start', 'split', '--no-sync']);
-    await session(l, 'split', ['write -P 0x41 12M 1M']);
+    await d.session('split', ['read -P 0x11 0 4M', 'write -P 0x31 8M 1M'], ['start', 'split', '--no-sync']);
+    await l.session('split', ['write -P 0x41 12M 1M']);
     assert.match(d.hookLog('split'), /kept here \(conflict: the NAS head moved/u, "the desktop's push was refused");
 
     const refused = d.virsh('start', 'split');
@@ -120,26 +108,26 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(remote.status, 0, remote.stderr);
     const branch = /the other side is branch (\S+)/u.exec(remote.stdout)?.[1] as string;
     assert.ok(branch, remote.stdout);
-    await session(d, 'split', ['read -P 0x21 8M 1M', 'read -P 0x41 12M 1M']);
+    await d.session('split', ['read -P 0x21 8M 1M', 'read -P 0x41 12M 1M']);
     assert.match(d.kss(['snapshot', 'list', 'split']).stdout, new RegExp(`branch ${branch}`, 'u'));
 
     // The branch is restorable: the desktop's lost session comes back as a new generation.
     const back = d.kss(['rollback', 'split', '--to', branch]);
     assert.equal(back.status, 0, back.stderr);
-    await session(d, 'split', ['read -P 0x31 8M 1M', 'read -P 0x11 0 4M']);
+    await d.session('split', ['read -P 0x31 8M 1M', 'read -P 0x11 0 4M']);
 
     // And keeping the local side: the laptop works offline, the desktop pushes meanwhile.
-    await session(l, 'split', ['read -P 0x21 8M 1M', 'write -P 0x51 16M 1M'], ['start', 'split', '--no-sync']);
-    await session(d, 'split', ['write -P 0x61 20M 1M']);
+    await l.session('split', ['read -P 0x21 8M 1M', 'write -P 0x51 16M 1M'], ['start', 'split', '--no-sync']);
+    await d.session('split', ['write -P 0x61 20M 1M']);
     assert.notEqual(l.virsh('start', 'split').status, 0);
     await l.waitForStop('split');
     const local = l.kss(['resolve', 'split', '--keep', 'local']);
     assert.equal(local.status, 0, local.stderr);
-    await session(l, 'split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
-    await session(d, 'split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
+    await l.session('split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
+    await d.session('split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
     const kept = /the other side is branch (\S+)/u.exec(local.stdout)?.[1] as string;
     assert.equal(d.kss(['rollback', 'split', '--to', kept]).status, 0);
-    await session(d, 'split', ['read -P 0x61 20M 1M']);
+    await d.session('split', ['read -P 0x61 20M 1M']);
   });
 
   it('stops without a push when asked, keeping the lease here; the next start pushes', async (t) => {
@@ -159,9 +147,9 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.match(refused.stderr, /held is in use on host desk/u);
     await l.waitForStop('held');
 
-    await session(d, 'held'); // pushes what the last stop kept, then starts
+    await d.session('held'); // pushes what the last stop kept, then starts
     assert.match(d.hookLog('held'), /decision=push-then-start/u);
-    await session(l, 'held', ['read -P 0x71 8M 1M']);
+    await l.session('held', ['read -P 0x71 8M 1M']);
   });
 
   it('pushes and pulls by hand, with progress (kss push, kss pull)', async (t) => {
@@ -169,7 +157,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     await defineWork(d, 'hand', true);
     await defineWork(l, 'hand', false);
-    await session(d, 'hand');
+    await d.session('hand');
     d.mustVirsh('start', 'hand');
     d.guestIo('hand', 'write -P 0xa1 4M 2M');
     assert.equal(d.kss(['stop', 'hand', '--no-push', '--force']).status, 0);
@@ -184,7 +172,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(pulled.status, 0, pulled.stderr);
     assert.match(pulled.stderr, /pull vda [0-9a-f]{12}: .*\(100%\)/u);
     assert.match(pulled.stdout, /^hand: generation [0-9a-f]{12} from desk .* is here; the next start uses it\n$/u);
-    await session(l, 'hand', ['read -P 0xa1 4M 2M']);
+    await l.session('hand', ['read -P 0xa1 4M 2M']);
     assert.doesNotMatch(l.hookLog('hand'), /pulling layer/u, 'the start had nothing left to fetch');
     const running = d.inside(['virsh', '-c', 'qemu:///system', 'start', 'hand']);
     assert.equal(running.status, 0, running.stderr);
@@ -197,7 +185,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     if (!ready(t)) return;
     const d = desk as LibvirtHost;
     const disks = await defineWork(d, 'gone', true);
-    await session(d, 'gone', ['write -P 0xb1 2M 1M']);
+    await d.session('gone', ['write -P 0xb1 2M 1M']);
     d.mustVirsh('start', 'gone');
     d.guestIo('gone', 'write -P 0xb2 3M 1M');
     assert.equal(d.kss(['stop', 'gone', '--no-push', '--force']).status, 0);
@@ -230,8 +218,8 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     const disks = await defineWork(d, 'rot', true);
     await defineWork(l, 'rot', false);
-    await session(d, 'rot');
-    await session(l, 'rot', ['write -P 0x81 8M 1M']);
+    await d.session('rot');
+    await l.session('rot', ['write -P 0x81 8M 1M']);
     const before = digests(d, disks);
     const files = readdirSync(join((nas as SshNas).root, 'domains', 'rot', 'layers')).map((name) => join((nas as SshNas).root, 'domains', 'rot', 'layers', name));
     const newest = files.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0] as string;
@@ -246,12 +234,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await d.waitForStop('rot');
     assert.deepEqual(digests(d, disks), before, 'nothing local changed');
     for (const disk of Object.values(disks)) assert.deepEqual(readdirSync(d.outside(`${disk}.layers`)).filter((name) => name.includes('.part')), [], 'no partial download left');
-    const offline = d.kss(['start', 'rot', '--no-sync']);
-    assert.equal(offline.status, 0, offline.stderr);
-    d.guestIo('rot', 'read -P 0x11 0 4M');
-    d.guestIo('rot', 'read -P 0x00 8M 1M');
-    d.mustVirsh('destroy', 'rot');
-    await d.waitForStop('rot');
+    await d.session('rot', ['read -P 0x11 0 4M', 'read -P 0x00 8M 1M'], ['start', 'rot', '--no-sync']);
   });
 
   it('shows the lease holder to whoever runs virsh start elsewhere', async (t) => {
@@ -268,16 +251,16 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await l.waitForStop('leased'); // a refused start is a stop too
     d.mustVirsh('destroy', 'leased');
     await d.waitForStop('leased');
-    await session(l, 'leased');
+    await l.session('leased');
   });
 
   it('starts with KSS_NO_SYNC=1 virsh start when the NAS is away, and refuses without it', async (t) => {
     if (!ready(t)) return;
     const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
     const disks = await defineWork(d, 'away', true);
-    await session(d, 'away');
+    await d.session('away');
     await defineWork(l, 'away', false);
-    await session(l, 'away');
+    await l.session('away');
     const before = digests(d, disks);
 
     (nas as SshNas).setLink(false);
@@ -301,7 +284,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     if (!ready(t)) return;
     const d = desk as LibvirtHost;
     const disks = await defineWork(d, 'broken', true);
-    await session(d, 'broken');
+    await d.session('broken');
     const before = digests(d, disks);
     // QEMU itself refuses this argument: the start fails after prepare has run.
     const failing = tinyDomainXml('broken', disks, true)
@@ -352,7 +335,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.guestIo('saved', 'read -P 0x91 8M 1M');
     d.mustVirsh('destroy', 'saved');
     await d.waitForStop('saved');
-    await session(l, 'saved', ['read -P 0x91 8M 1M']);
+    await l.session('saved', ['read -P 0x91 8M 1M']);
   });
 
   it('leaves an unmanaged domain alone', async (t) => {

@@ -61,10 +61,11 @@ export async function prepareStart(domain: string, disks: Record<string, string>
       async () => {
         const state = await readLocalState(config.stateDir, domain);
         state.disks = disks;
+        // One-shot flags are consumed by this start whatever else asks the same.
         const flags = {
           restoring: await takeFlag(config.stateDir, domain, 'restoring'),
-          skipSync: client.skipSync || (await takeFlag(config.stateDir, domain, 'skip-sync')),
-          stealLease: client.stealLease || (await takeFlag(config.stateDir, domain, 'steal-lease')),
+          skipSync: (await takeFlag(config.stateDir, domain, 'skip-sync')) || client.skipSync,
+          stealLease: (await takeFlag(config.stateDir, domain, 'steal-lease')) || client.stealLease,
         };
         if (client.skipSync || client.stealLease) log.info('asked by the client environment', { note: client.note, noSync: client.skipSync, stealLease: client.stealLease });
         const useNas = !flags.restoring && !flags.skipSync;

@@ -10,7 +10,8 @@ import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { nasPaths, type Manifest } from '../../lib/nas/format.js';
 import { NasRepository } from '../../lib/nas/repository.js';
 import { enableDisks } from '../../lib/sync/enable.js';
-import { setFlag } from '../../lib/sync/local-state.js';
+import { hasFlag, setFlag } from '../../lib/sync/local-state.js';
+import { prepareStart } from '../../lib/sync/start.js';
 import { MiB, createImage, guestDigest, qemuIo } from '../helpers/disks.js';
 import { TestHost, managedDomainXml } from '../helpers/hosts.js';
 import { requireTools } from '../helpers/tools.js';
@@ -178,6 +179,24 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     assert.equal(conflict.status, 9, conflict.stderr);
     assert.match(conflict.stderr, /kss resolve told --keep local\|remote/u);
     assert.equal(status(laptop).state, 'conflict');
+  });
+
+  it('consumes the one-shot flags of a start even when the client environment asks the same', async (t) => {
+    const s = await twoHosts(t, 'once');
+    if (!s) return;
+    const config = await s.desk.config();
+    await setFlag(config.stateDir, 'once', 'skip-sync');
+    await setFlag(config.stateDir, 'once', 'steal-lease');
+    const repository = () => new NasRepository(new DirTransport({ root: nas, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'desk' });
+    await prepareStart('once', s.deskDisks, {
+      config,
+      log: s.desk.quietLog(),
+      openRepository: repository,
+      clientEnvironment: async () => ({ skipSync: true, stealLease: true, note: 'as a local KSS_NO_SYNC=1 virsh start would' }),
+    });
+    assert.equal(await hasFlag(config.stateDir, 'once', 'skip-sync'), false, 'the flag does not wait for a later start');
+    assert.equal(await hasFlag(config.stateDir, 'once', 'steal-lease'), false);
+    assert.equal(await manifestOf('once'), undefined, 'and the NAS was not asked');
   });
 
   it('refuses a start while another host has the VM, and names it', async (t) => {

@@ -68,6 +68,12 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       async (argv) => (await import('./commands/domain.js')).disableCommand({ domain: argv.domain }, context(argv.config)),
     )
     .command(
+      'doctor',
+      'check the configuration, the NAS, the tools, the hook, space and the image directories; each problem with its fix',
+      (y) => y,
+      async (argv) => (await import('./commands/doctor.js')).doctorCommand(context(argv.config)),
+    )
+    .command(
       'status [domain]',
       'where each managed domain stands: synced, behind, ahead (push pending), busy, conflict, checked out by another host, offline',
       (y) =>

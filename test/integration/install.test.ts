@@ -69,6 +69,23 @@ describe('install.sh in a simulated host', () => {
     assert.equal(manifest.lease, null);
   });
 
+  it('kss doctor finds everything in order, and says how to fix what is not', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    const healthy = h.inside(['kss', 'doctor']);
+    assert.equal(healthy.status, 0, healthy.stdout + healthy.stderr);
+    for (const what of ['config', 'qemu-img', 'ssh', 'zstd', 'openssl', 'nas', 'hook', 'space']) assert.match(healthy.stdout, new RegExp(`^OK    ${what} `, 'mu'));
+    assert.match(healthy.stdout, /^OK    hook      \/etc\/libvirt\/hooks\/qemu$/mu);
+
+    const nasGone = h.inside(['kss', 'doctor'], undefined, { KSS_CONFIG: '/etc/kvm-snapshot-sync/elsewhere.json' });
+    assert.equal(nasGone.status, 3, 'a missing config file is a configuration error');
+    assert.match(nasGone.stdout, /^FAIL  config .*does not exist\n      fix: run install.sh/mu);
+    writeFileSync(h.outside('/etc/kvm-snapshot-sync/elsewhere.json'), JSON.stringify({ host: 'inst', nas: '/srv/not-there' }));
+    const away = h.inside(['kss', 'doctor'], undefined, { KSS_CONFIG: '/etc/kvm-snapshot-sync/elsewhere.json' });
+    assert.equal(away.status, 8, away.stdout);
+    assert.match(away.stdout, /^FAIL  nas       the NAS directory \/srv\/not-there does not exist\n      fix: mount the share/mu);
+  });
+
   it('changes nothing when run again, and only the keys that later flags name', async (t) => {
     const h = ready(t);
     if (!h) return;
@@ -93,6 +110,9 @@ describe('install.sh in a simulated host', () => {
     const said = install(h, '--uninstall');
     assert.match(said, /removed the hook \/etc\/libvirt\/hooks\/qemu/u);
     for (const gone of [HOOK, '/usr/local/bin/kss', '/usr/local/lib/kvm-snapshot-sync']) assert.ok(!existsSync(h.outside(gone)), `${gone} is removed`);
+    const noHook = h.inside([BINARY, 'doctor']);
+    assert.equal(noHook.status, 3);
+    assert.match(noHook.stdout, /^FAIL  hook      no kvm-snapshot-sync hook in .*\n      fix: run install.sh$/mu);
     for (const kept of [CONFIG, '/var/lib/kvm-snapshot-sync/nas/domains/vm/manifest.json', '/var/log/kvm-snapshot-sync/vm.log']) assert.ok(existsSync(h.outside(kept)), `${kept} is kept`);
 
     const foreign = '#!/bin/sh\necho "$@" >> /var/lib/libvirt/foreign-hook.log\n';

@@ -253,17 +253,11 @@ export async function mergeLayers(
       throw new DiskStateError(`cannot merge: layer ${onto} is not below ${top} in ${layersDir}`);
     }
   }
-  const temp = join(layersDir, `${MERGING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  const temp = mergingPath(layersDir);
   try {
     deps.onStep?.('merge:copy');
-    if (onto === undefined) {
-      await deps.run(flattenCommand(topFile, temp));
-    } else {
-      // An empty overlay on `top`, moved onto `onto` by a safe rebase: qemu-img copies
-      // into it exactly the clusters where the two chains differ.
-      await deps.run(createOverlayCommand(temp, layerFileName(top)));
-      await deps.run(rebaseSafeCommand(temp, layerFileName(onto)));
-    }
+    if (onto === undefined) await deps.run(flattenCommand(topFile, temp));
+    else await copyOnto(temp, top, onto, deps);
     const hash = await sha256File(temp, deps.onProgress);
     deps.onStep?.('merge:publish');
     await chmod(temp, 0o444);
@@ -274,6 +268,21 @@ export async function mergeLayers(
   } finally {
     await rm(temp, { force: true });
   }
+}
+
+/** A temporary file in a layers directory for a merge (removeMergeLeftovers knows it). */
+function mergingPath(layersDir: string): string {
+  return join(layersDir, `${MERGING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+}
+
+/**
+ * Writes into `temp` (in the layers directory) an image with the guest content of layer
+ * `top` that stands directly on layer `onto`: an empty overlay on `top`, moved onto
+ * `onto` by a safe rebase, which copies in exactly the clusters where the chains differ.
+ */
+async function copyOnto(temp: string, top: string, onto: string, deps: EngineDeps): Promise<void> {
+  await deps.run(createOverlayCommand(temp, layerFileName(top)));
+  await deps.run(rebaseSafeCommand(temp, layerFileName(onto)));
 }
 
 /**
@@ -287,11 +296,10 @@ export async function mergeLayers(
  * Steps: compact:copy, compact:replace.
  */
 export async function compactLayer(layersDir: string, layer: string, onto: string, deps: EngineDeps = defaultDeps): Promise<void> {
-  const temp = join(layersDir, `${MERGING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  const temp = mergingPath(layersDir);
   try {
     deps.onStep?.('compact:copy');
-    await deps.run(createOverlayCommand(temp, layerFileName(layer)));
-    await deps.run(rebaseSafeCommand(temp, layerFileName(onto)));
+    await copyOnto(temp, layer, onto, deps);
     await chmod(temp, 0o444);
     await fsyncFile(temp);
     deps.onStep?.('compact:replace');

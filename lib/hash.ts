@@ -1,4 +1,4 @@
-// SHA-256 of files, streamed: a 12 GB layer is never held in memory.
+// SHA-256: of files, streamed (a 12 GB layer is never held in memory), and of small data.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 
@@ -15,6 +15,11 @@ export async function sha256File(path: string, onProgress?: ProgressCallback): P
     onProgress?.(done);
   }
   return hash.digest('hex');
+}
+
+/** The lowercase hex SHA-256 of bytes or text in memory (a manifest, an id's parts). */
+export function sha256Of(data: string | Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/u;

@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomic, fsyncDir } from '../durable-fs.js';
+import { sha256Of } from '../hash.js';
 import { IntegrityError, NasFullError, NasUnreachableError } from '../errors.js';
 import { hashPrefix, receiveFile } from './receive-file.js';
 import type { ExclusiveResult, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
@@ -104,7 +105,7 @@ export class DirTransport implements NasTransport {
           if (isCode(error, 'ENOENT')) return undefined;
           throw error;
         });
-        const currentSha256 = current === undefined ? null : createHash('sha256').update(current).digest('hex');
+        const currentSha256 = current === undefined ? null : sha256Of(current);
         if (currentSha256 !== guard.expectedSha256) return { outcome: 'changed' };
         await mkdir(dirname(full), { recursive: true });
         await writeFileAtomic(full, data);

@@ -12,9 +12,8 @@
 // A layer is published (renamed into layers/) only once complete and verified; a
 // manifest names only published layers and is replaced atomically (temp, fsync, rename)
 // under the lock, and only when its head is still the one the writer started from.
-import { createHash } from 'node:crypto';
 import { escapeFileName } from '../file-names.js';
-import { isSha256 } from '../hash.js';
+import { isSha256, sha256Of } from '../hash.js';
 
 export const NAS_FORMAT = 1;
 
@@ -85,7 +84,7 @@ export function generationId(generation: Omit<Generation, 'id'>): string {
     .sort()
     .map((target) => [target, generation.disks[target]]);
   const canonical = JSON.stringify([generation.parent, generation.host, generation.created, disks]);
-  return createHash('sha256').update(canonical).digest('hex');
+  return sha256Of(canonical);
 }
 
 /** Serializes a manifest (stable key order as built, indented for people who look). */

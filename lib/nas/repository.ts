@@ -2,10 +2,10 @@
 // place that knows the order that keeps the NAS whole: layers are published complete
 // and verified first; the manifest that names them is written after, atomically, under
 // the domain's NAS lock, and only if its head is still the one the writer started from.
-import { createHash } from 'node:crypto';
 import { chmod, link, mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir } from '../durable-fs.js';
+import { sha256Of } from '../hash.js';
 import { ConflictError, IntegrityError, LockedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
@@ -86,7 +86,7 @@ export class NasRepository {
     if (data === undefined) return this.seen(domain, { manifest: undefined, sha256: null });
     try {
       const manifest = parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`);
-      return this.seen(domain, { manifest, sha256: sha256(data) });
+      return this.seen(domain, { manifest, sha256: sha256Of(data) });
     } catch (error) {
       throw new IntegrityError((error as Error).message, {
         remedy: 'the manifest on the NAS is damaged or from a newer version; nothing was changed',
@@ -168,7 +168,7 @@ export class NasRepository {
       switch (result.outcome) {
         case 'replaced':
           this.options.log?.info('manifest updated', { domain, revision: next.revision, head: next.head ?? 'none' });
-          this.seen(domain, { manifest: next, sha256: sha256(data) });
+          this.seen(domain, { manifest: next, sha256: sha256Of(data) });
           return next;
         case 'missing':
           throw new IntegrityError(`layer file ${result.path} is not on the NAS; the manifest was not changed`, {
@@ -287,10 +287,6 @@ export class NasRepository {
     }
     this.markerChecked = true;
   }
-}
-
-function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
 }
 
 function conflict(domain: string, manifest: Manifest, basedOn: string | null): ConflictError {

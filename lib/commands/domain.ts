@@ -9,6 +9,7 @@ import { runCommand } from '../runner.js';
 import { enableDisks } from '../sync/enable.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
 import type { CommandContext } from './lifecycle.js';
+import { definedDomain, requireShutOff } from './libvirt-domain.js';
 
 /**
  * Takes a defined, shut-off domain under management: its qcow2 disks' current content
@@ -18,11 +19,8 @@ import type { CommandContext } from './lifecycle.js';
 export async function enableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const uri = libvirtUri(context.env);
-  const state = (await runCommand(virshCommand(uri, 'domstate', o.domain))).stdout.trim();
-  if (state !== 'shut off') throw new UsageError(`${o.domain} is ${state}`, { remedy: `shut it down first: virsh shutdown ${o.domain}` });
-  const { parseDomainXml } = await import('../domain-xml.js');
-  const domain = await parseDomainXml((await runCommand(virshCommand(uri, 'dumpxml', '--inactive', o.domain))).stdout);
-  const disks = syncedDisks(domain);
+  await requireShutOff(o.domain, context.env, `shut it down first: virsh shutdown ${o.domain}`);
+  const disks = syncedDisks(await definedDomain(o.domain, context.env));
   if (disks.length === 0) throw new DiskStateError(`${o.domain} has no writable file disk to sync`);
   const raw = disks.filter((disk) => disk.format !== 'qcow2');
   if (raw.length > 0) {
@@ -64,8 +62,7 @@ export async function logCommand(o: { domain: string; follow: boolean }, context
 export async function disableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const uri = libvirtUri(context.env);
-  const state = (await runCommand(virshCommand(uri, 'domstate', o.domain))).stdout.trim();
-  if (state !== 'shut off') throw new UsageError(`${o.domain} is ${state}`, { remedy: `shut it down first: kss stop ${o.domain}` });
+  await requireShutOff(o.domain, context.env, `shut it down first: kss stop ${o.domain}`);
   const log = new Logger([streamSink(context.stderr, 'warn')]);
   const { disableDomain } = await import('../sync/disable.js');
   const { openRepository } = await import('../nas/open.js');

@@ -13,6 +13,7 @@ import { finishStop } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
 import type { SyncDeps } from '../sync/start.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
+import { definedDomain, requireShutOff } from './libvirt-domain.js';
 import type { Output } from './output.js';
 
 export interface CommandContext extends Output {
@@ -87,13 +88,6 @@ export async function gcCommand(o: { domain: string }, context: CommandContext):
   );
 }
 
-/** The domain's file disks to sync, from its definition (target → path). */
-async function definedDisks(domain: string, context: CommandContext): Promise<Record<string, string>> {
-  const { parseDomainXml, syncedDisks } = await import('../domain-xml.js');
-  const xml = (await runCommand(virshCommand(libvirtUri(context.env), 'dumpxml', '--inactive', domain))).stdout;
-  return Object.fromEntries(syncedDisks(await parseDomainXml(xml)).map((disk) => [disk.target, disk.path as string]));
-}
-
 /**
  * `kss push VM`: what the background work after a stop does (seal, merge, push, give
  * the lease back, compact), by hand and with progress; the VM must be shut off. Fails
@@ -101,10 +95,7 @@ async function definedDisks(domain: string, context: CommandContext): Promise<Re
  */
 export async function pushCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const deps = await syncDeps(context);
-  const { stdout } = await runCommand(virshCommand(libvirtUri(context.env), 'domstate', o.domain));
-  if (stdout.trim() !== 'shut off') {
-    throw new UsageError(`${o.domain} is ${stdout.trim()}: its disks are in use`, { remedy: `shut it down (kss stop ${o.domain}); that pushes by itself` });
-  }
+  await requireShutOff(o.domain, context.env, `shut it down (kss stop ${o.domain}); that pushes by itself`);
   await finishStop(o.domain, { ...deps, progressFor: barProgress(context.stderr) });
   const state = await readLocalState(deps.config.stateDir, o.domain);
   context.stdout.write(`${o.domain}: ${state.lastSync?.outcome ?? 'nothing to do'}\n`);
@@ -120,7 +111,8 @@ export async function pushCommand(o: { domain: string }, context: CommandContext
  */
 export async function pullCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const { config, log } = await syncDeps(context);
-  const disks = await definedDisks(o.domain, context);
+  const { syncedDisks } = await import('../domain-xml.js');
+  const disks = Object.fromEntries(syncedDisks(await definedDomain(o.domain, context.env)).map((disk) => [disk.target, disk.path as string]));
   await withDomainLock(config.stateDir, o.domain, log, 60_000, async () => {
     const state = { ...(await readLocalState(config.stateDir, o.domain)), disks };
     const repository = openRepository(config, log);

@@ -10,3 +10,8 @@ export function escapeFileName(name: string): string {
     .join('');
   return escaped.startsWith('.') ? `%2E${escaped.slice(1)}` : escaped;
 }
+
+/** The name escapeFileName was given. */
+export function unescapeFileName(escaped: string): string {
+  return decodeURIComponent(escaped);
+}

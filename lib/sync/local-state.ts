@@ -10,7 +10,7 @@
 // state; the disks themselves are the final word (a seal that finished but was not
 // recorded is found again by recoverSeal).
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pathExists, writeFileAtomic } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { escapeFileName } from '../file-names.js';
@@ -86,23 +86,26 @@ export async function writeLocalState(stateDir: string, state: LocalState): Prom
   await writeFileAtomic(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o600);
 }
 
+function flagPath(stateDir: string, domain: string, flag: Flag): string {
+  return join(domainStateDir(stateDir, domain), 'flags', flag);
+}
+
 /** Sets a one-shot flag. */
 export async function setFlag(stateDir: string, domain: string, flag: Flag): Promise<void> {
-  const dir = join(domainStateDir(stateDir, domain), 'flags');
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await writeFile(join(dir, flag), `${new Date().toISOString()}\n`);
+  const path = flagPath(stateDir, domain, flag);
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  await writeFile(path, `${new Date().toISOString()}\n`);
 }
 
 /** Whether a one-shot flag is set, without consuming it. */
 export async function hasFlag(stateDir: string, domain: string, flag: Flag): Promise<boolean> {
-  return pathExists(join(domainStateDir(stateDir, domain), 'flags', flag));
+  return pathExists(flagPath(stateDir, domain, flag));
 }
 
 /** Consumes a one-shot flag: true if it was set (and now is not). */
 export async function takeFlag(stateDir: string, domain: string, flag: Flag): Promise<boolean> {
-  const path = join(domainStateDir(stateDir, domain), 'flags', flag);
   try {
-    await rm(path);
+    await rm(flagPath(stateDir, domain, flag));
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;

@@ -8,6 +8,7 @@ import { isLocked } from '../lock.js';
 import type { Lease } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { pathExists } from '../durable-fs.js';
+import { unescapeFileName } from '../file-names.js';
 import type { NasView } from './decide.js';
 import { domainLockPath, localHead, readLocalState } from './local-state.js';
 import { lookAtNas } from './session.js';
@@ -49,7 +50,7 @@ export async function knownDomains(config: Config): Promise<string[]> {
   const dirs = await readdir(join(config.stateDir, 'domains')).catch(() => [] as string[]);
   const names: string[] = [];
   for (const dir of dirs) {
-    const state = await readLocalState(config.stateDir, decodeURIComponent(dir)).catch(() => undefined);
+    const state = await readLocalState(config.stateDir, unescapeFileName(dir)).catch(() => undefined);
     if (state?.synced || state?.pending.length) names.push(state.domain);
   }
   return names.sort();

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { escapeFileName } from '../../lib/file-names.js';
+import { escapeFileName, unescapeFileName } from '../../lib/file-names.js';
 import { Logger, domainLogPath, fileSink, formatLogLine, streamSink } from '../../lib/log.js';
 
 const time = new Date('2026-11-21T10:00:00.000Z');
@@ -26,7 +26,10 @@ describe('domain log file names', () => {
     ['é', '%C3%A9'],
   ];
   for (const [name, expected] of cases) {
-    it(`${name} -> ${expected}`, () => assert.equal(escapeFileName(name), expected));
+    it(`${name} -> ${expected}, and back`, () => {
+      assert.equal(escapeFileName(name), expected);
+      assert.equal(unescapeFileName(expected), name);
+    });
   }
   it('stay inside the log directory', () => assert.equal(domainLogPath('/var/log/kss', '../x'), '/var/log/kss/%2E.%2Fx.log'));
 });

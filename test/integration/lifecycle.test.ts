@@ -41,14 +41,16 @@ async function twoHosts(t: TestContext, domain: string) {
   qemuIo(deskDisks.vda, 'write -P 0x11 0 4M');
   qemuIo(deskDisks.vdb, 'write -P 0x22 1M 4M');
   await enableDisks(domain, deskDisks, { config: await desk.config(), log: desk.quietLog() });
-  return {
-    desk,
-    laptop,
-    deskDisks,
-    laptopDisks,
-    deskXml: managedDomainXml(domain, deskDisks),
-    laptopXml: managedDomainXml(domain, laptopDisks),
+  const deskXml = managedDomainXml(domain, deskDisks);
+  const laptopXml = managedDomainXml(domain, laptopDisks);
+  /** A session without guest writes on one host: start, stop, and the stop work finished. */
+  const cycle = async (host: TestHost) => {
+    const xml = host === desk ? deskXml : laptopXml;
+    ok(host.call(domain, 'prepare', 'begin', xml), `${host.name} start`);
+    ok(host.call(domain, 'release', 'end', xml), `${host.name} stop`);
+    await host.waitForStop(domain);
   };
+  return { desk, laptop, deskDisks, laptopDisks, deskXml, laptopXml, cycle };
 }
 
 function ok(run: { status: number | null; stderr: string; stdout: string }, what: string): void {
@@ -164,9 +166,7 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     assert.deepEqual(status(desk).layers, { vda: 2, vdb: 1 });
 
     // A conflict: the laptop worked offline while the desktop pushed.
-    ok(laptop.call('told', 'prepare', 'begin', s.laptopXml), 'laptop start');
-    ok(laptop.call('told', 'release', 'end', s.laptopXml), 'laptop stop');
-    await laptop.waitForStop('told');
+    await s.cycle(laptop);
     await setFlag((await laptop.config()).stateDir, 'told', 'skip-sync');
     ok(laptop.call('told', 'prepare', 'begin', s.laptopXml), 'laptop start offline');
     qemuIo(laptopDisks.vdb, 'write -P 0x62 1M 1M');
@@ -289,12 +289,8 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     const s = await twoHosts(t, 'offline');
     if (!s) return;
     const { desk, laptop } = s;
-    ok(desk.call('offline', 'prepare', 'begin', s.deskXml), 'desk start');
-    ok(desk.call('offline', 'release', 'end', s.deskXml), 'desk stop');
-    await desk.waitForStop('offline');
-    ok(laptop.call('offline', 'prepare', 'begin', s.laptopXml), 'laptop start');
-    ok(laptop.call('offline', 'release', 'end', s.laptopXml), 'laptop stop');
-    await laptop.waitForStop('offline');
+    await s.cycle(desk);
+    await s.cycle(laptop);
 
     renameSync(nas, `${nas}.away`);
     try {
@@ -313,12 +309,8 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     const s = await twoHosts(t, 'damaged');
     if (!s) return;
     const { desk, laptop, deskDisks, laptopDisks } = s;
-    ok(desk.call('damaged', 'prepare', 'begin', s.deskXml), 'desk start');
-    ok(desk.call('damaged', 'release', 'end', s.deskXml), 'desk stop');
-    await desk.waitForStop('damaged');
-    ok(laptop.call('damaged', 'prepare', 'begin', s.laptopXml), 'laptop start');
-    ok(laptop.call('damaged', 'release', 'end', s.laptopXml), 'laptop stop');
-    await laptop.waitForStop('damaged');
+    await s.cycle(desk);
+    await s.cycle(laptop);
     const before = guestDigest(laptopDisks.vda);
 
     ok(desk.call('damaged', 'prepare', 'begin', s.deskXml), 'desk start');

@@ -62,6 +62,24 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       async (argv) => (await import('./commands/domain.js')).enableCommand({ domain: argv.domain }, context(argv.config)),
     )
     .command(
+      'clone <domain>',
+      'on another host: define the domain from the NAS, with its newest disks, ready for virsh start',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('dir', { type: 'string', describe: 'put the disks in this directory (default: the paths of the host that enabled it)' }),
+      async (argv) => (await import('./commands/clone.js')).cloneCommand({ domain: argv.domain, dir: argv.dir }, context(argv.config)),
+    )
+    .command(
+      'delta <domain>',
+      'what would move between this host and the NAS, in bytes, each way',
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+      async (argv) => (await import('./commands/status.js')).deltaCommand({ domain: argv.domain, json: argv.json }, context(argv.config)),
+    )
+    .command(
       'disable <domain>',
       'take a shut-off domain out of management here, losing nothing: its disks become standalone images again',
       (y) => y.positional('domain', { type: 'string', demandOption: true }),
@@ -165,19 +183,44 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       (y) => y.positional('domain', { type: 'string', demandOption: true }),
       async (argv) => (await import('./commands/lifecycle.js')).gcCommand({ domain: argv.domain }, context(argv.config)),
     )
-    .command(
-      'snapshot list <domain>',
-      'list generations here and on the NAS, with the head and kept branches',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('remote', { type: 'boolean', default: false, describe: 'only the NAS' })
-          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (argv) =>
-        (await import('./commands/snapshot.js')).snapshotList(
-          { domain: argv.domain, remote: argv.remote, json: argv.json, configFile: configPath(argv.config, io.env) },
-          io,
-        ),
+    .command('snapshot', 'generations and snapshots: list, create, delete, merge', (y) =>
+      y
+        .command(
+          'list <domain>',
+          'list generations here and on the NAS, with the head, branches and snapshots',
+          (z) =>
+            z
+              .positional('domain', { type: 'string', demandOption: true })
+              .option('remote', { type: 'boolean', default: false, describe: 'only the NAS' })
+              .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+          async (argv) =>
+            (await import('./commands/snapshot.js')).snapshotList(
+              { domain: argv.domain, remote: argv.remote, json: argv.json, configFile: configPath(argv.config, io.env) },
+              io,
+            ),
+        )
+        .command(
+          'create <domain>',
+          'push what this host has (the VM shut off), then name that generation a snapshot, kept on the NAS until deleted',
+          (z) =>
+            z
+              .positional('domain', { type: 'string', demandOption: true })
+              .option('name', { type: 'string', describe: 'its name (default: the time, like 2026-11-22T153012)' }),
+          async (argv) => (await import('./commands/snapshot.js')).snapshotCreate({ domain: argv.domain, name: argv.name }, context(argv.config)),
+        )
+        .command(
+          'delete <domain> <name>',
+          "delete a snapshot's name; its generation is then left to retention",
+          (z) => z.positional('domain', { type: 'string', demandOption: true }).positional('name', { type: 'string', demandOption: true }),
+          async (argv) => (await import('./commands/snapshot.js')).snapshotDelete({ domain: argv.domain, name: argv.name }, context(argv.config)),
+        )
+        .command(
+          'merge <domain>',
+          "merge this host's chain of each disk into as few layers as it safely can (the NAS is not changed)",
+          (z) => z.positional('domain', { type: 'string', demandOption: true }),
+          async (argv) => (await import('./commands/snapshot.js')).snapshotMerge({ domain: argv.domain }, context(argv.config)),
+        )
+        .demandCommand(1, 'name a snapshot command: list, create, delete or merge'),
     )
     .command(
       'hook qemu <domain> <op> <subop> [extra]',

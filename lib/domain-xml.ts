@@ -109,3 +109,45 @@ function text(node: XmlNode | undefined): string | undefined {
   const value = node?._;
   return value === undefined ? undefined : value.trim();
 }
+
+/**
+ * Rewrites the <disk> elements of domain XML as printed by libvirt (`virsh dumpxml`),
+ * as text, leaving every other byte as it is: `edit` gets each disk's target device and
+ * its element, and returns the element to put instead.
+ */
+export function editDisks(xml: string, edit: (target: string, element: string) => string): string {
+  return xml.replace(/<disk\b[^>]*>[\s\S]*?<\/disk>/gu, (element) => {
+    const target = /<target\b[^>]*\bdev=(['"])(.*?)\1/u.exec(element)?.[2];
+    return target === undefined ? element : edit(unescapeXml(target), element);
+  });
+}
+
+/** The disks named get driver type qcow2 (a <driver> element is added where none is). */
+export function setDiskFormatQcow2(xml: string, targets: string[]): string {
+  return editDisks(xml, (target, element) => {
+    if (!targets.includes(target)) return element;
+    if (/<driver\b/u.test(element)) {
+      return element.replace(/<driver\b[^>]*?\/?>/u, (driver) =>
+        /\btype=/u.test(driver) ? driver.replace(/\btype=(['"])[^'"]*\1/u, "type='qcow2'") : driver.replace(/<driver\b/u, "<driver type='qcow2'"),
+      );
+    }
+    return element.replace(/^<disk\b[^>]*>/u, (open) => `${open}\n      <driver name='qemu' type='qcow2'/>`);
+  });
+}
+
+/** The disks named get a new source file. */
+export function setDiskPaths(xml: string, paths: Record<string, string>): string {
+  return editDisks(xml, (target, element) => {
+    const path = paths[target];
+    if (path === undefined) return element;
+    return element.replace(/(<source\b[^>]*?\bfile=)(['"])[^'"]*\2/u, (_all, start: string) => `${start}'${escapeXml(path)}'`);
+  });
+}
+
+function escapeXml(value: string): string {
+  return value.replace(/&/gu, '&amp;').replace(/</gu, '&lt;').replace(/>/gu, '&gt;').replace(/'/gu, '&apos;').replace(/"/gu, '&quot;');
+}
+
+function unescapeXml(value: string): string {
+  return value.replace(/&(lt|gt|quot|apos|amp);/gu, (_all, name: string) => ({ lt: '<', gt: '>', quot: '"', apos: "'", amp: '&' })[name] as string);
+}

@@ -48,6 +48,13 @@ const LAYER_SUFFIX = '.qcow2';
 const INCOMING = 'incoming.qcow2';
 /** Prefix of a merge's temporary output. */
 const MERGING_PREFIX = 'merging-';
+/** Prefix of a raw image's conversion in progress (see stageRawImage). */
+const CONVERTING_PREFIX = 'converting-';
+
+/** Where a seal (or a raw disk's conversion) keeps the layer it is making. */
+export function incomingPathOf(topPath: string): string {
+  return join(layersDirOf(topPath), INCOMING);
+}
 
 /** The directory holding a disk's sealed layers. */
 export function layersDirOf(topPath: string): string {
@@ -121,7 +128,7 @@ export async function createTop(topPath: string, hash: string, deps: EngineDeps 
   const temp = tempPathBeside(topPath, 'new');
   deps.onStep?.('create-top:overlay');
   try {
-    await deps.run(createOverlayCommand(temp, topBackingRef(topPath, hash)));
+    await deps.run(createOverlayCommand(temp, topBackingRef(topPath, hash), { nocow: true }));
     await fsyncFile(temp);
     deps.onStep?.('create-top:rename');
     await renameDurably(temp, topPath);
@@ -230,6 +237,64 @@ async function finishSeal(topPath: string, deps: EngineDeps): Promise<SealResult
   await unlink(incoming);
   await fsyncDir(layersDir);
   return { hash, parent };
+}
+
+/**
+ * First half of taking a raw image under management: its content is converted into a
+ * qcow2 file in the layers directory, compared with it, and put under the seal's
+ * incoming name. The raw image is not touched. Does nothing when that was done already.
+ *
+ * Steps: adopt:convert (into a temporary file), adopt:compare, adopt:incoming.
+ */
+export async function stageRawImage(topPath: string, deps: EngineDeps = defaultDeps): Promise<void> {
+  const layersDir = layersDirOf(topPath);
+  const incoming = join(layersDir, INCOMING);
+  if (await pathExists(incoming)) return;
+  await mkdir(layersDir, { recursive: true, mode: 0o755 });
+  await removeLeftovers(layersDir, CONVERTING_PREFIX);
+  const temp = join(layersDir, `${CONVERTING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  try {
+    deps.onStep?.('adopt:convert');
+    await deps.run(flattenCommand(topPath, temp, 'raw'));
+    deps.onStep?.('adopt:compare');
+    await requireSameContent(topPath, temp, deps);
+    await fsyncFile(temp);
+    deps.onStep?.('adopt:incoming');
+    await renameDurably(temp, incoming);
+  } finally {
+    await rm(temp, { force: true });
+  }
+}
+
+/**
+ * Second half: the raw image is replaced by a qcow2 top on the staged content, sealed
+ * as the disk's base layer (a standalone image). The domain must already name the disk
+ * as qcow2 (kss enable switches it first), so that a start at any moment either fails
+ * or reads the right bytes. A kill at any step is finished by calling this again: the
+ * raw image is only removed after comparing it with the staged file once more.
+ *
+ * Steps: adopt:drop-raw, then those of a seal from seal:rebase-header on.
+ */
+export async function adoptStagedRaw(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult> {
+  const incoming = join(layersDirOf(topPath), INCOMING);
+  if (await pathExists(topPath)) {
+    const top = await readImageInfo(topPath, deps);
+    if (top.format === 'qcow2' && top.backingRef !== undefined) {
+      const sealed = await recoverSeal(topPath, deps);
+      if (sealed) return sealed;
+      throw new DiskStateError(`${topPath} is a qcow2 top already, and no raw image is being taken over`);
+    }
+    await requireSameContent(topPath, incoming, deps);
+    deps.onStep?.('adopt:drop-raw');
+    await unlink(topPath);
+    await fsyncDir(dirname(topPath));
+  }
+  return finishSeal(topPath, deps);
+}
+
+async function requireSameContent(raw: string, qcow2: string, deps: EngineDeps): Promise<void> {
+  const { exitCode } = await deps.run(compareCommand(raw, qcow2, ['raw', 'qcow2']));
+  if (exitCode !== 0) throw new IntegrityError(`the qcow2 copy of ${raw} does not read like it; the raw image was left as it is`, { remedy: 'check the disk (free space, I/O errors in dmesg), then run kss enable again' });
 }
 
 /**

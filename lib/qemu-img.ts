@@ -38,11 +38,15 @@ export function createImageCommand(path: string, size: number): Command {
   return { file: QEMU_IMG, args: ['create', '-q', '-f', 'qcow2', requireAbsolute(path), String(size)] };
 }
 
-/** A new empty qcow2 overlay on `backingRef` (relative to the overlay's directory, format recorded). */
-export function createOverlayCommand(path: string, backingRef: string): Command {
+/**
+ * A new empty qcow2 overlay on `backingRef` (relative to the overlay's directory, format
+ * recorded). `nocow` (for a top, the file the guest writes) turns copy-on-write off on
+ * btrfs, where it fragments a VM's disk badly; QEMU ignores it on other filesystems.
+ */
+export function createOverlayCommand(path: string, backingRef: string, { nocow = false }: { nocow?: boolean } = {}): Command {
   return {
     file: QEMU_IMG,
-    args: ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', safeBackingRef(backingRef), requireAbsolute(path)],
+    args: ['create', '-q', '-f', 'qcow2', ...(nocow ? ['-o', 'nocow=on'] : []), '-F', 'qcow2', '-b', safeBackingRef(backingRef), requireAbsolute(path)],
   };
 }
 
@@ -68,11 +72,11 @@ export function rebaseSafeCommand(path: string, backingRef: string): Command {
   };
 }
 
-/** Copies the guest content of a whole chain into one standalone qcow2 image. */
-export function flattenCommand(source: string, target: string): Command {
+/** Copies the guest content of a whole chain (or of a raw image) into one standalone qcow2 image. */
+export function flattenCommand(source: string, target: string, sourceFormat: 'qcow2' | 'raw' = 'qcow2'): Command {
   return {
     file: QEMU_IMG,
-    args: ['convert', '-q', '-f', 'qcow2', '-O', 'qcow2', requireAbsolute(source), requireAbsolute(target)],
+    args: ['convert', '-q', '-f', sourceFormat, '-O', 'qcow2', requireAbsolute(source), requireAbsolute(target)],
   };
 }
 
@@ -90,9 +94,12 @@ export function checkCommand(path: string): Command {
   };
 }
 
-/** Compares the guest content of two images (with their chains): exit 0 same, 1 different. */
-export function compareCommand(a: string, b: string): Command {
-  return { file: QEMU_IMG, args: ['compare', '-q', requireAbsolute(a), requireAbsolute(b)], okExitCodes: [0, 1] };
+/**
+ * Compares the guest content of two images (with their chains): exit 0 same, 1 different.
+ * Formats are given, never probed: a raw image may begin with any bytes.
+ */
+export function compareCommand(a: string, b: string, formats: ['qcow2' | 'raw', 'qcow2' | 'raw'] = ['qcow2', 'qcow2']): Command {
+  return { file: QEMU_IMG, args: ['compare', '-q', '-f', formats[0], '-F', formats[1], requireAbsolute(a), requireAbsolute(b)], okExitCodes: [0, 1] };
 }
 
 /** One image of a backing chain, top first. */

@@ -12,6 +12,8 @@ packages=(
   zstd           # compression of layer streams
   openssl        # fast SHA-256 on the NAS side
   rsync          # a baseline in the transfer benchmark
+  btrfs-progs    # mkfs.btrfs: a loop-mounted btrfs for the NOCOW tests
+  e2fsprogs      # chattr, lsattr
   qemu-system-x86        # the VMs of the end-to-end tests
   libvirt-daemon-system  # libvirtd and virtlogd, one pair per simulated host
   libvirt-clients        # virsh

@@ -8,6 +8,7 @@ import { ConfigError, KssError, describeError } from '../errors.js';
 import { nasPaths } from '../nas/format.js';
 import { openTransport } from '../nas/open.js';
 import { NAMESPACE_URI } from '../namespace.js';
+import { hasNoCow, onBtrfs } from '../nocow.js';
 import { runCommand } from '../runner.js';
 import { readLocalState } from '../sync/local-state.js';
 import { knownDomains } from '../sync/status.js';
@@ -16,7 +17,6 @@ import type { CommandContext } from './lifecycle.js';
 type Verdict = { level: 'ok' | 'warn' | 'fail'; what: string; detail: string; fix?: string; error?: KssError };
 
 const HOOKS = ['/etc/libvirt/hooks/qemu', '/etc/libvirt/hooks/qemu.d/kvm-snapshot-sync'];
-const BTRFS_MAGIC = 0x9123683e;
 
 /** The programs the tool runs, with how to get them. */
 const TOOLS: Array<{ file: string; args: string[]; pkg: string }> = [
@@ -82,9 +82,8 @@ async function checkDirectories(config: Config): Promise<Verdict[]> {
     if (!dirs.has(dir)) continue;
     const closed = ancestors(dir).find((path) => (statSync(path).mode & 0o001) === 0);
     if (closed) verdicts.push({ level: 'warn', what: 'images', detail: `${closed} is not traversable by others: QEMU (user libvirt-qemu) may not reach the disks below it`, fix: `chmod o+x ${closed}` });
-    if (fs.type === BTRFS_MAGIC) {
-      const attrs = await runCommand({ file: 'lsattr', args: ['-d', dir] }).then((r) => r.stdout.split(' ')[0] ?? '', () => '');
-      if (!attrs.includes('C')) verdicts.push({ level: 'warn', what: 'images', detail: `${dir} is on btrfs without NOCOW: disk images fragment badly under copy-on-write`, fix: `chattr +C ${dir} (applies to files created after it)` });
+    if ((await onBtrfs(dir)) && !(await hasNoCow(dir).catch(() => false))) {
+      verdicts.push({ level: 'warn', what: 'images', detail: `${dir} is on btrfs without NOCOW: disk images fragment badly under copy-on-write`, fix: `chattr +C ${dir} (applies to files created after it)` });
     }
   }
   return verdicts;

@@ -1,39 +1,54 @@
 // `kss enable VM`, `kss disable VM` and `kss log VM`.
 import { createReadStream, existsSync, watch } from 'node:fs';
 import { readConfig } from '../config.js';
-import { syncedDisks } from '../domain-xml.js';
-import { DiskStateError, UsageError } from '../errors.js';
+import { parseDomainXml, setDiskFormatQcow2, syncedDisks } from '../domain-xml.js';
+import { ConflictError, DiskStateError, NasUnreachableError, UsageError } from '../errors.js';
 import { Logger, domainLogPath, streamSink } from '../log.js';
 import { METADATA_ELEMENT, METADATA_PREFIX, NAMESPACE_URI } from '../namespace.js';
 import { runCommand } from '../runner.js';
 import { enableDisks } from '../sync/enable.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
-import type { CommandContext } from './lifecycle.js';
-import { definedDomain, requireShutOff } from './libvirt-domain.js';
+import { pushHere, type CommandContext } from './lifecycle.js';
+import { defineDomain, definitionXml, requireShutOff } from './libvirt-domain.js';
 
 /**
- * Takes a defined, shut-off domain under management: its qcow2 disks' current content
- * becomes the first generation (sealed beside each disk), the disk files become fresh
- * tops at the same paths, and the domain gets our metadata. The first start publishes it.
+ * Takes a defined, shut-off domain under management: its disks' current content (qcow2
+ * or raw) becomes the first generation (sealed beside each disk), the disk files become
+ * fresh qcow2 tops at the same paths (a raw disk's driver type is switched), the domain
+ * gets our metadata, and the definition and the base are pushed to the NAS.
  */
 export async function enableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const uri = libvirtUri(context.env);
   await requireShutOff(o.domain, context.env, `shut it down first: virsh shutdown ${o.domain}`);
-  const disks = syncedDisks(await definedDomain(o.domain, context.env));
+  const xml = await definitionXml(o.domain, context.env);
+  const disks = syncedDisks(await parseDomainXml(xml));
   if (disks.length === 0) throw new DiskStateError(`${o.domain} has no writable file disk to sync`);
-  const raw = disks.filter((disk) => disk.format !== 'qcow2');
-  if (raw.length > 0) {
-    throw new DiskStateError(`${raw.map((d) => `${d.target} (${d.format ?? 'unknown format'})`).join(', ')}: only qcow2 disks can be enabled so far`, {
-      remedy: 'convert the disk (qemu-img convert -O qcow2) and point the domain at the result, then enable again',
+  const other = disks.filter((disk) => disk.format !== undefined && disk.format !== 'qcow2' && disk.format !== 'raw');
+  if (other.length > 0) {
+    throw new DiskStateError(`${other.map((d) => `${d.target} (${d.format})`).join(', ')}: only qcow2 and raw disks can be enabled`, {
+      remedy: 'convert the disk (qemu-img convert -O qcow2), point the domain at the result, and enable again',
     });
   }
   const log = new Logger([streamSink(context.stderr, 'info')]);
-  const generation = await enableDisks(o.domain, Object.fromEntries(disks.map((d) => [d.target, d.path as string])), { config, log });
+  const toEnable = Object.fromEntries(disks.map((d) => [d.target, { path: d.path as string, format: d.format === 'qcow2' ? ('qcow2' as const) : ('raw' as const) }]));
+  const enabled = await enableDisks(o.domain, toEnable, { config, log }, (targets) => defineDomain(setDiskFormatQcow2(xml, targets), context.env));
+  for (const dir of enabled.nocow) log.info('set NOCOW (btrfs) on the new layers directory', { dir });
   await runCommand(
     virshCommand(uri, 'metadata', o.domain, '--uri', NAMESPACE_URI, '--key', METADATA_PREFIX, '--set', `<${METADATA_ELEMENT}/>`, '--config'),
   );
-  context.stdout.write(`${o.domain}: enabled, first generation ${generation.slice(0, 12)}; the next start publishes it\n`);
+  if (enabled.resumed) log.info('the first generation was made by an earlier run', { generation: enabled.generation });
+  const pushed = await pushHere(o.domain, context);
+  if (pushed.pending > 0) {
+    const message = `${o.domain} is enabled here, but its first generation is not on the NAS: ${pushed.outcome}`;
+    if (pushed.outcome.includes('conflict')) {
+      throw new ConflictError(message, {
+        remedy: `the NAS already has a ${o.domain} of another history (enabled before, or on another host): keep this one with kss resolve ${o.domain} --keep local, or use the NAS's with kss resolve ${o.domain} --keep remote; either way the other is kept as a branch`,
+      });
+    }
+    throw new NasUnreachableError(message, { remedy: `kss push ${o.domain} once the NAS is reachable (the first start pushes it too)` });
+  }
+  context.stdout.write(`${o.domain}: enabled; generation ${enabled.generation.slice(0, 12)} and the definition are on the NAS\n`);
 }
 
 /** Prints the domain's hook and background log; with `follow`, keeps printing new lines. */

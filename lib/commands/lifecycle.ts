@@ -13,7 +13,7 @@ import { finishStop } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
 import type { SyncDeps } from '../sync/start.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
-import { definedDomain, requireShutOff } from './libvirt-domain.js';
+import { definedDomain, definitionXml, requireShutOff } from './libvirt-domain.js';
 import type { Output } from './output.js';
 
 export interface CommandContext extends Output {
@@ -21,9 +21,9 @@ export interface CommandContext extends Output {
   env: NodeJS.ProcessEnv;
 }
 
-async function syncDeps(context: CommandContext): Promise<SyncDeps> {
+async function syncDeps(context: CommandContext, level: 'info' | 'warn' = 'info'): Promise<SyncDeps> {
   const config = await readConfig(context.configFile);
-  const log = new Logger([streamSink(context.stderr, 'info')]);
+  const log = new Logger([streamSink(context.stderr, level)]);
   return { config, log, openRepository: () => openRepository(config, log) };
 }
 
@@ -94,14 +94,29 @@ export async function gcCommand(o: { domain: string }, context: CommandContext):
  * when something stays unpushed, saying why.
  */
 export async function pushCommand(o: { domain: string }, context: CommandContext): Promise<void> {
-  const deps = await syncDeps(context);
   await requireShutOff(o.domain, context.env, `shut it down (kss stop ${o.domain}); that pushes by itself`);
-  await finishStop(o.domain, { ...deps, progressFor: barProgress(context.stderr) });
-  const state = await readLocalState(deps.config.stateDir, o.domain);
-  context.stdout.write(`${o.domain}: ${state.lastSync?.outcome ?? 'nothing to do'}\n`);
-  if (state.pending.length > 0) {
-    throw new DiskStateError(`${state.pending.length} generation(s) of ${o.domain} are still not on the NAS`, { remedy: `kss status ${o.domain} and kss log ${o.domain} tell why` });
+  const pushed = await pushHere(o.domain, context);
+  context.stdout.write(`${o.domain}: ${pushed.outcome}\n`);
+  if (pushed.pending > 0) {
+    throw new DiskStateError(`${pushed.pending} generation(s) of ${o.domain} are still not on the NAS`, { remedy: `kss status ${o.domain} and kss log ${o.domain} tell why` });
   }
+}
+
+/**
+ * Runs the work after a stop by hand, with a progress bar, and when the NAS then has
+ * everything of this host's, puts the domain's current definition there too (for
+ * `kss clone` on another host). Returns how it ended and what is still unpushed.
+ */
+export async function pushHere(domain: string, context: CommandContext): Promise<{ outcome: string; pending: number }> {
+  const deps = await syncDeps(context, 'warn'); // the bars show the progress
+  await finishStop(domain, { ...deps, progressFor: barProgress(context.stderr) });
+  const state = await readLocalState(deps.config.stateDir, domain);
+  if (state.pending.length === 0 && state.synced !== null) {
+    const xml = await definitionXml(domain, context.env);
+    const repository = deps.openRepository();
+    await repository.writeDomainXml(domain, xml).finally(() => repository.close());
+  }
+  return { outcome: state.lastSync?.outcome ?? 'nothing to do', pending: state.pending.length };
 }
 
 /**

@@ -1,9 +1,11 @@
-// `kss status [VM]` and `kss wait VM`.
+// `kss status [VM]`, `kss wait VM` and `kss delta VM`.
 import { readConfig } from '../config.js';
 import { ConflictError, DiskStateError, LeaseHeldError, LockedError, NasUnreachableError } from '../errors.js';
 import { isLocked } from '../lock.js';
 import { openRepository } from '../nas/open.js';
-import { domainLockPath } from '../sync/local-state.js';
+import { formatBytes } from '../progress.js';
+import { measureDelta } from '../sync/delta.js';
+import { domainLockPath, readLocalState } from '../sync/local-state.js';
 import { domainStatus, knownDomains, type DomainStatus } from '../sync/status.js';
 import type { CommandContext } from './lifecycle.js';
 import { printJson } from './output.js';
@@ -86,4 +88,18 @@ export async function waitCommand(o: { domain: string; timeoutSeconds: number },
         });
       }
   }
+}
+
+/** `kss delta VM [--json]`: what would move, in bytes, each way. */
+export async function deltaCommand(o: { domain: string; json: boolean }, context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  const state = await readLocalState(config.stateDir, o.domain);
+  if (state.synced === null && state.pending.length === 0) throw new DiskStateError(`${o.domain} is not managed on this host`, { remedy: `kss enable ${o.domain}, or kss clone ${o.domain} when another host has it on the NAS` });
+  const repository = openRepository(config);
+  const manifest = await repository.readManifest(o.domain).finally(() => repository.close());
+  const delta = await measureDelta(state, manifest);
+  if (o.json) return printJson(context, delta);
+  const layers = (n: number) => `${n} layer${n === 1 ? '' : 's'}`;
+  context.stdout.write(`${o.domain}: to push ${formatBytes(delta.push.bytes)} (${layers(delta.push.layers)}); written since the last stop, pushed after the next one: ${formatBytes(delta.tops.bytes)}\n`);
+  context.stdout.write(`${o.domain}: to pull ${formatBytes(delta.pull.bytes)} (${layers(delta.pull.layers)})\n`);
 }

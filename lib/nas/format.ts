@@ -41,6 +41,13 @@ export interface Branch {
   reason: string;
 }
 
+/** A generation named by a person (`kss snapshot create`): kept until deleted. */
+export interface Snapshot {
+  generation: string;
+  host: string;
+  created: string;
+}
+
 /** Which host has the VM checked out, since when. */
 export interface Lease {
   host: string;
@@ -56,6 +63,8 @@ export interface Manifest {
   generations: Record<string, Generation>;
   layers: Record<string, LayerInfo>;
   branches: Record<string, Branch>;
+  /** Absent in manifests written before snapshots existed. */
+  snapshots?: Record<string, Snapshot>;
   lease: Lease | null;
 }
 
@@ -141,6 +150,12 @@ export function manifestProblem(raw: unknown): string | undefined {
   for (const [name, branch] of Object.entries(raw.branches as Record<string, unknown>)) {
     if (!isObject(branch) || typeof branch.head !== 'string' || !Object.hasOwn(generations, branch.head)) {
       return `branch ${name} does not name a listed generation`;
+    }
+  }
+  if (raw.snapshots !== undefined && !isObject(raw.snapshots)) return 'bad snapshots table';
+  for (const [name, snapshot] of Object.entries((raw.snapshots ?? {}) as Record<string, unknown>)) {
+    if (!isObject(snapshot) || typeof snapshot.generation !== 'string' || !Object.hasOwn(generations, snapshot.generation)) {
+      return `snapshot ${name} does not name a listed generation`;
     }
   }
   if (raw.lease !== null && !(isObject(raw.lease) && typeof raw.lease.host === 'string' && typeof raw.lease.since === 'string')) {

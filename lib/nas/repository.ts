@@ -6,7 +6,7 @@ import { chmod, link, mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir } from '../durable-fs.js';
 import { sha256Of } from '../hash.js';
-import { ConflictError, IntegrityError, LockedError } from '../errors.js';
+import { ConflictError, DiskStateError, IntegrityError, LockedError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
   NAS_FORMAT,
@@ -217,6 +217,32 @@ export class NasRepository {
     return this.updateManifest(domain, (manifest) => {
       if (change === 'take' && manifest.head !== expectedHead) throw conflict(domain, manifest, expectedHead);
       return this.changeLease(manifest, change);
+    });
+  }
+
+  /**
+   * Names a generation as a snapshot, kept by retention until deleted. A name already
+   * taken by another generation is refused.
+   */
+  async addSnapshot(domain: string, name: string, generation: string): Promise<Manifest> {
+    return this.updateManifest(domain, (manifest) => {
+      const taken = manifest.snapshots?.[name];
+      if (taken && taken.generation !== generation) throw new UsageError(`${domain} already has a snapshot ${name} (generation ${taken.generation.slice(0, 12)})`, { remedy: 'choose another name, or delete that one first' });
+      if (!manifest.generations[generation]) throw new DiskStateError(`the NAS has no generation ${generation.slice(0, 12)} of ${domain}`);
+      manifest.snapshots = { ...manifest.snapshots, [name]: { generation, host: this.options.host, created: (this.options.now?.() ?? new Date()).toISOString() } };
+      return manifest;
+    });
+  }
+
+  /** Removes a snapshot's name; its generation is then kept or dropped by retention alone. */
+  async removeSnapshot(domain: string, name: string): Promise<Manifest> {
+    return this.updateManifest(domain, (manifest) => {
+      if (!manifest.snapshots?.[name]) {
+        throw new UsageError(`${domain} has no snapshot ${name}`, { remedy: `kss snapshot list ${domain} --remote lists them` });
+      }
+      const { [name]: _removed, ...rest } = manifest.snapshots;
+      manifest.snapshots = rest;
+      return manifest;
     });
   }
 

@@ -2,7 +2,8 @@
 //
 // Kept: the head and its nearest `keepGenerations` ancestors whatever their age, and
 // every further ancestor younger than `keepDays`; each branch (the losing side of a
-// conflict) younger than `keepDays`, with its ancestry kept by the same rule. A layer
+// conflict) younger than `keepDays`, with its ancestry kept by the same rule; each
+// snapshot, whatever its age, with its ancestry kept by the same rule. A layer
 // is needed when a kept generation's disk chain runs through it; no other layer is.
 import { layerChain, type Generation, type Manifest } from './format.js';
 
@@ -38,6 +39,7 @@ export function planRetention(manifest: Manifest, now: Date, policy: RetentionPo
     if (Date.parse(branch.created) < cutoff) dropBranches.push(name);
     else keepLine(branch.head);
   }
+  for (const snapshot of Object.values(manifest.snapshots ?? {})) keepLine(snapshot.generation);
   const neededLayers = new Set<string>();
   for (const id of keep) {
     for (const layer of Object.values((manifest.generations[id] as { disks: Record<string, string> }).disks)) {

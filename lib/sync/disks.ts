@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
-import { compactLayer, createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps } from '../layers.js';
+import { compactLayer, createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import type { LeaseChange, NasRepository } from '../nas/repository.js';
@@ -20,13 +20,14 @@ export function layerPathOf(top: string, hash: string): string {
 /**
  * Seals every disk whose top holds writes, and returns them as one new generation on
  * the local head (disks without writes keep their layer), or undefined when no disk
- * was written. `evenIfEmpty` seals every disk (the first generation of a domain).
+ * was written. `sealBase` makes the first generation of a domain instead: it seals
+ * every disk, written or not, as its base (lib/sync/enable.ts).
  */
 export async function sealDisks(
   state: LocalState,
   host: string,
   now: Date,
-  options: { evenIfEmpty?: boolean; deps?: EngineDeps } = {},
+  options: { sealBase?: (target: string, top: string) => Promise<SealResult>; deps?: EngineDeps } = {},
 ): Promise<PendingGeneration | undefined> {
   const previous = localHead(state);
   const disks: Record<string, string> = {};
@@ -35,13 +36,13 @@ export async function sealDisks(
   for (const [target, top] of Object.entries(state.disks)) {
     const present = await pathExists(top);
     const before = previous?.disks[target];
-    if (present && before === undefined && !options.evenIfEmpty && (await readChain(top, options.deps)).length === 1) {
+    if (present && before === undefined && !options.sealBase && (await readChain(top, options.deps)).length === 1) {
       // A disk image of its own, not a top on our layers: not enabled (kss enable), not "writes".
       missing.push(`${target} (${top})`);
       continue;
     }
     const sealed = present
-      ? await sealTop(top, options.deps, { evenIfEmpty: options.evenIfEmpty ?? false })
+      ? await (options.sealBase ? options.sealBase(target, top) : sealTop(top, options.deps))
       : await recoverSeal(top, options.deps);
     if (!sealed) {
       if (before !== undefined) disks[target] = before;

@@ -72,7 +72,7 @@ export async function resolveConflict(domain: string, keep: Keep, deps: SyncDeps
 }
 
 /**
- * Puts the disks back to a generation (a kept branch included) as a new generation on
+ * Puts the disks back to a generation (a kept branch or a snapshot, by name, included) as a new generation on
  * the head, so that nothing after it is lost either. Needs nothing pending here.
  */
 export async function rollback(domain: string, target: string, deps: SyncDeps): Promise<Generation> {
@@ -86,9 +86,10 @@ export async function rollback(domain: string, target: string, deps: SyncDeps): 
     const repository = deps.openRepository();
     try {
       const seen = (await repository.readManifest(domain)) ?? undefined;
-      const matches = Object.keys(seen?.generations ?? {}).filter((id) => id.startsWith(target) || seen?.branches[target]?.head === id);
+      const named = seen?.branches[target]?.head ?? seen?.snapshots?.[target]?.generation;
+      const matches = named !== undefined ? [named] : Object.keys(seen?.generations ?? {}).filter((id) => id.startsWith(target));
       if (!seen || matches.length !== 1) {
-        throw new DiskStateError(matches.length > 1 ? `"${target}" names more than one generation` : `no generation or branch "${target}" on the NAS`, {
+        throw new DiskStateError(matches.length > 1 ? `"${target}" names more than one generation` : `no generation, branch or snapshot "${target}" on the NAS`, {
           remedy: `kss snapshot list ${domain} --remote shows them`,
         });
       }

@@ -31,7 +31,7 @@ export interface SyncDeps {
 }
 
 /** The layer engine's dependencies for a lifecycle run: the real runner, our steps. */
-export function engineDeps(deps: SyncDeps): EngineDeps {
+export function engineDeps(deps: Pick<SyncDeps, 'onStep'>): EngineDeps {
   return { run: runCommand, onStep: deps.onStep };
 }
 

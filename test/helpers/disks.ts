@@ -10,8 +10,13 @@ export const MiB = 2 ** 20;
 
 /** Runs qemu-io commands against an image; fails if any I/O or pattern check failed. */
 export function qemuIo(image: string, ...commands: string[]): string {
+  return qemuIoAs('qcow2', image, ...commands);
+}
+
+/** qemuIo on an image of the given format. */
+export function qemuIoAs(format: 'qcow2' | 'raw', image: string, ...commands: string[]): string {
   const args = commands.flatMap((command) => ['-c', command]);
-  const output = execFileSync('qemu-io', ['-f', 'qcow2', ...args, image], { encoding: 'utf8' });
+  const output = execFileSync('qemu-io', ['-f', format, ...args, image], { encoding: 'utf8' });
   if (/Pattern verification failed|error|failed/iu.test(output)) {
     throw new Error(`qemu-io ${commands.join('; ')} on ${image}:\n${output}`);
   }
@@ -24,11 +29,11 @@ export function createImage(path: string, size: number): void {
 }
 
 /** SHA-256 of everything a guest would read from the disk: the chain flattened to raw. */
-export function guestDigest(image: string): string {
+export function guestDigest(image: string, format: 'qcow2' | 'raw' = 'qcow2'): string {
   const dir = mkdtempSync(join(tmpdir(), 'kss-digest-'));
   try {
     const raw = join(dir, 'disk.raw');
-    execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, raw]);
+    execFileSync('qemu-img', ['convert', '-f', format, '-O', 'raw', image, raw]);
     return createHash('sha256').update(readFileSync(raw)).digest('hex');
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -235,12 +235,12 @@ export class LibvirtHost {
   }
 }
 
-/** A tiny domain: 64 MiB, no OS (it sits in the BIOS), virtio disks, nothing else. */
-export function tinyDomainXml(name: string, disks: Record<string, string>, managed: boolean): string {
+/** A tiny domain: 64 MiB, no OS (it sits in the BIOS), virtio disks (qcow2 unless named `raw`), nothing else. */
+export function tinyDomainXml(name: string, disks: Record<string, string>, managed: boolean, raw: string[] = []): string {
   const type = existsSync('/dev/kvm') ? 'kvm' : 'qemu';
   const metadata = managed ? `<metadata><kss:sync xmlns:kss="${NAMESPACE_URI}"/></metadata>` : '';
   const devices = Object.entries(disks)
-    .map(([target, path]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${path}'/><target dev='${target}' bus='virtio'/></disk>`)
+    .map(([target, path]) => `<disk type='file' device='disk'><driver name='qemu' type='${raw.includes(target) ? 'raw' : 'qcow2'}'/><source file='${path}'/><target dev='${target}' bus='virtio'/></disk>`)
     .join('');
   return `<domain type='${type}'><name>${name}</name>${metadata}<memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><on_poweroff>destroy</on_poweroff>

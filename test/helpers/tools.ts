@@ -12,6 +12,9 @@ const PACKAGE_OF: Record<string, string> = {
   scp: 'openssh-client',
   'ssh-keygen': 'openssh-client',
   '/usr/sbin/sshd': 'openssh-server',
+  'mkfs.btrfs': 'btrfs-progs',
+  chattr: 'e2fsprogs',
+  lsattr: 'e2fsprogs',
 };
 
 function has(tool: string): boolean {

@@ -2,9 +2,9 @@
 // each of their named steps; the next normal run must recover, with every byte the
 // guest wrote, and the NAS must never name a missing or partial layer.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -13,7 +13,7 @@ import { nasPaths, type Manifest } from '../../lib/nas/format.js';
 import { NasRepository } from '../../lib/nas/repository.js';
 import { enableDisks } from '../../lib/sync/enable.js';
 import { setFlag } from '../../lib/sync/local-state.js';
-import { MiB, createImage, guestDigest, qemuIo } from '../helpers/disks.js';
+import { MiB, createImage, guestDigest, qemuIo, qemuIoAs } from '../helpers/disks.js';
 import { TestHost, managedDomainXml } from '../helpers/hosts.js';
 import { requireTools } from '../helpers/tools.js';
 
@@ -176,6 +176,45 @@ describe('SIGKILL during the start work', () => {
         w.call(w.laptop, 'prepare', 'begin');
         assert.deepEqual(w.digests(w.laptopDisks), expected, 'and the other host gets exactly that');
       }
+    });
+  }
+});
+
+const ENABLE_STEPS = [
+  'adopt:convert', 'adopt:compare', 'adopt:incoming', 'adopt:drop-raw', 'seal:rebase-header', 'seal:hash', 'seal:publish', 'create-top:overlay', 'create-top:rename', 'seal:drop-incoming',
+  // only the qcow2 disk, sealed after the raw one was taken over completely
+  'seal:move-aside',
+];
+
+describe('SIGKILL while kss enable takes over a raw and a qcow2 disk', () => {
+  for (const step of ENABLE_STEPS) {
+    it(`finishes when run again after a kill before ${step}`, async (t) => {
+      if (!requireTools(t, 'qemu-img', 'qemu-io')) return;
+      count += 1;
+      const host = new TestHost('desk', join(root, `e${count}`, 'desk'), join(root, `e${count}`, 'nas'));
+      const disks = { vda: { path: host.disk('win.img'), format: 'raw' as const }, vdb: { path: host.disk('win-data.qcow2'), format: 'qcow2' as const } };
+      spawnSync('truncate', ['-s', '16M', disks.vda.path]);
+      qemuIoAs('raw', disks.vda.path, 'write -P 0x5a 1M 2M', 'write -P 0x5b 15M 1M');
+      createImage(disks.vdb.path, 16 * MiB);
+      qemuIo(disks.vdb.path, 'write -P 0x6c 0 1M');
+      const expected = { vda: guestDigest(disks.vda.path, 'raw'), vdb: guestDigest(disks.vdb.path) };
+
+      const job = JSON.stringify({ configFile: host.configFile, domain: 'win', step, disks });
+      const child = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/enable-until.ts', job], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(child.signal, 'SIGKILL', `killed before ${step} (stdout: ${child.stdout} stderr: ${child.stderr})`);
+
+      const switched: string[][] = [];
+      // The domain's definition still says raw (a kill before the switch) or qcow2 already; enable is run as the person would.
+      const enabled = await enableDisks('win', disks, { config: await host.config(), log: host.quietLog() }, async (targets) => void switched.push(targets));
+      assert.equal(enabled.resumed, false);
+      // Killed before seal:move-aside, the first run had taken vda over completely, switch included.
+      assert.deepEqual(switched, step === 'seal:move-aside' ? [] : [['vda']], 'the domain is switched to qcow2 before the raw file is replaced');
+      assert.deepEqual({ vda: guestDigest(disks.vda.path), vdb: guestDigest(disks.vdb.path) }, expected, 'every byte, now through qcow2 tops');
+      for (const { path } of Object.values(disks)) {
+        const chain = JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', path], { encoding: 'utf8' })) as Array<{ format: string }>;
+        assert.deepEqual(chain.map((entry) => entry.format), ['qcow2', 'qcow2'], `${path}: an empty top on one base layer`);
+      }
+      assert.deepEqual(readdirSync(`${disks.vda.path}.layers`).filter((name) => !/^[0-9a-f]{64}\.qcow2$/u.test(name)), [], 'no leftovers');
     });
   }
 });

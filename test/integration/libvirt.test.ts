@@ -10,7 +10,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { readConfig } from '../../lib/config.js';
 import { Logger } from '../../lib/log.js';
 import { enableDisks } from '../../lib/sync/enable.js';
-import { MiB, createImage, guestDigest, qemuIo } from '../helpers/disks.js';
+import { MiB, createImage, guestDigest, qemuIo, qemuIoAs } from '../helpers/disks.js';
 import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
 import { requireTools } from '../helpers/tools.js';
@@ -209,8 +209,84 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.guestIo('gone', 'read -P 0xb2 3M 1M');
     d.mustVirsh('destroy', 'gone');
     const again = d.kss(['enable', 'gone']);
-    assert.equal(again.status, 0, again.stderr);
+    assert.equal(again.status, 9, again.stderr);
+    assert.match(again.stderr, /gone is enabled here, but its first generation is not on the NAS: .*conflict.*\n.*kss resolve gone --keep local/u);
     assert.match(d.mustVirsh('dumpxml', 'gone'), /urn:kvm-snapshot-sync:domain:1/u);
+    const kept = d.kss(['resolve', 'gone', '--keep', 'local']);
+    assert.equal(kept.status, 0, kept.stderr);
+    await d.session('gone', ['read -P 0xb2 3M 1M']);
+  });
+
+  it('enables a raw disk (kss enable pushes it with its definition), and sets it up on the other host (kss clone)', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    const disk = `${IMAGES}/win.img`;
+    execFileSync('truncate', ['-s', '32M', d.outside(disk)]);
+    qemuIoAs('raw', d.outside(disk), 'write -P 0x33 1M 2M', 'write -P 0x34 31M 1M');
+    const original = guestDigest(d.outside(disk), 'raw');
+    d.define('win', tinyDomainXml('win', { vda: disk }, false, ['vda']));
+
+    const enabled = d.kss(['enable', 'win']);
+    assert.equal(enabled.status, 0, enabled.stderr);
+    assert.match(enabled.stderr, /push vda [0-9a-f]{12}: .*\(100%\)/u, 'the base is pushed with a progress bar');
+    assert.match(enabled.stdout, /^win: enabled; generation [0-9a-f]{12} and the definition are on the NAS\n$/u);
+    const xml = d.mustVirsh('dumpxml', '--inactive', 'win');
+    assert.match(xml, /<driver name='qemu' type='qcow2'\/>\s*<source file='\/var\/lib\/libvirt\/images\/win.img'\/>/u, 'the same path, now qcow2');
+    assert.match(xml, /urn:kvm-snapshot-sync:domain:1/u);
+    assert.equal(guestDigest(d.outside(disk)), original, 'every byte of the raw disk, through the new top');
+    const onNas = readFileSync(join((nas as SshNas).root, 'domains', 'win', 'domain.xml'), 'utf8');
+    assert.match(onNas, /urn:kvm-snapshot-sync:domain:1/u, 'the NAS has the definition, managed');
+    await d.session('win', ['read -P 0x33 1M 2M', 'write -P 0x44 8M 1M']);
+
+    const notHere = l.kss(['delta', 'win']);
+    assert.equal(notHere.status, 5);
+    assert.match(notHere.stderr, /win is not managed on this host\n.*kss clone win/u);
+    const cloned = l.kss(['clone', 'win']);
+    assert.equal(cloned.status, 0, cloned.stderr);
+    assert.match(cloned.stderr, /pull vda [0-9a-f]{12}: .*\(100%\)/u);
+    assert.match(cloned.stdout, /^win: defined here with generation [0-9a-f]{12} from host desk .*; virsh start win\n$/u);
+    assert.match(l.mustVirsh('dumpxml', 'win'), /urn:kvm-snapshot-sync:domain:1/u);
+    const inStep = JSON.parse(l.kss(['delta', 'win', '--json']).stdout);
+    assert.deepEqual([inStep.push, inStep.pull, inStep.tops], [{ bytes: 0, layers: 0 }, { bytes: 0, layers: 0 }, { bytes: 0 }]);
+    await l.session('win', ['read -P 0x33 1M 2M', 'read -P 0x44 8M 1M', 'read -P 0x34 31M 1M', 'write -P 0x55 9M 2M']);
+    assert.doesNotMatch(l.hookLog('win'), /pulling layer/u, 'the clone had fetched everything');
+
+    const behind = d.kss(['delta', 'win']);
+    assert.equal(behind.status, 0, behind.stderr);
+    assert.match(behind.stdout, /^win: to push 0 B \(0 layers\).*\nwin: to pull 2\.\d+ MiB \(1 layer\)\n$/u, 'the laptop\'s 2 MiB session');
+    await d.session('win', ['read -P 0x55 9M 2M']);
+    const again = l.kss(['clone', 'win']);
+    assert.equal(again.status, 2, 'a defined domain is not cloned over');
+    assert.match(again.stderr, /win is already defined on this host/u);
+  });
+
+  it('names a generation as a snapshot and rolls back to it; merges the local chain (kss snapshot)', async (t) => {
+    if (!ready(t)) return;
+    const d = desk as LibvirtHost;
+    const disks = await defineWork(d, 'snap', true);
+    await d.session('snap', ['write -P 0x61 1M 1M']);
+    const created = d.kss(['snapshot', 'create', 'snap', '--name', 'before-upgrade']);
+    assert.equal(created.status, 0, created.stderr);
+    assert.match(created.stdout, /^snap: snapshot before-upgrade = generation [0-9a-f]{12}/u);
+    for (const pattern of ['0x62', '0x63', '0x64']) await d.session('snap', [`write -P ${pattern} 1M 1M`]);
+    assert.match(d.kss(['snapshot', 'list', 'snap']).stdout, /nas +snapshot before-upgrade\n/u);
+
+    const chainLength = () => JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', '-U', d.outside(disks.vda as string)], { encoding: 'utf8' })).length;
+    const before = digests(d, disks);
+    assert.equal(chainLength(), 6, 'top, 4 sessions, base');
+    const merged = d.kss(['snapshot', 'merge', 'snap']);
+    assert.equal(merged.status, 0, merged.stderr);
+    assert.match(merged.stdout, /^snap: merged the chain of vda here\n$/u);
+    assert.equal(chainLength(), 3, 'top, the newest layer, base');
+    assert.deepEqual(digests(d, disks), before, 'the same bytes');
+
+    const back = d.kss(['rollback', 'snap', '--to', 'before-upgrade']);
+    assert.equal(back.status, 0, back.stderr);
+    await d.session('snap', ['read -P 0x61 1M 1M', 'read -P 0x11 0 1M']);
+    const deleted = d.kss(['snapshot', 'delete', 'snap', 'before-upgrade']);
+    assert.equal(deleted.status, 0, deleted.stderr);
+    assert.doesNotMatch(d.kss(['snapshot', 'list', 'snap']).stdout, /before-upgrade/u);
+    assert.match(d.kss(['snapshot', 'delete', 'snap', 'before-upgrade']).stderr, /snap has no snapshot before-upgrade/u);
   });
 
   it('refuses a corrupted layer from the NAS and leaves the local VM as it was, startable', async (t) => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseDomainXml, syncedDisks } from '../../lib/domain-xml.js';
+import { parseDomainXml, setDiskFormatQcow2, setDiskPaths, syncedDisks } from '../../lib/domain-xml.js';
 import { DiskStateError } from '../../lib/errors.js';
 import { NAMESPACE_URI, mentionsNamespace } from '../../lib/namespace.js';
 
@@ -85,5 +85,24 @@ describe('mentionsNamespace', () => {
   it('is a cheap necessary condition', () => {
     assert.equal(mentionsNamespace(domainXml(`<kss:sync xmlns:kss="${NAMESPACE_URI}"/>`)), true);
     assert.equal(mentionsNamespace(domainXml('')), false);
+  });
+});
+
+describe('editing disks in libvirt XML, as text', () => {
+  it('switches the disks named to qcow2, and changes nothing else', async () => {
+    const xml = domainXml('');
+    const edited = setDiskFormatQcow2(xml, ['vdb']);
+    assert.equal(edited.replace("<driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/libvirt/images/work-home.img'/>", 'X'), xml.replace("<driver name='qemu' type='raw'/>\n      <source file='/var/lib/libvirt/images/work-home.img'/>", 'X'));
+    assert.deepEqual((await parseDomainXml(edited)).disks.map((d) => d.format), ['qcow2', 'qcow2', undefined, undefined, undefined]);
+    const noDriver = setDiskFormatQcow2(xml, ['vdd']);
+    assert.equal((await parseDomainXml(noDriver)).disks[4]?.format, 'qcow2', 'a <driver> is added where there was none');
+    assert.equal(setDiskFormatQcow2(xml, []), xml);
+  });
+
+  it('points the disks named at new files, escaping what XML needs', async () => {
+    const edited = setDiskPaths(domainXml(''), { vda: "/srv/vm's & <images>/root.qcow2" });
+    const parsed = await parseDomainXml(edited);
+    assert.equal(parsed.disks[0]?.path, "/srv/vm's & <images>/root.qcow2");
+    assert.equal(parsed.disks[1]?.path, '/var/lib/libvirt/images/work-home.img');
   });
 });

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   checkCommand,
+  compareCommand,
   createOverlayCommand,
   flattenCommand,
   infoChainCommand,
@@ -21,7 +22,10 @@ describe('qemu-img commands', () => {
     });
     assert.deepEqual(rebaseUnsafeCommand('/l/x.qcow2', 'p.qcow2').args, ['rebase', '-q', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', 'p.qcow2', '/l/x.qcow2']);
     assert.deepEqual(rebaseSafeCommand('/l/x.qcow2', 'p.qcow2').args, ['rebase', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', 'p.qcow2', '/l/x.qcow2']);
+    assert.deepEqual(createOverlayCommand('/t.qcow2', 't.qcow2.layers/ab.qcow2', { nocow: true }).args.slice(3, 7), ['qcow2', '-o', 'nocow=on', '-F']);
     assert.deepEqual(flattenCommand('/a', '/b').args, ['convert', '-q', '-f', 'qcow2', '-O', 'qcow2', '/a', '/b']);
+    assert.deepEqual(flattenCommand('/a.img', '/b', 'raw').args, ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '/a.img', '/b']);
+    assert.deepEqual(compareCommand('/a.img', '/b', ['raw', 'qcow2']).args, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', '/a.img', '/b']);
     assert.deepEqual(infoChainCommand('/a').args, ['info', '--backing-chain', '--output=json', '-U', '/a']);
     assert.deepEqual(checkCommand('/a').okExitCodes, [0, 2, 3]);
   });

@@ -55,4 +55,13 @@ describe('planRetention', () => {
     assert.equal(Object.hasOwn(applied.layers, h('y')), false);
     assert.equal(Object.hasOwn(applied.layers, h('0')), true, 'the base both kept lines read through');
   });
+
+  it('keeps a snapshot whatever its age, and the layers it reads through', () => {
+    const manifest = line([90, 60, 1]);
+    manifest.snapshots = { before: { generation: 'g0', host: 'desk', created: daysAgo(90) } };
+    const plan = planRetention(manifest, now, { keepDays: 30, keepGenerations: 1 });
+    assert.deepEqual([...plan.keepGenerations].sort(), ['g0', 'g2']);
+    assert.deepEqual(plan.dropGenerations, ['g1']);
+    assert.equal(plan.neededLayers.has(h('0')), true);
+  });
 });

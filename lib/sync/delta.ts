@@ -1,0 +1,54 @@
+// What would move between this host and the NAS for a domain, in bytes, each way
+// (`kss delta VM`). The sizes come from the local state and the manifest; only the
+// tops are looked at on disk.
+import { stat } from 'node:fs/promises';
+import { pathExists } from '../durable-fs.js';
+import { hasOwnData } from '../layers.js';
+import { layerChain, type Manifest } from '../nas/format.js';
+import { layerPathOf } from './disks.js';
+import type { LocalState } from './local-state.js';
+
+export interface Delta {
+  domain: string;
+  /** Sealed here and not on the NAS: what the next push sends. */
+  push: { bytes: number; layers: number };
+  /** Written into the tops since the last seal (on disk, a little header included): sealed and pushed after the next stop. */
+  tops: { bytes: number };
+  /** Layers of the NAS's head that this host lacks: what the next start fetches. */
+  pull: { bytes: number; layers: number };
+}
+
+/** Pure: the bytes each way, given which layer files this host has (`has(top, hash)`). */
+export function deltaOf(state: LocalState, manifest: Manifest | undefined, has: (top: string, hash: string) => boolean, topBytes: number): Delta {
+  const pushLayers = state.pending.flatMap((p) => Object.values(p.layers));
+  const pull = new Map<string, number>();
+  const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
+  if (manifest && head && head.id !== state.synced?.id && !state.pending.some((p) => p.generation.id === head.id)) {
+    for (const [target, top] of Object.entries(state.disks)) {
+      const layer = head.disks[target];
+      if (layer === undefined) continue;
+      for (const hash of layerChain(manifest.layers, layer)) if (!has(top, hash)) pull.set(hash, manifest.layers[hash]?.size ?? 0);
+    }
+  }
+  return {
+    domain: state.domain,
+    push: { bytes: pushLayers.reduce((sum, layer) => sum + layer.size, 0), layers: pushLayers.length },
+    tops: { bytes: topBytes },
+    pull: { bytes: [...pull.values()].reduce((sum, size) => sum + size, 0), layers: pull.size },
+  };
+}
+
+/** The delta of a domain as things are now. */
+export async function measureDelta(state: LocalState, manifest: Manifest | undefined): Promise<Delta> {
+  const present = new Set<string>();
+  let topBytes = 0;
+  for (const top of Object.values(state.disks)) {
+    // A running VM holds its tops: counted as they are on disk, written or not.
+    if ((await pathExists(top)) && (await hasOwnData(top).catch(() => true))) topBytes += (await stat(top)).blocks * 512;
+    const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
+    for (const hash of head && manifest ? Object.values(head.disks).flatMap((layer) => layerChain(manifest.layers, layer)) : []) {
+      if (await pathExists(layerPathOf(top, hash))) present.add(`${top}\0${hash}`);
+    }
+  }
+  return deltaOf(state, manifest, (top, hash) => present.has(`${top}\0${hash}`), topBytes);
+}

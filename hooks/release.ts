@@ -7,17 +7,20 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { setFlag } from '../lib/sync/local-state.js';
 import { FINISH_STOP_OP, type HookContext } from './dispatch.js';
 
 /** Where libvirt keeps managed-save images: a saved VM's disks must stay as they are. */
 export const MANAGED_SAVE_DIR = '/var/lib/libvirt/qemu/save';
 
 /** Handles `release end` for a managed domain. */
-export async function releaseEnd({ domain, log }: HookContext): Promise<void> {
+export async function releaseEnd({ domain, config, log }: HookContext): Promise<void> {
   if (existsSync(join(MANAGED_SAVE_DIR, `${domain.name}.save`))) {
     log.info('managed save: the disks stay as they are until the VM is restored');
     return;
   }
+  // Until the background work has taken the domain lock, only this says a stop is pending.
+  await setFlag(config.stateDir, domain.name, 'stopping');
   const child = spawn(process.execPath, ['hook', 'qemu', domain.name, FINISH_STOP_OP, 'begin', '-'], {
     argv0: 'kvm-snapshot-sync',
     detached: true,

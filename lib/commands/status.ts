@@ -5,10 +5,13 @@ import { isLocked } from '../lock.js';
 import { openRepository } from '../nas/open.js';
 import { formatBytes } from '../progress.js';
 import { measureDelta } from '../sync/delta.js';
-import { domainLockPath, readLocalState } from '../sync/local-state.js';
+import { domainLockPath, hasFlag, readLocalState } from '../sync/local-state.js';
 import { domainStatus, knownDomains, type DomainStatus } from '../sync/status.js';
 import type { CommandContext } from './lifecycle.js';
 import { printJson } from './output.js';
+
+/** How long a stop's background work may take to start before kss wait calls it lost. */
+const STOP_WORK_GRACE_MS = 15_000;
 
 const STATE_TEXT: Record<DomainStatus['state'], string> = {
   synced: 'synced',
@@ -61,11 +64,19 @@ export async function statusCommand(o: { domain: string | undefined; json: boole
 export async function waitCommand(o: { domain: string; timeoutSeconds: number }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const deadline = Date.now() + o.timeoutSeconds * 1000;
-  while (await isLocked(domainLockPath(config.stateDir, o.domain))) {
+  // Busy: the lock is held, or a stop's background work has not taken it yet.
+  let idleSince = Date.now();
+  for (;;) {
+    const locked = await isLocked(domainLockPath(config.stateDir, o.domain));
+    if (locked) idleSince = Date.now();
+    else if (!(await hasFlag(config.stateDir, o.domain, 'stopping'))) break;
+    else if (Date.now() - idleSince > STOP_WORK_GRACE_MS) {
+      throw new DiskStateError(`the work after ${o.domain}'s last stop did not run`, { remedy: `kss log ${o.domain} may tell why; kss push ${o.domain} does it now` });
+    }
     if (Date.now() > deadline) {
       throw new LockedError(`${o.domain} is still syncing after ${o.timeoutSeconds} s`, { remedy: `kss log ${o.domain} shows what it does; wait longer with --timeout` });
     }
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await new Promise((resolve) => setTimeout(resolve, 250));
   }
   const repository = openRepository(config);
   const s = await domainStatus(o.domain, config, repository).finally(() => repository.close());

@@ -191,7 +191,6 @@ export async function publishPending(state: LocalState, repository: NasRepositor
   return repository.publishGeneration(state.domain, { parent, created, disks, layers }, lease);
 }
 
-/** Progress of one transfer as log lines (every 10 s and at the end). */
 /** Makes the progress callback of one transfer, given its label ("push vda 3f2a…"). */
 export type ProgressFor = (label: string) => TransferProgress;
 

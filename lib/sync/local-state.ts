@@ -44,8 +44,11 @@ export interface LocalState {
   compacted?: Record<string, string>;
 }
 
-/** One-shot flags; the CLI sets them, the hook consumes them. */
-export type Flag = 'skip-sync' | 'steal-lease' | 'no-push' | 'restoring';
+/**
+ * One-shot flags; the CLI sets them, the hook consumes them. `stopping` is the hook's
+ * own: set at release end until the background work of that stop ends (kss wait).
+ */
+export type Flag = 'skip-sync' | 'steal-lease' | 'no-push' | 'restoring' | 'stopping';
 
 export function domainStateDir(stateDir: string, domain: string): string {
   return join(stateDir, 'domains', escapeFileName(domain));

@@ -62,6 +62,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         const state = await readLocalState(config.stateDir, domain);
         state.disks = disks;
         // One-shot flags are consumed by this start whatever else asks the same.
+        await takeFlag(config.stateDir, domain, 'stopping'); // a stop whose work never ran: this start does it
         const flags = {
           restoring: await takeFlag(config.stateDir, domain, 'restoring'),
           skipSync: (await takeFlag(config.stateDir, domain, 'skip-sync')) || client.skipSync,

@@ -15,6 +15,14 @@ const STOP_LOCK_WAIT_MS = 60 * 60_000;
 
 /** Seals, merges and (unless told not to) pushes what the stopped VM wrote. */
 export async function finishStop(domain: string, deps: SyncDeps): Promise<void> {
+  try {
+    await sealAndPush(domain, deps);
+  } finally {
+    await takeFlag(deps.config.stateDir, domain, 'stopping'); // for kss wait: this stop's work is over
+  }
+}
+
+async function sealAndPush(domain: string, deps: SyncDeps): Promise<void> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
   await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async () => {

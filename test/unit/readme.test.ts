@@ -39,4 +39,13 @@ describe('README', () => {
     const { NAMESPACE_URI } = await import('../../lib/namespace.js');
     assert.ok(readme.includes(NAMESPACE_URI));
   });
+
+  it('documents every command of the CLI in its command table', () => {
+    const cli = readFileSync('lib/cli.ts', 'utf8');
+    const top = [...cli.matchAll(/^ {4}\.command\(\n? *'([a-z]+)/gmu)].map((m) => m[1] as string);
+    const snapshot = [...cli.matchAll(/^ {8}\.command\(\n *'([a-z]+) </gmu)].map((m) => `snapshot ${m[1] as string}`);
+    const names = [...top.filter((name) => name !== 'hook' && name !== 'snapshot'), ...snapshot];
+    assert.ok(names.length >= 20, `found the commands: ${names.join(', ')}`);
+    for (const name of names) assert.match(readme, new RegExp(`^\\| \`kss ${name}\\b`, 'mu'), `kss ${name}`);
+  });
 });

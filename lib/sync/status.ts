@@ -10,7 +10,7 @@ import type { NasRepository } from '../nas/repository.js';
 import { pathExists } from '../durable-fs.js';
 import { unescapeFileName } from '../file-names.js';
 import type { NasView } from './decide.js';
-import { domainLockPath, localHead, readLocalState } from './local-state.js';
+import { domainLockPath, hasFlag, localHead, readLocalState } from './local-state.js';
 import { lookAtNas } from './session.js';
 
 /**
@@ -58,7 +58,8 @@ export async function knownDomains(config: Config): Promise<string[]> {
 
 /** Looks at one domain here and on the NAS (an unreachable NAS is part of the answer). */
 export async function domainStatus(domain: string, config: Config, repository: NasRepository): Promise<DomainStatus> {
-  const busy = await isLocked(domainLockPath(config.stateDir, domain));
+  // A stop whose background work has not taken the lock yet counts as busy too.
+  const busy = (await isLocked(domainLockPath(config.stateDir, domain))) || (await hasFlag(config.stateDir, domain, 'stopping'));
   const state = await readLocalState(config.stateDir, domain);
   const { manifest, nas } = await lookAtNas(repository, domain);
   const layers: Record<string, number> = {};

@@ -18,7 +18,7 @@ export async function finishStop(domain: string, deps: SyncDeps): Promise<void> 
   try {
     await sealAndPush(domain, deps);
   } finally {
-    await takeFlag(deps.config.stateDir, domain, 'stopping'); // for kss wait: this stop's work is over
+    await takeFlag(deps.config.stateDir, domain, 'stopping'); // for kss wait: this stop's work is over, even failed
   }
 }
 
@@ -78,6 +78,7 @@ async function sealAndPush(domain: string, deps: SyncDeps): Promise<void> {
         log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: config.maxChainDepth });
         await writeLocalState(config.stateDir, state);
       }
+      await takeFlag(config.stateDir, domain, 'stopping'); // before the line tests and people wait for
       log.info('stop finished', { outcome });
     } finally {
       await repository?.close();

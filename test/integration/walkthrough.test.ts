@@ -70,23 +70,14 @@ describe('the README walkthrough, on two simulated machines', () => {
     d.define('work', tinyDomainXml('work', { vda: disk }, false, ['vda']));
 
     for (const host of [d, l]) assert.match(run(host, 'both'), /^OK    nas /mu, `${host.name}: kss doctor reaches the NAS`);
-    run(d, 'desktop');
-    d.guestIo('work', 'read -P 0x71 0 4M');
-    d.guestIo('work', 'write -P 0x72 8M 4M');
-    d.mustVirsh('destroy', 'work');
-    run(d, 'wait');
-
-    run(l, 'laptop');
-    l.guestIo('work', 'read -P 0x71 0 4M');
-    l.guestIo('work', 'read -P 0x72 8M 4M');
-    l.guestIo('work', 'write -P 0x73 16M 4M');
-    l.mustVirsh('destroy', 'work');
-    run(l, 'wait');
-
-    run(d, 'back');
-    d.guestIo('work', 'read -P 0x73 16M 4M');
-    d.guestIo('work', 'read -P 0x72 8M 4M');
-    d.mustVirsh('destroy', 'work');
-    run(d, 'wait');
+    const session = (host: LibvirtHost, starting: string, io: string[]) => {
+      run(host, starting);
+      for (const command of io) host.guestIo('work', command);
+      host.mustVirsh('destroy', 'work'); // the guest shuts down
+      run(host, 'wait');
+    };
+    session(d, 'desktop', ['read -P 0x71 0 4M', 'write -P 0x72 8M 4M']);
+    session(l, 'laptop', ['read -P 0x71 0 4M', 'read -P 0x72 8M 4M', 'write -P 0x73 16M 4M']);
+    session(d, 'back', ['read -P 0x73 16M 4M', 'read -P 0x72 8M 4M']);
   });
 });

@@ -1,15 +1,18 @@
 // Where a domain stands between this host and the NAS, for `kss status` and `kss wait`.
 // judgeSync is pure; domainStatus gathers what it judges.
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Config } from '../config.js';
 import { readChain } from '../layers.js';
 import { isLocked } from '../lock.js';
+import { domainLogPath } from '../log.js';
 import type { Lease } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { pathExists } from '../durable-fs.js';
 import { unescapeFileName } from '../file-names.js';
 import type { NasView } from './decide.js';
+import { measureDelta, type Delta } from './delta.js';
 import { domainLockPath, hasFlag, localHead, readLocalState } from './local-state.js';
 import { lookAtNas } from './session.js';
 
@@ -40,6 +43,10 @@ export interface DomainStatus {
   lease: Lease | null;
   /** Layers under each disk's top, here. */
   layers: Record<string, number>;
+  /** What would move each way now (kss delta). */
+  delta: Pick<Delta, 'push' | 'pull' | 'tops'>;
+  /** While busy: the last progress the work logged ("push vda 3f2a…: 1.2 GiB of 2.0 GiB (60%), …"). */
+  progress?: string;
   /** Why the NAS could not be asked. */
   problem?: string;
   lastSync?: { at: string; outcome: string };
@@ -66,6 +73,8 @@ export async function domainStatus(domain: string, config: Config, repository: N
   for (const [target, top] of Object.entries(state.disks)) {
     if (await pathExists(top)) layers[target] = (await readChain(top)).length - 1;
   }
+  const { push, pull, tops } = await measureDelta(state, manifest);
+  const progress = busy ? lastProgress(domainLogPath(config.logDir, domain)) : undefined;
   return {
     domain,
     state: judgeSync({ synced: state.synced?.id ?? null, pending: state.pending.length }, nas),
@@ -75,7 +84,31 @@ export async function domainStatus(domain: string, config: Config, repository: N
     nasHead: manifest?.head ?? null,
     lease: manifest?.lease ?? null,
     layers,
+    delta: { push, pull, tops },
+    ...(progress ? { progress } : {}),
     ...(nas.reachable ? {} : { problem: nas.problem }),
     ...(state.lastSync ? { lastSync: state.lastSync } : {}),
   };
 }
+
+/** The last transfer progress line in a domain's log (it logs one every 10 s), from its end. */
+export function lastProgress(logFile: string): string | undefined {
+  let text: string;
+  try {
+    const fd = openSync(logFile, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      const buffer = Buffer.alloc(Math.min(size, 16_384));
+      readSync(fd, buffer, 0, buffer.length, size - buffer.length);
+      text = buffer.toString('utf8');
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+  const lines = text.split('\n').filter((line) => PROGRESS_LINE.test(line));
+  return PROGRESS_LINE.exec(lines.at(-1) ?? '')?.[1];
+}
+
+const PROGRESS_LINE = /\b((?:push|pull) \S+ [0-9a-f]{12}: .+ of .+\(\d+%\).*)$/u;

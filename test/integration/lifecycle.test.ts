@@ -151,7 +151,7 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     assert.equal(status(desk).state, 'ahead', 'enabled, not published yet');
     assert.equal(wait(desk).status, 5);
     ok(desk.call('told', 'prepare', 'begin', s.deskXml), 'desk start');
-    assert.match(desk.kss('status').stdout, /^told: synced; checked out here\n  here [0-9a-f]{12}, NAS [0-9a-f]{12}; layers: vda 1, vdb 1/u);
+    assert.match(desk.kss('status').stdout, /^told: synced; checked out here\n  here [0-9a-f]{12}, NAS [0-9a-f]{12}; layers: vda 1, vdb 1.*\n  to push 0 B, to pull 0 B\n$/u);
     const running = wait(desk);
     assert.equal(running.status, 11, running.stderr);
     assert.match(running.stderr, /checked out here/u);
@@ -179,6 +179,7 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     assert.equal(conflict.status, 9, conflict.stderr);
     assert.match(conflict.stderr, /kss resolve told --keep local\|remote/u);
     assert.equal(status(laptop).state, 'conflict');
+    assert.deepEqual([status(laptop).delta.push.layers, status(laptop).delta.pull.layers], [1, 1], "the laptop's session one way, the desktop's the other");
   });
 
   it('consumes the one-shot flags of a start even when the client environment asks the same', async (t) => {

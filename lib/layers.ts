@@ -176,7 +176,7 @@ export async function sealTop(
   }
   await mkdir(layersDir, { recursive: true, mode: 0o755 });
   deps.onStep?.('seal:move-aside');
-  await renameDurably(topPath, join(layersDir, INCOMING));
+  await renameDurably(topPath, incomingPathOf(topPath));
   return finishSeal(topPath, deps);
 }
 
@@ -185,7 +185,7 @@ export async function sealTop(
  * Returns the sealed layer when it finished one.
  */
 export async function recoverSeal(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult | undefined> {
-  const incoming = join(layersDirOf(topPath), INCOMING);
+  const incoming = incomingPathOf(topPath);
   if (!(await pathExists(incoming))) return undefined;
   if (!(await pathExists(topPath))) return finishSeal(topPath, deps);
 
@@ -208,7 +208,7 @@ export async function recoverSeal(topPath: string, deps: EngineDeps = defaultDep
 
 async function finishSeal(topPath: string, deps: EngineDeps): Promise<SealResult> {
   const layersDir = layersDirOf(topPath);
-  const incoming = join(layersDir, INCOMING);
+  const incoming = incomingPathOf(topPath);
 
   deps.onStep?.('seal:rebase-header');
   const sealed = await readImageInfo(incoming, deps);
@@ -248,11 +248,11 @@ async function finishSeal(topPath: string, deps: EngineDeps): Promise<SealResult
  */
 export async function stageRawImage(topPath: string, deps: EngineDeps = defaultDeps): Promise<void> {
   const layersDir = layersDirOf(topPath);
-  const incoming = join(layersDir, INCOMING);
+  const incoming = incomingPathOf(topPath);
   if (await pathExists(incoming)) return;
   await mkdir(layersDir, { recursive: true, mode: 0o755 });
   await removeLeftovers(layersDir, CONVERTING_PREFIX);
-  const temp = join(layersDir, `${CONVERTING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  const temp = tempLayerPath(layersDir, CONVERTING_PREFIX);
   try {
     deps.onStep?.('adopt:convert');
     await deps.run(flattenCommand(topPath, temp, 'raw'));
@@ -276,7 +276,7 @@ export async function stageRawImage(topPath: string, deps: EngineDeps = defaultD
  * Steps: adopt:drop-raw, then those of a seal from seal:rebase-header on.
  */
 export async function adoptStagedRaw(topPath: string, deps: EngineDeps = defaultDeps): Promise<SealResult> {
-  const incoming = join(layersDirOf(topPath), INCOMING);
+  const incoming = incomingPathOf(topPath);
   if (await pathExists(topPath)) {
     const top = await readImageInfo(topPath, deps);
     if (top.format === 'qcow2' && top.backingRef !== undefined) {
@@ -337,7 +337,12 @@ export async function mergeLayers(
 
 /** A temporary file in a layers directory for a merge (removeMergeLeftovers knows it). */
 function mergingPath(layersDir: string): string {
-  return join(layersDir, `${MERGING_PREFIX}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
+  return tempLayerPath(layersDir, MERGING_PREFIX);
+}
+
+/** A temporary file in a layers directory, named by what makes it (leftovers are found by the prefix). */
+function tempLayerPath(layersDir: string, prefix: string): string {
+  return join(layersDir, `${prefix}${Date.now()}-${process.pid}${LAYER_SUFFIX}`);
 }
 
 /**

@@ -5,7 +5,8 @@
 import { readdir, statfs } from 'node:fs/promises';
 import { runCommand } from './runner.js';
 
-const BTRFS_MAGIC = 0x9123683e;
+/** statfs's `type` of a btrfs filesystem. */
+export const BTRFS_MAGIC = 0x9123683e;
 
 export async function onBtrfs(path: string): Promise<boolean> {
   return (await statfs(path)).type === BTRFS_MAGIC;

@@ -8,7 +8,7 @@ import { ConfigError, KssError, describeError } from '../errors.js';
 import { nasPaths } from '../nas/format.js';
 import { openTransport } from '../nas/open.js';
 import { NAMESPACE_URI } from '../namespace.js';
-import { hasNoCow, onBtrfs } from '../nocow.js';
+import { BTRFS_MAGIC, hasNoCow } from '../nocow.js';
 import { runCommand } from '../runner.js';
 import { readLocalState } from '../sync/local-state.js';
 import { knownDomains } from '../sync/status.js';
@@ -82,7 +82,7 @@ async function checkDirectories(config: Config): Promise<Verdict[]> {
     if (!dirs.has(dir)) continue;
     const closed = ancestors(dir).find((path) => (statSync(path).mode & 0o001) === 0);
     if (closed) verdicts.push({ level: 'warn', what: 'images', detail: `${closed} is not traversable by others: QEMU (user libvirt-qemu) may not reach the disks below it`, fix: `chmod o+x ${closed}` });
-    if ((await onBtrfs(dir)) && !(await hasNoCow(dir).catch(() => false))) {
+    if (fs.type === BTRFS_MAGIC && !(await hasNoCow(dir).catch(() => false))) {
       verdicts.push({ level: 'warn', what: 'images', detail: `${dir} is on btrfs without NOCOW: disk images fragment badly under copy-on-write`, fix: `chattr +C ${dir} (applies to files created after it)` });
     }
   }

@@ -1,9 +1,10 @@
 // `kss start`, `kss stop`, `kss push`, `kss pull`, `kss resolve`, `kss rollback`,
 // `kss gc`: the person's hand on the lifecycle. start and stop are virsh around one-shot
 // flags that the hook consumes.
-import { readConfig } from '../config.js';
+import { readConfig, type Config } from '../config.js';
 import { DiskStateError, UsageError } from '../errors.js';
 import { Logger, streamSink } from '../log.js';
+import type { Generation } from '../nas/format.js';
 import { openRepository } from '../nas/open.js';
 import { runCommand } from '../runner.js';
 import { barProgress, pullGeneration } from '../sync/disks.js';
@@ -105,9 +106,10 @@ export async function pushCommand(o: { domain: string }, context: CommandContext
 /**
  * Runs the work after a stop by hand, with a progress bar, and when the NAS then has
  * everything of this host's, puts the domain's current definition there too (for
- * `kss clone` on another host). Returns how it ended and what is still unpushed.
+ * `kss clone` on another host). Returns how it ended, what is still unpushed, the
+ * generation the disks are now in step with on the NAS, and the configuration it used.
  */
-export async function pushHere(domain: string, context: CommandContext): Promise<{ outcome: string; pending: number }> {
+export async function pushHere(domain: string, context: CommandContext): Promise<{ outcome: string; pending: number; synced: Generation | null; config: Config }> {
   const deps = await syncDeps(context, 'warn'); // the bars show the progress
   await finishStop(domain, { ...deps, progressFor: barProgress(context.stderr) });
   const state = await readLocalState(deps.config.stateDir, domain);
@@ -116,7 +118,7 @@ export async function pushHere(domain: string, context: CommandContext): Promise
     const repository = deps.openRepository();
     await repository.writeDomainXml(domain, xml).finally(() => repository.close());
   }
-  return { outcome: state.lastSync?.outcome ?? 'nothing to do', pending: state.pending.length };
+  return { outcome: state.lastSync?.outcome ?? 'nothing to do', pending: state.pending.length, synced: state.synced, config: deps.config };
 }
 
 /**

@@ -65,15 +65,13 @@ export async function snapshotCreate(o: { domain: string; name: string | undefin
   await requireShutOff(o.domain, context.env, `shut it down first (kss stop ${o.domain}): a snapshot is of the disks at rest`);
   const name = o.name ?? new Date().toISOString().slice(0, 19).replace(/:/gu, '');
   if (!/^[\w.-]+$/u.test(name)) throw new UsageError(`snapshot name "${name}": use letters, digits, . _ and - only`);
-  const pushed = await pushHere(o.domain, context);
-  const config = await readConfig(context.configFile);
-  const state = await readLocalState(config.stateDir, o.domain);
-  if (pushed.pending > 0 || state.synced === null) {
-    throw new DiskStateError(`a snapshot is kept on the NAS, and ${o.domain}'s disks here are not there yet: ${pushed.outcome}`, { remedy: `kss status ${o.domain} says why` });
+  const { outcome, pending, synced, config } = await pushHere(o.domain, context);
+  if (pending > 0 || synced === null) {
+    throw new DiskStateError(`a snapshot is kept on the NAS, and ${o.domain}'s disks here are not there yet: ${outcome}`, { remedy: `kss status ${o.domain} says why` });
   }
   const repository = openRepository(config);
-  await repository.addSnapshot(o.domain, name, state.synced.id).finally(() => repository.close());
-  context.stdout.write(`${o.domain}: snapshot ${name} = generation ${state.synced.id.slice(0, 12)}; back to it with kss rollback ${o.domain} --to ${name}\n`);
+  await repository.addSnapshot(o.domain, name, synced.id).finally(() => repository.close());
+  context.stdout.write(`${o.domain}: snapshot ${name} = generation ${synced.id.slice(0, 12)}; back to it with kss rollback ${o.domain} --to ${name}\n`);
 }
 
 /** `kss snapshot delete VM NAME`: the name goes; the generation is then left to retention. */

@@ -229,7 +229,7 @@ export class NasRepository {
       const taken = manifest.snapshots?.[name];
       if (taken && taken.generation !== generation) throw new UsageError(`${domain} already has a snapshot ${name} (generation ${taken.generation.slice(0, 12)})`, { remedy: 'choose another name, or delete that one first' });
       if (!manifest.generations[generation]) throw new DiskStateError(`the NAS has no generation ${generation.slice(0, 12)} of ${domain}`);
-      manifest.snapshots = { ...manifest.snapshots, [name]: { generation, host: this.options.host, created: (this.options.now?.() ?? new Date()).toISOString() } };
+      manifest.snapshots = { ...manifest.snapshots, [name]: { generation, host: this.options.host, created: this.now().toISOString() } };
       return manifest;
     });
   }
@@ -246,8 +246,12 @@ export class NasRepository {
     });
   }
 
+  private now(): Date {
+    return this.options.now?.() ?? new Date();
+  }
+
   private changeLease(manifest: Manifest, change: LeaseChange): Manifest {
-    if (change === 'take') manifest.lease = { host: this.options.host, since: (this.options.now?.() ?? new Date()).toISOString() };
+    if (change === 'take') manifest.lease = { host: this.options.host, since: this.now().toISOString() };
     if (change === 'release' && manifest.lease?.host === this.options.host) manifest.lease = null;
     return manifest;
   }
@@ -277,7 +281,7 @@ export class NasRepository {
    * a push in flight keeps its layers) and abandoned uploads.
    */
   async collectGarbage(domain: string, policy: RetentionPolicy): Promise<GcResult> {
-    const now = this.options.now?.() ?? new Date();
+    const now = this.now();
     let plan: ReturnType<typeof planRetention> | undefined;
     const manifest = await this.updateManifest(domain, (current) => {
       plan = planRetention(current, now, policy);

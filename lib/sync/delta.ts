@@ -1,11 +1,11 @@
 // What would move between this host and the NAS for a domain, in bytes, each way
-// (`kss delta VM`). The sizes come from the local state and the manifest; only the
-// tops are looked at on disk.
+// (`kss delta VM`): the sizes come from the local state and the manifest; on disk, only
+// the tops and which layer files exist are looked at.
 import { stat } from 'node:fs/promises';
 import { pathExists } from '../durable-fs.js';
 import { hasOwnData } from '../layers.js';
-import { layerChain, type Manifest } from '../nas/format.js';
-import { layerPathOf } from './disks.js';
+import type { Manifest } from '../nas/format.js';
+import { missingLayers } from './disks.js';
 import type { LocalState } from './local-state.js';
 
 export interface Delta {
@@ -18,17 +18,18 @@ export interface Delta {
   pull: { bytes: number; layers: number };
 }
 
-/** Pure: the bytes each way, given which layer files this host has (`has(top, hash)`). */
-export function deltaOf(state: LocalState, manifest: Manifest | undefined, has: (top: string, hash: string) => boolean, topBytes: number): Delta {
+/** The delta of a domain as things are now. */
+export async function measureDelta(state: LocalState, manifest: Manifest | undefined): Promise<Delta> {
   const pushLayers = state.pending.flatMap((p) => Object.values(p.layers));
-  const pull = new Map<string, number>();
+  let topBytes = 0;
+  for (const top of Object.values(state.disks)) {
+    // A running VM holds its tops: counted as they are on disk, written or not.
+    if ((await pathExists(top)) && (await hasOwnData(top).catch(() => true))) topBytes += (await stat(top)).blocks * 512;
+  }
   const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
+  const pull = new Map<string, number>(); // a layer two disks share moves once
   if (manifest && head && head.id !== state.synced?.id && !state.pending.some((p) => p.generation.id === head.id)) {
-    for (const [target, top] of Object.entries(state.disks)) {
-      const layer = head.disks[target];
-      if (layer === undefined) continue;
-      for (const hash of layerChain(manifest.layers, layer)) if (!has(top, hash)) pull.set(hash, manifest.layers[hash]?.size ?? 0);
-    }
+    for (const { hash } of await missingLayers(state, manifest, head)) pull.set(hash, manifest.layers[hash]?.size ?? 0);
   }
   return {
     domain: state.domain,
@@ -36,19 +37,4 @@ export function deltaOf(state: LocalState, manifest: Manifest | undefined, has: 
     tops: { bytes: topBytes },
     pull: { bytes: [...pull.values()].reduce((sum, size) => sum + size, 0), layers: pull.size },
   };
-}
-
-/** The delta of a domain as things are now. */
-export async function measureDelta(state: LocalState, manifest: Manifest | undefined): Promise<Delta> {
-  const present = new Set<string>();
-  let topBytes = 0;
-  for (const top of Object.values(state.disks)) {
-    // A running VM holds its tops: counted as they are on disk, written or not.
-    if ((await pathExists(top)) && (await hasOwnData(top).catch(() => true))) topBytes += (await stat(top)).blocks * 512;
-    const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
-    for (const hash of head && manifest ? Object.values(head.disks).flatMap((layer) => layerChain(manifest.layers, layer)) : []) {
-      if (await pathExists(layerPathOf(top, hash))) present.add(`${top}\0${hash}`);
-    }
-  }
-  return deltaOf(state, manifest, (top, hash) => present.has(`${top}\0${hash}`), topBytes);
 }

@@ -146,20 +146,30 @@ export async function pullGeneration(
   log: Logger,
   progressFor: ProgressFor = logProgress(log),
 ): Promise<void> {
+  const lacking = Object.keys(state.disks).find((target) => generation.disks[target] === undefined);
+  if (lacking !== undefined) {
+    throw new DiskStateError(`the NAS generation ${generation.id.slice(0, 12)} has no disk ${lacking}`, {
+      remedy: 'the domain has other disks here than where that generation was made: compare the definitions (virsh dumpxml)',
+    });
+  }
+  for (const { target, top, hash } of await missingLayers(state, manifest, generation)) {
+    log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
+    const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
+    log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
+  }
+}
+
+/** The layers of a generation's disks that this host lacks, each disk's base first (disks it has no layer for are skipped). */
+export async function missingLayers(state: LocalState, manifest: Manifest, generation: Generation): Promise<Array<{ target: string; top: string; hash: string }>> {
+  const missing: Array<{ target: string; top: string; hash: string }> = [];
   for (const [target, top] of Object.entries(state.disks)) {
     const layer = generation.disks[target];
-    if (layer === undefined) {
-      throw new DiskStateError(`the NAS generation ${generation.id.slice(0, 12)} has no disk ${target}`, {
-        remedy: 'the domain has other disks here than where that generation was made: compare the definitions (virsh dumpxml)',
-      });
-    }
+    if (layer === undefined) continue;
     for (const hash of layerChain(manifest.layers, layer).reverse()) {
-      if (await pathExists(layerPathOf(top, hash))) continue;
-      log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
-      const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
-      log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
+      if (!(await pathExists(layerPathOf(top, hash)))) missing.push({ target, top, hash });
     }
   }
+  return missing;
 }
 
 /** Puts a fresh empty top on the generation's layer, on every disk. */

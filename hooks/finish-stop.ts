@@ -3,7 +3,7 @@ import { openRepository } from '../lib/nas/open.js';
 import { finishStop } from '../lib/sync/stop.js';
 import type { HookContext } from './dispatch.js';
 
-/** Runs the work after a stop, detached from libvirt. */
-export async function finishStopBegin({ domain, config, log }: HookContext): Promise<void> {
-  await finishStop(domain.name, { config, log, openRepository: () => openRepository(config, log) });
+/** Runs the work after a stop, detached from libvirt; `extra` is the stop's event id (hooks/release.ts). */
+export async function finishStopBegin({ domain, config, log, extra }: HookContext): Promise<void> {
+  await finishStop(domain.name, { config, log, openRepository: () => openRepository(config, log) }, extra);
 }

@@ -7,7 +7,7 @@
 //   - a failure exits non-zero only where that aborts a start (prepare).
 import { readConfig, configPath } from '../lib/config.js';
 import type { DomainRecord } from '../lib/domain-xml.js';
-import { describeError, exitCodeFor } from '../lib/errors.js';
+import { describeError, errorReport, exitCodeFor } from '../lib/errors.js';
 import { Logger, domainLogPath, ensureLogDir, fileSink, streamSink } from '../lib/log.js';
 import { mentionsNamespace } from '../lib/namespace.js';
 import { findHookEntry } from './dispatch.js';
@@ -41,7 +41,7 @@ export async function runHook(args: readonly string[], io: HookIo): Promise<numb
     const stderrSink = streamSink(io.stderr, 'warn');
     log = new Logger([
       fileSink(domainLogPath(config.logDir, name), 'info', (error) =>
-        io.stderr.write(`kvm-snapshot-sync: cannot write the log file: ${String(error)}\n`),
+        io.stderr.write(`kss: warning: cannot write the log file: ${String(error)}\n`),
       ),
       (logEntry) => (logEntry.level === 'warn' ? stderrSink(logEntry) : undefined),
     ]).with({ domain: name, op: `${op}/${subop}`, pid: process.pid });
@@ -52,9 +52,8 @@ export async function runHook(args: readonly string[], io: HookIo): Promise<numb
     log.info('hook call done');
     return 0;
   } catch (error) {
-    const message = describeError(error);
-    log?.error(message.replaceAll('\n', ' | '));
-    io.stderr.write(`kvm-snapshot-sync: ${message}\n`);
+    log?.error(describeError(error).replaceAll('\n', ' | '));
+    io.stderr.write(errorReport(error));
     return entry.failureAbortsStart ? exitCodeFor(error) : 0;
   }
 }

@@ -5,28 +5,26 @@
 // lets the hook run nothing else) with an internal operation. It takes the domain lock;
 // the next start waits for it, or finishes the work if it died.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { setFlag } from '../lib/sync/local-state.js';
+import { recordEvent, setFlag } from '../lib/sync/local-state.js';
+import { managedSaveIdentity } from '../lib/sync/managed-save.js';
 import { FINISH_STOP_OP, type HookContext } from './dispatch.js';
-
-/** Where libvirt keeps managed-save images: a saved VM's disks must stay as they are. */
-export const MANAGED_SAVE_DIR = '/var/lib/libvirt/qemu/save';
 
 /** Handles `release end` for a managed domain. */
 export async function releaseEnd({ domain, config, log }: HookContext): Promise<void> {
-  if (existsSync(join(MANAGED_SAVE_DIR, `${domain.name}.save`))) {
+  if ((await managedSaveIdentity(domain.name)) !== undefined) {
     log.info('managed save: the disks stay as they are until the VM is restored');
     return;
   }
+  // The work is for this stop only: it runs while the stop is still the latest event.
+  const stop = await recordEvent(config.stateDir, domain.name, 'stop');
   // Until the background work has taken the domain lock, only this says a stop is pending.
-  await setFlag(config.stateDir, domain.name, 'stopping');
-  const child = spawn(process.execPath, ['hook', 'qemu', domain.name, FINISH_STOP_OP, 'begin', '-'], {
+  await setFlag(config.stateDir, domain.name, 'stopping', stop.id);
+  const child = spawn(process.execPath, ['hook', 'qemu', domain.name, FINISH_STOP_OP, 'begin', stop.id], {
     argv0: 'kvm-snapshot-sync',
     detached: true,
     stdio: 'ignore',
     env: process.env,
   });
   child.unref();
-  log.info('finishing the stop in the background', { pid: child.pid });
+  log.info('finishing the stop in the background', { worker: child.pid, stop: stop.id });
 }

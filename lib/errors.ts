@@ -101,6 +101,14 @@ export function exitCodeFor(error: unknown): ExitCodeValue {
   return error instanceof KssError ? error.exitCode : ExitCode.internal;
 }
 
+/**
+ * The line(s) the CLI and the hook write to stderr for a failure, `kss: error: …` in both
+ * faces: the README's Troubleshooting quotes what virsh start shows after the hook.
+ */
+export function errorReport(error: unknown): string {
+  return `kss: error: ${describeError(error)}\n`;
+}
+
 /** The text shown to a person for a failure: message, cause, remedy; bugs get their stack. */
 export function describeError(error: unknown): string {
   if (error instanceof KssError) {

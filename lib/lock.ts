@@ -3,6 +3,7 @@
 // mtime the holder refreshes; a holder killed with -9 stops refreshing, and after
 // `staleMs` the lock is taken over instead of being waited on forever.
 import { mkdir } from 'node:fs/promises';
+import fs from 'node:fs';
 import { dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { LockedError } from './errors.js';
@@ -18,8 +19,19 @@ export interface LockOptions {
   onWait?: () => void;
 }
 
-/** Releases a lock; safe to call more than once. */
-export type Release = () => Promise<void>;
+/** A lock this process holds. */
+export interface HeldLock {
+  /**
+   * Throws a LockedError once the lock was lost while held (its directory removed, or
+   * not refreshed in time: another process may have taken it over as stale, e.g. after
+   * a laptop suspend). Work under a lock calls it before each step, so that it stops
+   * instead of racing the new holder.
+   */
+  assertHeld(): void;
+}
+
+/** Releases a lock; safe to call more than once, and after the lock was lost. */
+export type Release = (() => Promise<void>) & HeldLock;
 
 /** Takes the lock at `path` (a file that need not exist), waiting up to `waitMs`. */
 export async function acquireLock(path: string, options: LockOptions): Promise<Release> {
@@ -34,8 +46,22 @@ export async function acquireLock(path: string, options: LockOptions): Promise<R
       stale: staleMs,
       update: Math.max(1000, staleMs / 3),
       retries: { retries, factor: 1, minTimeout: interval, maxTimeout: interval },
-      onCompromised: options.onCompromised ?? (() => {}),
+      onCompromised: (error: Error) => {
+        lost ??= error;
+        options.onCompromised?.(error);
+      },
+      // proper-lockfile refreshes the lock's mtime with utimes: note when that last worked.
+      fs: {
+        ...fs,
+        utimes: (file: string, atime: Date, mtime: Date, done: (error: NodeJS.ErrnoException | null) => void) =>
+          fs.utimes(file, atime, mtime, (error) => {
+            if (!error) refreshedAt = Date.now();
+            done(error);
+          }),
+      },
     });
+  let lost: Error | undefined;
+  let refreshedAt = Date.now();
   let release: () => Promise<void>;
   try {
     try {
@@ -52,19 +78,36 @@ export async function acquireLock(path: string, options: LockOptions): Promise<R
       cause: error,
     });
   }
+  refreshedAt = Date.now(); // taken now, however long it was waited for
   let released = false;
-  return async () => {
-    if (released) return;
-    released = true;
-    await release();
+  const assertHeld = () => {
+    // Not refreshed for longer than staleMs (the process was suspended, or its event loop
+    // stalled): another process may have taken the lock over before the refresh timer
+    // could notice, so it counts as lost now.
+    if (lost === undefined && Date.now() - refreshedAt > staleMs) {
+      lost = new Error(`not refreshed for ${Math.round((Date.now() - refreshedAt) / 1000)} s`);
+    }
+    if (lost === undefined) return;
+    throw new LockedError(`lost the lock ${path} while working (${lost.message}); stopped before the next step`, {
+      remedy: 'run the command again: every step is safe to repeat (another process may hold the lock now: kss wait VM)',
+      cause: lost,
+    });
   };
+  return Object.assign(
+    async () => {
+      if (released) return;
+      released = true;
+      if (lost === undefined) await release(); // a lost lock is no longer ours to remove
+    },
+    { assertHeld },
+  );
 }
 
 /** Runs `work` while holding the lock at `path`; the lock is released however work ends. */
-export async function withLock<T>(path: string, options: LockOptions, work: () => Promise<T>): Promise<T> {
+export async function withLock<T>(path: string, options: LockOptions, work: (lock: HeldLock) => Promise<T>): Promise<T> {
   const release = await acquireLock(path, options);
   try {
-    return await work();
+    return await work(release);
   } finally {
     await release();
   }

@@ -2,7 +2,7 @@
 // turns whatever it throws into an exit code — the one place exit codes are decided.
 // Only light modules are imported statically; each face loads the rest on demand, so
 // that the hook never loads yargs.
-import { describeError, exitCodeFor } from './errors.js';
+import { errorReport, exitCodeFor } from './errors.js';
 import { chooseFace } from './face.js';
 
 /** The hook's PATH: system tools only (AppArmor lets libvirt's hook run nothing under /usr/local). */
@@ -29,7 +29,7 @@ async function main(): Promise<number> {
       },
     });
   } catch (error) {
-    process.stderr.write(`kss: error: ${describeError(error)}\n`);
+    process.stderr.write(errorReport(error));
     return exitCodeFor(error);
   }
 }
@@ -48,7 +48,7 @@ main().then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    process.stderr.write(`kvm-snapshot-sync: ${describeError(error)}\n`);
+    process.stderr.write(errorReport(error));
     process.exitCode = exitCodeFor(error);
   },
 );

@@ -8,7 +8,7 @@ import { METADATA_ELEMENT, METADATA_PREFIX, NAMESPACE_URI } from '../namespace.j
 import { runCommand } from '../runner.js';
 import { enableDisks } from '../sync/enable.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
-import { pushHere, type CommandContext } from './lifecycle.js';
+import { pushHere, shutOffSince, type CommandContext } from './lifecycle.js';
 import { defineDomain, definitionXml, requireShutOff } from './libvirt-domain.js';
 
 /**
@@ -20,7 +20,7 @@ import { defineDomain, definitionXml, requireShutOff } from './libvirt-domain.js
 export async function enableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const uri = libvirtUri(context.env);
-  await requireShutOff(o.domain, context.env, `shut it down first: virsh shutdown ${o.domain}`);
+  const after = await shutOffSince(o.domain, context, `shut it down first: virsh shutdown ${o.domain}`);
   const xml = await definitionXml(o.domain, context.env);
   const disks = syncedDisks(await parseDomainXml(xml));
   if (disks.length === 0) throw new DiskStateError(`${o.domain} has no writable file disk to sync`);
@@ -38,7 +38,7 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
     virshCommand(uri, 'metadata', o.domain, '--uri', NAMESPACE_URI, '--key', METADATA_PREFIX, '--set', `<${METADATA_ELEMENT}/>`, '--config'),
   );
   if (enabled.resumed) log.info('the first generation was made by an earlier run', { generation: enabled.generation });
-  const pushed = await pushHere(o.domain, context);
+  const pushed = await pushHere(o.domain, context, after);
   if (pushed.pending > 0) {
     const message = `${o.domain} is enabled here, but its first generation is not on the NAS: ${pushed.outcome}`;
     if (pushed.outcome.includes('conflict')) {

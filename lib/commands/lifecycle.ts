@@ -2,17 +2,17 @@
 // `kss gc`: the person's hand on the lifecycle. start and stop are virsh around one-shot
 // flags that the hook consumes.
 import { readConfig, type Config } from '../config.js';
-import { DiskStateError, UsageError } from '../errors.js';
+import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError, UsageError } from '../errors.js';
 import { Logger, streamSink } from '../log.js';
 import type { Generation } from '../nas/format.js';
 import { openRepository } from '../nas/open.js';
 import { runCommand } from '../runner.js';
 import { barProgress, pullGeneration } from '../sync/disks.js';
-import { readLocalState, setFlag, takeFlag, type Flag } from '../sync/local-state.js';
+import { readLastEvent, readLocalState, setFlag, takeFlag, type Flag } from '../sync/local-state.js';
 import { withDomainLock } from '../sync/session.js';
 import { finishStop } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
-import type { SyncDeps } from '../sync/start.js';
+import type { SyncDeps } from '../sync/deps.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
 import { definedDomain, definitionXml, requireShutOff } from './libvirt-domain.js';
 import type { Output } from './output.js';
@@ -65,15 +65,31 @@ export async function stopCommand(o: { domain: string; noPush: boolean; force: b
   context.stderr.write(`kss: ${o.domain} is off; ${o.noPush ? 'its changes stay on this host (no push)' : 'its changes are being pushed in the background (kss log)'}\n`);
 }
 
+/**
+ * Fails, with `remedy`, unless libvirt has the domain shut off, and returns the domain's
+ * latest event as it was before libvirt was asked: work that then takes the domain lock
+ * must find it unchanged, or a start came in between and the VM runs on the disks.
+ * (The CLI asks libvirt before taking the lock: a virsh call about the domain blocks
+ * while its hook runs, and the hook may be waiting for that lock.)
+ */
+export async function shutOffSince(domain: string, context: CommandContext, remedy: string): Promise<string | null> {
+  const config = await readConfig(context.configFile);
+  const latest = await readLastEvent(config.stateDir, domain);
+  await requireShutOff(domain, context.env, remedy);
+  return latest?.id ?? null;
+}
+
 /** `kss resolve VM --keep local|remote` */
 export async function resolveCommand(o: { domain: string; keep: Keep }, context: CommandContext): Promise<void> {
-  const { head, branch } = await resolveConflict(o.domain, o.keep, await syncDeps(context));
+  const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain})`);
+  const { head, branch } = await resolveConflict(o.domain, o.keep, await syncDeps(context), after);
   context.stdout.write(`${o.domain}: kept ${o.keep}; head ${head.slice(0, 12)}; the other side is branch ${branch}\n`);
 }
 
 /** `kss rollback VM --to GEN|BRANCH` */
 export async function rollbackCommand(o: { domain: string; to: string }, context: CommandContext): Promise<void> {
-  const generation = await rollback(o.domain, o.to, await syncDeps(context));
+  const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain})`);
+  const generation = await rollback(o.domain, o.to, await syncDeps(context), after);
   context.stdout.write(`${o.domain}: disks as at ${o.to}, as new generation ${generation.id.slice(0, 12)}\n`);
 }
 
@@ -95,12 +111,23 @@ export async function gcCommand(o: { domain: string }, context: CommandContext):
  * when something stays unpushed, saying why.
  */
 export async function pushCommand(o: { domain: string }, context: CommandContext): Promise<void> {
-  await requireShutOff(o.domain, context.env, `shut it down (kss stop ${o.domain}); that pushes by itself`);
-  const pushed = await pushHere(o.domain, context);
+  const after = await shutOffSince(o.domain, context, `shut it down (kss stop ${o.domain}); that pushes by itself`);
+  const pushed = await pushHere(o.domain, context, after);
   context.stdout.write(`${o.domain}: ${pushed.outcome}\n`);
-  if (pushed.pending > 0) {
-    throw new DiskStateError(`${pushed.pending} generation(s) of ${o.domain} are still not on the NAS`, { remedy: `kss status ${o.domain} and kss log ${o.domain} tell why` });
+  if (pushed.pending > 0) throw notPushed(o.domain, pushed);
+}
+
+/** Why pending generations stayed here, as the error whose exit code says it (a conflict is 9, as the README promises). */
+function notPushed(domain: string, pushed: { outcome: string; pending: number }): Error {
+  const message = `${pushed.pending} generation(s) of ${domain} are still not on the NAS: ${pushed.outcome}`;
+  if (pushed.outcome.startsWith('conflict')) {
+    return new ConflictError(message, { remedy: `choose which side to keep (the other is kept as a branch): kss resolve ${domain} --keep local, or kss resolve ${domain} --keep remote` });
   }
+  if (pushed.outcome.includes('(offline:')) return new NasUnreachableError(message, { remedy: `bring the NAS back (kss doctor says what fails), then kss push ${domain}` });
+  if (pushed.outcome.includes('(lease-held-elsewhere:')) {
+    return new LeaseHeldError(message, { remedy: `the other host runs it: shut it down there, then kss push ${domain} here (it will then be a conflict to resolve)` });
+  }
+  return new DiskStateError(message, { remedy: `kss status ${domain} and kss log ${domain} tell why` });
 }
 
 /**
@@ -109,9 +136,14 @@ export async function pushCommand(o: { domain: string }, context: CommandContext
  * `kss clone` on another host). Returns how it ended, what is still unpushed, the
  * generation the disks are now in step with on the NAS, and the configuration it used.
  */
-export async function pushHere(domain: string, context: CommandContext): Promise<{ outcome: string; pending: number; synced: Generation | null; config: Config }> {
+export async function pushHere(domain: string, context: CommandContext, after: string | null): Promise<{ outcome: string; pending: number; synced: Generation | null; config: Config }> {
   const deps = await syncDeps(context, 'warn'); // the bars show the progress
-  await finishStop(domain, { ...deps, progressFor: barProgress(context.stderr) });
+  const stopped = await finishStop(domain, { ...deps, progressFor: barProgress(context.stderr) }, after);
+  if (stopped.superseded) {
+    throw new UsageError(`${domain} was started while this command waited (the latest event is ${stopped.latest}): its disks are in use, nothing was sealed`, {
+      remedy: `shut it down (kss stop ${domain}): its changes are pushed then`,
+    });
+  }
   const state = await readLocalState(deps.config.stateDir, domain);
   if (state.pending.length === 0 && state.synced !== null) {
     const xml = await definitionXml(domain, context.env);

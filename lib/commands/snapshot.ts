@@ -10,7 +10,7 @@ import { openRepository } from '../nas/open.js';
 import { boundChainDepth } from '../sync/disks.js';
 import { readLocalState, writeLocalState } from '../sync/local-state.js';
 import { withDomainLock } from '../sync/session.js';
-import { pushHere, type CommandContext } from './lifecycle.js';
+import { pushHere, shutOffSince, type CommandContext } from './lifecycle.js';
 import { requireShutOff } from './libvirt-domain.js';
 import { printJson, type Output } from './output.js';
 
@@ -62,10 +62,10 @@ function row(generation: Generation, where: 'local' | 'nas', marks: string[]): S
  * then names the generation its disks are on as a snapshot on the NAS.
  */
 export async function snapshotCreate(o: { domain: string; name: string | undefined }, context: CommandContext): Promise<void> {
-  await requireShutOff(o.domain, context.env, `shut it down first (kss stop ${o.domain}): a snapshot is of the disks at rest`);
   const name = o.name ?? new Date().toISOString().slice(0, 19).replace(/:/gu, '');
   if (!/^[\w.-]+$/u.test(name)) throw new UsageError(`snapshot name "${name}": use letters, digits, . _ and - only`);
-  const { outcome, pending, synced, config } = await pushHere(o.domain, context);
+  const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain}): a snapshot is of the disks at rest`);
+  const { outcome, pending, synced, config } = await pushHere(o.domain, context, after);
   if (pending > 0 || synced === null) {
     throw new DiskStateError(`a snapshot is kept on the NAS, and ${o.domain}'s disks here are not there yet: ${outcome}`, { remedy: `kss status ${o.domain} says why` });
   }

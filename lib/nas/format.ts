@@ -12,6 +12,7 @@
 // A layer is published (renamed into layers/) only once complete and verified; a
 // manifest names only published layers and is replaced atomically (temp, fsync, rename)
 // under the lock, and only when its head is still the one the writer started from.
+import { IntegrityError } from '../errors.js';
 import { escapeFileName } from '../file-names.js';
 import { isSha256, sha256Of } from '../hash.js';
 
@@ -164,14 +165,40 @@ export function manifestProblem(raw: unknown): string | undefined {
   return undefined;
 }
 
-/** The layers a disk needs, from `hash` down to its base. */
+/** The layers a disk needs, from `hash` down to its base. Throws an IntegrityError when the manifest's parents loop. */
 export function layerChain(layers: Record<string, LayerInfo>, hash: string): string[] {
-  const chain: string[] = [];
+  const chain = new Set<string>();
   for (let current: string | null = hash; current !== null; current = layers[current]?.parent ?? null) {
-    if (chain.includes(current)) throw new Error(`layer chain loops at ${current}`);
-    chain.push(current);
+    if (chain.has(current)) throw loopError('layer', current);
+    chain.add(current);
   }
-  return chain;
+  return [...chain];
+}
+
+/**
+ * The generations from `id` back through their parents, nearest first, as long as
+ * `more` says (given each generation and its distance from `id`); stops at one the
+ * manifest no longer lists (retention removed it). Bounded: a manifest whose parents
+ * loop (anything that can write the NAS can write the manifest) throws an IntegrityError
+ * instead of walking forever.
+ */
+export function ancestry(generations: Record<string, Generation>, id: string | null, more: (generation: Generation, index: number) => boolean = () => true): Generation[] {
+  const line: Generation[] = [];
+  const seen = new Set<string>();
+  for (let current = id; current !== null; current = line.at(-1)?.parent ?? null) {
+    if (seen.has(current)) throw loopError('generation', current);
+    seen.add(current);
+    const generation = generations[current];
+    if (!generation || !more(generation, line.length)) break;
+    line.push(generation);
+  }
+  return line;
+}
+
+function loopError(what: string, at: string): IntegrityError {
+  return new IntegrityError(`the NAS manifest is damaged: its ${what} parents loop at ${at}`, {
+    remedy: 'nothing was changed; the manifest on the NAS was written by hand or corrupted: restore it from a backup, or move the domain directory aside and push again from the host that has the VM',
+  });
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

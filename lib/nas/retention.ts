@@ -5,7 +5,7 @@
 // conflict) younger than `keepDays`, with its ancestry kept by the same rule; each
 // snapshot, whatever its age, with its ancestry kept by the same rule. A layer
 // is needed when a kept generation's disk chain runs through it; no other layer is.
-import { layerChain, type Generation, type Manifest } from './format.js';
+import { ancestry, layerChain, type Generation, type Manifest } from './format.js';
 
 export interface RetentionPolicy {
   keepDays: number;
@@ -24,14 +24,8 @@ export function planRetention(manifest: Manifest, now: Date, policy: RetentionPo
   const cutoff = now.getTime() - policy.keepDays * 86_400_000;
   const keep = new Set<string>();
   const keepLine = (head: string) => {
-    let index = 0;
-    for (let id: string | null = head; id !== null; index += 1) {
-      const generation: Generation | undefined = manifest.generations[id];
-      if (!generation) break; // an ancestor retention already removed
-      if (index >= policy.keepGenerations && Date.parse(generation.created) < cutoff) break;
-      keep.add(id);
-      id = generation.parent;
-    }
+    const young = (generation: Generation, index: number) => index < policy.keepGenerations || Date.parse(generation.created) >= cutoff;
+    for (const generation of ancestry(manifest.generations, head, young)) keep.add(generation.id);
   };
   if (manifest.head !== null) keepLine(manifest.head);
   const dropBranches: string[] = [];

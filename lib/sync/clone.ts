@@ -12,7 +12,7 @@ import { markNoCowIfEmpty } from '../nocow.js';
 import { pullGeneration, rotateTops, type ProgressFor } from './disks.js';
 import { readLocalState, writeLocalState } from './local-state.js';
 import { withDomainLock } from './session.js';
-import { engineDeps, type SyncDeps } from './start.js';
+import { engineDeps, type SyncDeps } from './deps.js';
 
 /**
  * Fetches the head generation into the disks at `disks` (guest device → top path) and

@@ -77,3 +77,13 @@ export function decideStop(host: string, local: LocalView, nas: NasView, flags: 
   }
   return { action: 'push', releaseLease: ours };
 }
+
+/**
+ * How many of the pending generations (ids, oldest first; each one's parent is the one
+ * before) the NAS already has: the head is one of them when a publish went through but
+ * its recording here was interrupted (a kill right after the compare-and-swap). Without
+ * this, the next start would take its own push for a conflict.
+ */
+export function publishedPending(pending: readonly string[], nasHead: string | null): number {
+  return nasHead === null ? 0 : pending.lastIndexOf(nasHead) + 1;
+}

@@ -3,12 +3,13 @@
 // this host holds is given back, and the local state is put aside, so that `kss enable`
 // can start over. The layers beside the disks and everything on the NAS stay.
 import { rename } from 'node:fs/promises';
-import { NasUnreachableError } from '../errors.js';
+import { DiskStateError, NasUnreachableError } from '../errors.js';
 import { flattenTop } from '../layers.js';
 import { pathExists } from '../durable-fs.js';
-import { domainStateDir, readLocalState } from './local-state.js';
+import { engineDeps, underLock, type SyncDeps } from './deps.js';
+import { sealDisks } from './disks.js';
+import { domainStateDir, readLocalState, writeLocalState } from './local-state.js';
 import { withDomainLock } from './session.js';
-import { engineDeps, type SyncDeps } from './start.js';
 
 export interface Disabled {
   disks: string[];
@@ -20,13 +21,28 @@ export interface Disabled {
 
 export async function disableDomain(domain: string, deps: SyncDeps): Promise<Disabled> {
   const { config, log } = deps;
-  return withDomainLock(config.stateDir, domain, log, 60_000, async () => {
+  return withDomainLock(config.stateDir, domain, log, 60_000, async (lock) => {
+    const engine = engineDeps(underLock(deps, lock));
     const state = await readLocalState(config.stateDir, domain);
+    // First every seal is finished (an interrupted one may hold a disk's only copy of a
+    // session in its layers directory, with no top), so that each disk's top reads all
+    // of it and the layers directories are truly left over afterwards.
+    const save = async (s: typeof state) => {
+      lock.assertHeld();
+      await writeLocalState(config.stateDir, s);
+    };
+    await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { deps: engine, save });
+    for (const [target, top] of Object.entries(state.disks)) {
+      if (!(await pathExists(top))) {
+        throw new DiskStateError(`disk ${target} (${top}) does not exist; nothing was changed`, {
+          remedy: `put the disk file back (kss chain shows what its layers directory ${top}.layers holds), then disable again`,
+        });
+      }
+    }
     const disks: string[] = [];
     for (const [target, top] of Object.entries(state.disks)) {
-      if (!(await pathExists(top))) continue;
-      deps.onStep?.('disable:flatten');
-      await flattenTop(top, engineDeps(deps));
+      engine.onStep?.('disable:flatten');
+      await flattenTop(top, engine);
       disks.push(target);
     }
     if (state.leaseHeld) {

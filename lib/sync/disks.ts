@@ -10,6 +10,7 @@ import { generationId, layerChain, type Generation, type LayerInfo, type Manifes
 import type { LeaseChange, NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, progressBarReporter, progressLogReporter } from '../progress.js';
+import { publishedPending } from './decide.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
 
 /** The path of a disk's layer. */
@@ -17,19 +18,36 @@ export function layerPathOf(top: string, hash: string): string {
   return join(layersDirOf(top), layerFileName(hash));
 }
 
+export interface SealOptions {
+  /** Saves the state: the intent before the first disk is touched, the generation after the last. */
+  save: (state: LocalState) => Promise<void>;
+  /** Makes the first generation of a domain instead: every disk, written or not, is sealed as its base (lib/sync/enable.ts). */
+  sealBase?: (target: string, top: string) => Promise<SealResult>;
+  deps?: EngineDeps;
+}
+
 /**
- * Seals every disk whose top holds writes, and returns them as one new generation on
- * the local head (disks without writes keep their layer), or undefined when no disk
- * was written. `sealBase` makes the first generation of a domain instead: it seals
- * every disk, written or not, as its base (lib/sync/enable.ts).
+ * Seals every disk whose top holds writes into one new generation on the local head,
+ * appends it to `state.pending` and saves the state; returns it, or undefined when no
+ * disk was written (disks without writes keep their layer).
+ *
+ * A generation holds every disk, so a kill or a failure between two disks' seals must
+ * not lose the disks already sealed: their tops are then empty on a new layer that no
+ * state names, and taking them for "not written" would put a fresh top on the old
+ * layer, dropping the session's writes from the chain. So the intent (`state.sealing`)
+ * is saved before any disk is touched, and cleared in the same write that records the
+ * generation. A seal that finds an intent of its own generation resumes it: a disk whose
+ * top is empty on a layer standing on its recorded one was sealed by the interrupted
+ * run (a disk killed mid-seal is finished by sealTop/recoverSeal).
  */
-export async function sealDisks(
-  state: LocalState,
-  host: string,
-  now: Date,
-  options: { sealBase?: (target: string, top: string) => Promise<SealResult>; deps?: EngineDeps } = {},
-): Promise<PendingGeneration | undefined> {
+export async function sealDisks(state: LocalState, host: string, now: Date, options: SealOptions): Promise<PendingGeneration | undefined> {
   const previous = localHead(state);
+  const onto = previous?.id ?? null;
+  const resuming = state.sealing?.onto === onto;
+  if (!resuming) {
+    state.sealing = { onto, since: now.toISOString() };
+    await options.save(state);
+  }
   const disks: Record<string, string> = {};
   const layers: Record<string, LayerInfo> = {};
   const missing: string[] = [];
@@ -41,9 +59,10 @@ export async function sealDisks(
       missing.push(`${target} (${top})`);
       continue;
     }
-    const sealed = present
+    let sealed = present
       ? await (options.sealBase ? options.sealBase(target, top) : sealTop(top, options.deps))
       : await recoverSeal(top, options.deps);
+    if (!sealed && resuming && present && before !== undefined) sealed = await unrecordedSeal(target, top, before, options.deps);
     if (!sealed) {
       if (before !== undefined) disks[target] = before;
       else missing.push(`${target} (${top})`);
@@ -58,15 +77,38 @@ export async function sealDisks(
     disks[target] = sealed.hash;
     layers[sealed.hash] = { parent: sealed.parent ?? null, size: (await stat(layerPathOf(top, sealed.hash))).size };
   }
-  if (Object.keys(layers).length === 0) return undefined;
-  if (missing.length > 0) {
+  if (Object.keys(layers).length > 0 && missing.length > 0) {
     // One generation holds every disk: a disk without any layer cannot be left out.
     throw new DiskStateError(`disk ${missing.join(', ')} has no sealed layer and nothing to seal`, {
       remedy: 'a disk was added to the domain: enable it again (kss enable), or restore the disk file',
     });
   }
-  const made = { parent: previous?.id ?? null, host, created: now.toISOString(), disks };
-  return { generation: { id: generationId(made), ...made }, layers };
+  state.sealing = undefined;
+  if (Object.keys(layers).length === 0) {
+    await options.save(state);
+    return undefined;
+  }
+  const made = { parent: onto, host, created: now.toISOString(), disks };
+  const sealed: PendingGeneration = { generation: { id: generationId(made), ...made }, layers };
+  state.pending.push(sealed);
+  await options.save(state);
+  return sealed;
+}
+
+/**
+ * The layer an interrupted seal made of a disk and did not record: the top is empty on
+ * a layer other than the recorded one `before`. That layer must stand on `before`;
+ * anything else means the chain was changed by hand.
+ */
+async function unrecordedSeal(target: string, top: string, before: string, deps?: EngineDeps): Promise<SealResult | undefined> {
+  const [current, parent] = await readLayerHashes(top, deps);
+  if (current === undefined || current === before) return undefined;
+  if (parent !== before) {
+    throw new DiskStateError(`disk ${target}: its top stands on layer ${current}, which is neither its recorded layer ${before} nor one sealed on it`, {
+      remedy: `the chain was changed outside kvm-snapshot-sync; check it with kss chain ${top}`,
+    });
+  }
+  return { hash: current, parent: before };
 }
 
 /**
@@ -174,6 +216,12 @@ export async function missingLayers(state: LocalState, manifest: Manifest, gener
 
 /** Puts a fresh empty top on the generation's layer, on every disk. */
 export async function rotateTops(state: LocalState, generation: Generation, deps?: EngineDeps): Promise<void> {
+  if (state.sealing) {
+    // A top that is empty on a layer an interrupted seal made holds that session's only reference.
+    throw new DiskStateError(`${state.domain}: a seal of its disks was interrupted and must be finished before the disks move`, {
+      remedy: `kss push ${state.domain} (or start it once) finishes it`,
+    });
+  }
   for (const [target, top] of Object.entries(state.disks)) {
     const current = (await pathExists(top)) ? (await readLayerHashes(top, deps))[0] : undefined;
     if (current !== generation.disks[target]) await createTop(top, generation.disks[target] as string, deps);
@@ -191,6 +239,20 @@ export async function pushPending(state: LocalState, repository: NasRepository, 
       log.info('pushed layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom, alreadyThere: result.alreadyThere });
     }
   }
+}
+
+/**
+ * Records as synced the pending generations the NAS head already has (a publish whose
+ * recording was interrupted: lib/sync/decide.ts publishedPending), with the lease as the
+ * NAS has it. Returns whether anything changed.
+ */
+export function adoptPublished(state: LocalState, manifest: Manifest | undefined, host: string): boolean {
+  const count = publishedPending(state.pending.map((p) => p.generation.id), manifest?.head ?? null);
+  if (count === 0 || !manifest) return false;
+  state.synced = (state.pending[count - 1] as PendingGeneration).generation;
+  state.pending = state.pending.slice(count);
+  state.leaseHeld = manifest.lease?.host === host;
+  return true;
 }
 
 /** Makes the pending generation the NAS head (a compare-and-swap on the synced one). */

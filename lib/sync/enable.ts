@@ -15,7 +15,7 @@ import { markNoCowIfEmpty } from '../nocow.js';
 import { sealDisks } from './disks.js';
 import { readLocalState, writeLocalState } from './local-state.js';
 import { withDomainLock } from './session.js';
-import { engineDeps, type SyncDeps } from './start.js';
+import { engineDeps, underLock, type SyncDeps } from './deps.js';
 
 export interface DiskToEnable {
   path: string;
@@ -42,8 +42,8 @@ export async function enableDisks(
   switchToQcow2: (targets: string[]) => Promise<void> = async () => undefined,
 ): Promise<Enabled> {
   const { config, log } = deps;
-  const engine = engineDeps(deps);
-  return withDomainLock(config.stateDir, domain, log, 60_000, async () => {
+  return withDomainLock(config.stateDir, domain, log, 60_000, async (lock) => {
+    const engine = engineDeps(underLock(deps, lock));
     const state = await readLocalState(config.stateDir, domain);
     if (state.synced !== null || state.pending.length > 1) {
       throw new DiskStateError(`${domain} is already managed on this host`, { remedy: `kss status ${domain}; kss snapshot list ${domain} shows its generations` });
@@ -73,9 +73,8 @@ export async function enableDisks(
     state.disks = Object.fromEntries(Object.entries(all).map(([target, disk]) => [target, disk.path]));
     const sealBase = async (target: string, top: string): Promise<SealResult> =>
       bases[target] ?? (raw.includes(target) ? adoptStagedRaw(top, engine) : (sealTop(top, engine, { evenIfEmpty: true }) as Promise<SealResult>));
-    const sealed = (await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { sealBase, deps: engine }))!;
-    state.pending = [sealed];
-    await writeLocalState(config.stateDir, state);
+    const save = (s: typeof state) => writeLocalState(config.stateDir, s);
+    const sealed = (await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { sealBase, deps: engine, save }))!;
     log.info('enabled', { generation: sealed.generation.id, disks: Object.keys(disks).join(',') });
     return { generation: sealed.generation.id, resumed: false, nocow };
   });

@@ -1,14 +1,17 @@
 // This host's state of one domain, under <stateDir>/domains/<domain>/:
 //
 //   state.json      what this host knows: the generation it last synced with the NAS,
-//                   its sealed generations not yet on the NAS, its disks, the lease
+//                   its sealed generations not yet on the NAS, its disks, the lease, a
+//                   seal under way
+//   event.json      the last start or stop the hook saw (the stop work checks it)
 //   lock            the per-domain lock (lib/lock.ts) of the hook, the background work
 //                   after a stop, and the CLI
 //   flags/<name>    one-shot flags, consumed by the next hook call that reads them
 //
-// state.json is replaced atomically, so a kill at any moment leaves the old or the new
-// state; the disks themselves are the final word (a seal that finished but was not
-// recorded is found again by recoverSeal).
+// Both files are replaced atomically, so a kill at any moment leaves the old or the new
+// content; the disks themselves are the final word (a seal that finished but was not
+// recorded is found again: lib/sync/disks.ts sealDisks).
+import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists, writeFileAtomic } from '../durable-fs.js';
@@ -42,6 +45,25 @@ export interface LocalState {
    * stands on the layer named here, and no longer hashes to its name.
    */
   compacted?: Record<string, string>;
+  /**
+   * A seal of the tops under way on the generation `onto` (lib/sync/disks.ts
+   * sealDisks): saved before the first disk is touched, cleared in the write that
+   * records the new generation. Found at the next seal, it says that disks whose tops
+   * are empty on a new layer above `onto` were sealed by the run that was interrupted.
+   */
+  sealing?: { onto: string | null; since: string };
+}
+
+/**
+ * The last start (prepare) or stop (release) of the domain on this host. The work after
+ * a stop runs only while its stop is still the latest event: a start that came in
+ * between has done that work itself, and the VM may be running on the tops again.
+ */
+export interface DomainEvent {
+  kind: 'start' | 'stop';
+  /** Random: tells two events of the same kind apart. */
+  id: string;
+  at: string;
 }
 
 /**
@@ -93,11 +115,21 @@ function flagPath(stateDir: string, domain: string, flag: Flag): string {
   return join(domainStateDir(stateDir, domain), 'flags', flag);
 }
 
-/** Sets a one-shot flag. */
-export async function setFlag(stateDir: string, domain: string, flag: Flag): Promise<void> {
+/** Sets a one-shot flag; its content is the time, or `content`. */
+export async function setFlag(stateDir: string, domain: string, flag: Flag, content = new Date().toISOString()): Promise<void> {
   const path = flagPath(stateDir, domain, flag);
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  await writeFile(path, `${new Date().toISOString()}\n`);
+  await writeFile(path, `${content}\n`);
+}
+
+/** A flag's content (without the final newline), or undefined when it is not set. */
+export async function readFlag(stateDir: string, domain: string, flag: Flag): Promise<string | undefined> {
+  try {
+    return (await readFile(flagPath(stateDir, domain, flag), 'utf8')).replace(/\n$/u, '');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
 }
 
 /** Whether a one-shot flag is set, without consuming it. */
@@ -112,6 +144,25 @@ export async function takeFlag(stateDir: string, domain: string, flag: Flag): Pr
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
+}
+
+/** Records a start or a stop as the domain's latest event, and returns it. */
+export async function recordEvent(stateDir: string, domain: string, kind: DomainEvent['kind'], now = new Date()): Promise<DomainEvent> {
+  const event: DomainEvent = { kind, id: randomBytes(8).toString('hex'), at: now.toISOString() };
+  const dir = domainStateDir(stateDir, domain);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(join(dir, 'event.json'), `${JSON.stringify(event)}\n`, 0o600);
+  return event;
+}
+
+/** The domain's latest event on this host, or undefined when none was recorded. */
+export async function readLastEvent(stateDir: string, domain: string): Promise<DomainEvent | undefined> {
+  try {
+    return JSON.parse(await readFile(join(domainStateDir(stateDir, domain), 'event.json'), 'utf8')) as DomainEvent;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   }
 }

@@ -4,36 +4,17 @@
 // generation, and take the lease. A refusal is a typed error whose message libvirt
 // shows to the person who pressed Start: what happened, since when, and the command
 // that resolves it.
-import type { Config } from '../config.js';
-import type { EngineDeps } from '../layers.js';
-import { runCommand } from '../runner.js';
 import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError } from '../errors.js';
-import type { Logger } from '../log.js';
+import type { EngineDeps } from '../layers.js';
 import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
-import { readClientEnvironment, type ClientEnvResult } from './client-env.js';
+import { readClientEnvironment } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
-import { mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks, type ProgressFor } from './disks.js';
-import { hasFlag, localHead, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
+import { engineDeps, underLock, type SyncDeps } from './deps.js';
+import { adoptPublished, mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
+import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, writeLocalState, type LocalState } from './local-state.js';
+import { managedSaveIdentity } from './managed-save.js';
 import { lookAtNas, withDomainLock } from './session.js';
-
-export interface SyncDeps {
-  config: Config;
-  log: Logger;
-  openRepository: () => NasRepository;
-  now?: () => Date;
-  /** KSS_NO_SYNC / KSS_STEAL_LEASE of a local `virsh start` (lib/sync/client-env.ts). */
-  clientEnvironment?: (domain: string) => Promise<ClientEnvResult>;
-  /** Told each step's name just before it runs (fault-injection tests kill there). */
-  onStep?: (step: string) => void;
-  /** How transfers show progress (default: log lines). */
-  progressFor?: ProgressFor;
-}
-
-/** The layer engine's dependencies for a lifecycle run: the real runner, our steps. */
-export function engineDeps(deps: Pick<SyncDeps, 'onStep'>): EngineDeps {
-  return { run: runCommand, onStep: deps.onStep };
-}
 
 /** How long a start waits for the background work of the last stop (a large push). */
 const START_LOCK_WAIT_MS = 60 * 60_000;
@@ -47,7 +28,11 @@ export async function prepareStart(domain: string, disks: Record<string, string>
   // (a hung share could not be stopped); asked again if the lock had to be waited for
   // (a push of this host's may have moved the NAS meanwhile).
   const client = await (deps.clientEnvironment ?? readClientEnvironment)(domain);
-  const skipping = client.skipSync || (await hasFlag(config.stateDir, domain, 'skip-sync')) || (await hasFlag(config.stateDir, domain, 'restoring'));
+  // A restore leaves the disks alone only for the managed-save image its restore begin
+  // saw, still there: a flag left by a restore that failed before this start is stale.
+  const restoreOf = await readFlag(config.stateDir, domain, 'restoring');
+  const restoring = restoreOf !== undefined && restoreOf === (await managedSaveIdentity(domain));
+  const skipping = client.skipSync || (await hasFlag(config.stateDir, domain, 'skip-sync')) || restoring;
   let repository = skipping ? undefined : deps.openRepository();
   deps.onStep?.('start:read-nas');
   let looking = repository ? quietly(lookAtNas(repository, domain)) : undefined;
@@ -58,13 +43,23 @@ export async function prepareStart(domain: string, disks: Record<string, string>
       domain,
       log,
       START_LOCK_WAIT_MS,
-      async () => {
+      async (lock) => {
+        // From here on, the work of any earlier stop is this start's (lib/sync/stop.ts).
+        await recordEvent(config.stateDir, domain, 'start', now());
+        const guarded = underLock(deps, lock);
+        const save = async (s: LocalState) => {
+          lock.assertHeld();
+          await writeLocalState(config.stateDir, s);
+        };
         const state = await readLocalState(config.stateDir, domain);
         state.disks = disks;
         // One-shot flags are consumed by this start whatever else asks the same.
         await takeFlag(config.stateDir, domain, 'stopping'); // a stop whose work never ran: this start does it
+        if ((await takeFlag(config.stateDir, domain, 'restoring')) && !restoring) {
+          log.warn('ignored a restore flag without its managed-save image: a restore that failed left it; this is an ordinary start');
+        }
         const flags = {
-          restoring: await takeFlag(config.stateDir, domain, 'restoring'),
+          restoring,
           skipSync: (await takeFlag(config.stateDir, domain, 'skip-sync')) || client.skipSync,
           stealLease: (await takeFlag(config.stateDir, domain, 'steal-lease')) || client.stealLease,
         };
@@ -76,16 +71,13 @@ export async function prepareStart(domain: string, disks: Record<string, string>
           repository ??= deps.openRepository();
           looking = quietly(lookAtNas(repository, domain));
         }
-        if (!flags.restoring) {
-          deps.onStep?.('start:seal');
-          const sealed = await sealDisks(state, config.host, now(), { deps: engineDeps(deps) });
-          if (sealed) {
-            state.pending.push(sealed);
-            log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
-          }
+        if (flags.restoring) await save(state);
+        else {
+          guarded.onStep?.('start:seal');
+          const sealed = await sealDisks(state, config.host, now(), { deps: engineDeps(guarded), save });
+          if (sealed) log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
         }
-        await writeLocalState(config.stateDir, state);
-        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, deps, now);
+        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
       },
       () => (waited = true),
     );
@@ -109,11 +101,16 @@ async function decideAndSync(
   repository: NasRepository | undefined,
   looking: ReturnType<typeof lookAtNas> | undefined,
   deps: SyncDeps,
+  save: (state: LocalState) => Promise<void>,
   now: () => Date,
 ): Promise<void> {
   const { config, log } = deps;
   const engine = engineDeps(deps);
   const { manifest, nas }: { manifest?: Manifest; nas: NasView } = (await looking) ?? { nas: { reachable: false, problem: 'not asked' } };
+  if (adoptPublished(state, manifest, config.host)) {
+    log.info('the NAS already has what an interrupted push published', { synced: state.synced?.id });
+    await save(state);
+  }
   const local = { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld };
   const decision = decideStart(config.host, local, nas, flags);
   log.info('start', { decision: describe(decision), synced: local.synced ?? 'none', pending: local.pending, nasHead: manifest?.head ?? 'none' });
@@ -133,7 +130,7 @@ async function decideAndSync(
     case 'refuse':
       throw refusal(domain, decision, state, manifest);
     case 'sync':
-      await sync(domain, state, manifest, decision, repository as NasRepository, deps, now, engine);
+      await sync(domain, state, manifest, decision, repository as NasRepository, deps, save, now, engine);
   }
 }
 
@@ -144,6 +141,7 @@ async function sync(
   decision: Extract<StartDecision, { action: 'sync' }>,
   repository: NasRepository,
   { config, log, onStep }: SyncDeps,
+  save: (state: LocalState) => Promise<void>,
   now: () => Date,
   engine: EngineDeps,
 ): Promise<void> {
@@ -151,11 +149,13 @@ async function sync(
   if (decision.push) {
     // The start waits until the NAS has this host's changes.
     onStep?.('start:merge');
-    if (await mergePending(state, config.host, engine)) await writeLocalState(config.stateDir, state);
+    if (await mergePending(state, config.host, engine)) await save(state);
     onStep?.('start:push');
     await pushPending(state, repository, log);
     onStep?.('start:publish');
-    state.synced = await publishPending(state, repository, 'take');
+    const published = await publishPending(state, repository, 'take');
+    onStep?.('start:record');
+    state.synced = published;
     state.pending = [];
   } else {
     if (decision.pull) {
@@ -165,7 +165,7 @@ async function sync(
       onStep?.('start:rotate');
       await rotateTops(state, head, engine);
       state.synced = head;
-      await writeLocalState(config.stateDir, state);
+      await save(state);
       onStep?.('start:take-lease');
       await repository.setLease(domain, 'take', head.id);
     } else {
@@ -180,7 +180,7 @@ async function sync(
   }
   state.leaseHeld = true;
   state.lastSync = { at: now().toISOString(), outcome: decision.push ? 'pushed before start' : decision.pull ? 'pulled before start' : 'in step' };
-  await writeLocalState(config.stateDir, state);
+  await save(state);
 }
 
 function refusal(domain: string, decision: Extract<StartDecision, { action: 'refuse' }>, state: LocalState, manifest: Manifest | undefined): Error {

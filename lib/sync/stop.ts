@@ -2,86 +2,115 @@
 // it), under the domain's lock: seal the tops into a generation, merge the pending
 // generations into one, push it and give the lease back, then keep the local chains
 // within maxChainDepth (lib/sync/disks.ts boundChainDepth). Every step can be killed:
-// the next run of this or the next start finishes the work.
+// the next run of this or the next start finishes the work. It runs only while its stop
+// is still the domain's latest event: a start that came first did the work itself, and
+// the VM may be running on the tops again.
 import { ConflictError } from '../errors.js';
 import { decideStop, type NasView } from './decide.js';
-import { boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
-import { readLocalState, takeFlag, writeLocalState } from './local-state.js';
+import { engineDeps, underLock, type SyncDeps } from './deps.js';
+import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
+import { readFlag, readLastEvent, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
 import { lookAtNas, withDomainLock } from './session.js';
-import { engineDeps, type SyncDeps } from './start.js';
 
 /** Waits this long for the lock: a start or a `kss` command may hold it. */
 const STOP_LOCK_WAIT_MS = 60 * 60_000;
 
-/** Seals, merges and (unless told not to) pushes what the stopped VM wrote. */
-export async function finishStop(domain: string, deps: SyncDeps): Promise<void> {
+/** How the work after a stop ended. */
+export type StopResult = { superseded: false; outcome: string } | { superseded: true; latest: string };
+
+/**
+ * Seals, merges and (unless told not to) pushes what the stopped VM wrote, if the
+ * domain's latest event is still the one with id `after` (the stop this work is for,
+ * or, from `kss push`, the event seen while libvirt said the VM was off; null: none).
+ */
+export async function finishStop(domain: string, deps: SyncDeps, after: string | null): Promise<StopResult> {
+  const { config, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  // For kss wait: this stop's work is over once this returns, even failed; a flag that
+  // names another stop (or none) is not ours to take.
+  const takeOwnFlag = async () => {
+    if (after !== null && (await readFlag(config.stateDir, domain, 'stopping')) === after) await takeFlag(config.stateDir, domain, 'stopping');
+  };
   try {
-    await sealAndPush(domain, deps);
+    return await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async (lock) => {
+      const latest = await readLastEvent(config.stateDir, domain);
+      if ((latest?.id ?? null) !== after) {
+        const what = latest ? `a ${latest.kind} at ${latest.at}` : 'nothing';
+        log.info('not sealing: the domain moved on since this stop', { latest: what });
+        return { superseded: true, latest: what };
+      }
+      const save = async (state: LocalState) => {
+        lock.assertHeld();
+        await writeLocalState(config.stateDir, state);
+      };
+      const outcome = await sealAndPush(domain, underLock(deps, lock), save, now);
+      await takeOwnFlag(); // before the line that tests and people wait for
+      log.info('stop finished', { outcome });
+      return { superseded: false, outcome };
+    });
   } finally {
-    await takeFlag(deps.config.stateDir, domain, 'stopping'); // for kss wait: this stop's work is over, even failed
+    await takeOwnFlag();
   }
 }
 
-async function sealAndPush(domain: string, deps: SyncDeps): Promise<void> {
+async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalState) => Promise<void>, now: () => Date): Promise<string> {
   const { config, log } = deps;
-  const now = deps.now ?? (() => new Date());
-  await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async () => {
-    const state = await readLocalState(config.stateDir, domain);
-    const noPush = await takeFlag(config.stateDir, domain, 'no-push');
-    const engine = engineDeps(deps);
-    deps.onStep?.('stop:seal');
-    const sealed = await sealDisks(state, config.host, now(), { deps: engine });
-    if (sealed) {
-      state.pending.push(sealed);
-      log.info('sealed', { generation: sealed.generation.id, disks: Object.keys(sealed.layers).length });
-      await writeLocalState(config.stateDir, state);
-    }
-    deps.onStep?.('stop:merge');
-    if (await mergePending(state, config.host, engine)) {
-      log.info('merged pending generations into one', { generation: state.pending[0]?.generation.id });
-      await writeLocalState(config.stateDir, state);
-    }
+  const state = await readLocalState(config.stateDir, domain);
+  const noPush = await takeFlag(config.stateDir, domain, 'no-push');
+  const engine = engineDeps(deps);
+  deps.onStep?.('stop:seal');
+  const sealed = await sealDisks(state, config.host, now(), { deps: engine, save });
+  if (sealed) log.info('sealed', { generation: sealed.generation.id, disks: Object.keys(sealed.layers).length });
+  deps.onStep?.('stop:merge');
+  if (await mergePending(state, config.host, engine)) {
+    log.info('merged pending generations into one', { generation: state.pending[0]?.generation.id });
+    await save(state);
+  }
 
-    const repository = noPush ? undefined : deps.openRepository();
-    try {
-      const { nas }: { nas: NasView } = repository ? await lookAtNas(repository, domain) : { nas: { reachable: false, problem: 'not asked' } };
-      const decision = decideStop(config.host, { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld }, nas, { noPush });
-      log.info('stop', { decision: decision.action, pending: state.pending.length });
-
-      let outcome: string;
-      if (decision.action === 'push' && repository) {
-        deps.onStep?.('stop:push');
-        await pushPending(state, repository, log, deps.progressFor);
-        deps.onStep?.('stop:publish');
-        try {
-          state.synced = await publishPending(state, repository, decision.releaseLease ? 'release' : 'keep');
-          state.pending = [];
-          if (decision.releaseLease) state.leaseHeld = false;
-          outcome = 'pushed';
-        } catch (error) {
-          if (!(error instanceof ConflictError)) throw error;
-          outcome = `conflict: ${error.message}`;
-        }
-      } else if (decision.action === 'nothing' && repository) {
-        if (decision.releaseLease) await repository.setLease(domain, 'release', null);
-        state.leaseHeld = state.leaseHeld && !decision.releaseLease;
-        outcome = 'nothing to push';
-      } else {
-        outcome = decision.action === 'keep-pending' ? `kept here (${decision.why}: ${decision.detail})` : 'nothing to do';
-        if (decision.action === 'keep-pending' && decision.why !== 'no-push') log.warn('not pushed', { why: decision.why, detail: decision.detail });
-      }
-      state.lastSync = { at: now().toISOString(), outcome };
-      await writeLocalState(config.stateDir, state);
-      deps.onStep?.('stop:compact');
-      const compacted = await boundChainDepth(state, config.maxChainDepth, engine);
-      if (compacted.length > 0) {
-        log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: config.maxChainDepth });
-        await writeLocalState(config.stateDir, state);
-      }
-      await takeFlag(config.stateDir, domain, 'stopping'); // before the line tests and people wait for
-      log.info('stop finished', { outcome });
-    } finally {
-      await repository?.close();
+  const repository = noPush ? undefined : deps.openRepository();
+  try {
+    const { manifest, nas }: Awaited<ReturnType<typeof lookAtNas>> = repository ? await lookAtNas(repository, domain) : { manifest: undefined, nas: { reachable: false, problem: 'not asked' } satisfies NasView };
+    if (adoptPublished(state, manifest, config.host)) {
+      log.info('the NAS already has what an interrupted push published', { synced: state.synced?.id });
+      await save(state);
     }
-  });
+    const decision = decideStop(config.host, { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld }, nas, { noPush });
+    log.info('stop', { decision: decision.action, pending: state.pending.length });
+
+    let outcome: string;
+    if (decision.action === 'push' && repository) {
+      deps.onStep?.('stop:push');
+      await pushPending(state, repository, log, deps.progressFor);
+      deps.onStep?.('stop:publish');
+      try {
+        const published = await publishPending(state, repository, decision.releaseLease ? 'release' : 'keep');
+        deps.onStep?.('stop:record');
+        state.synced = published;
+        state.pending = [];
+        if (decision.releaseLease) state.leaseHeld = false;
+        outcome = 'pushed';
+      } catch (error) {
+        if (!(error instanceof ConflictError)) throw error;
+        outcome = `conflict: ${error.message}`;
+      }
+    } else if (decision.action === 'nothing' && repository) {
+      if (decision.releaseLease) await repository.setLease(domain, 'release', null);
+      state.leaseHeld = state.leaseHeld && !decision.releaseLease;
+      outcome = 'nothing to push';
+    } else {
+      outcome = decision.action === 'keep-pending' ? `kept here (${decision.why}: ${decision.detail})` : 'nothing to do';
+      if (decision.action === 'keep-pending' && decision.why !== 'no-push') log.warn('not pushed', { why: decision.why, detail: decision.detail });
+    }
+    state.lastSync = { at: now().toISOString(), outcome };
+    await save(state);
+    deps.onStep?.('stop:compact');
+    const compacted = await boundChainDepth(state, config.maxChainDepth, engine);
+    if (compacted.length > 0) {
+      log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: config.maxChainDepth });
+      await save(state);
+    }
+    return outcome;
+  } finally {
+    await repository?.close();
+  }
 }

@@ -9,6 +9,8 @@ import { NAMESPACE_URI } from '../../lib/namespace.js';
 import { readLocalState, type LocalState } from '../../lib/sync/local-state.js';
 
 export const BINARY = resolve('dist/kvm-snapshot-sync');
+/** Stand-ins for the tools a hook-only test host lacks (virsh). */
+const FAKE_BIN = resolve('test/fixtures/bin');
 
 export interface HookRun {
   status: number | null;
@@ -51,12 +53,21 @@ export class TestHost {
     return readConfig(this.configFile);
   }
 
-  /** Runs the CLI (the executable under the name kss) with this host's config. */
+  /**
+   * Runs the CLI (the executable under the name kss) with this host's config. No libvirtd
+   * runs here: virsh is a stand-in (test/fixtures/bin/virsh) whose domstate is "shut off",
+   * or `domstate` when given.
+   */
   kss(...args: string[]): HookRun {
+    return this.kssIn({}, ...args);
+  }
+
+  /** kss with more environment (KSS_TEST_DOMSTATE: what the virsh stand-in says). */
+  kssIn(env: Record<string, string>, ...args: string[]): HookRun {
     const result = spawnSync(this.kssPath, args, {
       encoding: 'utf8',
       timeout: 120_000,
-      env: { LC_ALL: 'C', PATH: '/usr/bin:/bin', HOME: '/root', KSS_CONFIG: this.configFile },
+      env: { LC_ALL: 'C', PATH: `${FAKE_BIN}:/usr/bin:/bin`, HOME: '/root', KSS_CONFIG: this.configFile, ...env },
     });
     return { status: result.status, stdout: result.stdout, stderr: result.stderr };
   }

@@ -145,7 +145,7 @@ describe('the hook face', () => {
       const result = run(program, [...args], domainXml('vm1', true), broken);
       assert.equal(result.status, 3, `${program}: ${result.stderr}`);
       assert.equal(result.stdout, '');
-      assert.match(result.stderr, /^kvm-snapshot-sync: configuration file .*missing\.json does not exist\nTo fix: run install\.sh/);
+      assert.match(result.stderr, /^kss: error: configuration file .*missing\.json does not exist\nTo fix: run install\.sh/);
     }
   });
 
@@ -161,7 +161,7 @@ describe('the hook face', () => {
     const prepare = run(hook, ['my vm', 'prepare', 'begin', '-'], xml, hookEnv(config));
     assert.equal(prepare.status, 5, prepare.stderr);
     assert.equal(prepare.stdout, '');
-    assert.equal(prepare.stderr, 'kvm-snapshot-sync: my vm has nothing on the NAS and no local generation\nTo fix: kss enable my vm\n');
+    assert.equal(prepare.stderr, 'kss: error: my vm has nothing on the NAS and no local generation\nTo fix: kss enable my vm\n');
     const log = readFileSync(join(logDir, 'my%20vm.log'), 'utf8');
     assert.match(log, /INFO  hook call domain="my vm" op=prepare\/begin pid=\d+ extra=-/);
     assert.match(log, /ERROR my vm has nothing on the NAS/);
@@ -178,7 +178,7 @@ describe('the hook face', () => {
     const xml = domainXml('vm2', true, join(root, 'missing.qcow2'));
     const prepare = run(hook, ['vm2', 'prepare', 'begin', '-'], xml, hookEnv(config));
     assert.equal(prepare.status, 8);
-    assert.match(prepare.stderr, /^kvm-snapshot-sync: the NAS cannot be reached and this host does not hold vm2's lease.*\nTo fix: start it without syncing on purpose: kss start vm2 --no-sync\n$/su);
+    assert.match(prepare.stderr, /^kss: error: the NAS cannot be reached and this host does not hold vm2's lease.*\nTo fix: start it without syncing on purpose: kss start vm2 --no-sync\n$/su);
     const release = run(hook, ['vm2', 'release', 'end', '-'], xml, hookEnv(config));
     assert.equal(release.status, 0);
     assert.equal(release.stdout, '');

@@ -207,7 +207,7 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     const refused = s.laptop.call('leased', 'prepare', 'begin', s.laptopXml);
     assert.equal(refused.status, 11);
     assert.equal(refused.stdout, '');
-    assert.match(refused.stderr, /^kvm-snapshot-sync: leased is in use on host desk since \d{4}-\d\d-\d\dT[\d:.]+Z\.\nTo fix: .*kss start leased --steal-lease\n$/u);
+    assert.match(refused.stderr, /^kss: error: leased is in use on host desk since \d{4}-\d\d-\d\dT[\d:.]+Z\.\nTo fix: .*kss start leased --steal-lease\n$/u);
 
     await setFlag((await s.laptop.config()).stateDir, 'leased', 'steal-lease');
     ok(s.laptop.call('leased', 'prepare', 'begin', s.laptopXml), 'laptop steals the lease');

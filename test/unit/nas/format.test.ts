@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { emptyManifest, generationId, layerChain, manifestProblem, nasPaths, parseManifest, serializeManifest, type Manifest } from '../../../lib/nas/format.js';
+import { IntegrityError } from '../../../lib/errors.js';
+import { ancestry, emptyManifest, generationId, layerChain, manifestProblem, nasPaths, parseManifest, serializeManifest, type Generation, type Manifest } from '../../../lib/nas/format.js';
 
 const A = 'a'.repeat(64);
 const B = 'b'.repeat(64);
@@ -59,7 +60,18 @@ describe('generation ids', () => {
 describe('layer chains and paths', () => {
   it('walk from a layer down to its base', () => {
     assert.deepEqual(layerChain(valid().layers, B), [B, A]);
-    assert.throws(() => layerChain({ [A]: { parent: B, size: 1 }, [B]: { parent: A, size: 1 } }, A), /loops/);
+    assert.throws(() => layerChain({ [A]: { parent: B, size: 1 }, [B]: { parent: A, size: 1 } }, A), (error: unknown) => error instanceof IntegrityError && /layer parents loop at a{64}/u.test(error.message));
+  });
+  it('walk a generation back through its parents, bounded', () => {
+    const g = (id: string, parent: string | null): Generation => ({ id, parent, host: 'desk', created: '2026-11-21T10:00:00.000Z', disks: { vda: A } });
+    const line = { g3: g('g3', 'g2'), g2: g('g2', 'g1'), g1: g('g1', null) };
+    assert.deepEqual(ancestry(line, 'g3').map((x) => x.id), ['g3', 'g2', 'g1']);
+    assert.deepEqual(ancestry(line, 'g3', (_, index) => index < 2).map((x) => x.id), ['g3', 'g2'], 'as far as asked');
+    assert.deepEqual(ancestry({ g3: line.g3, g2: line.g2 }, 'g3').map((x) => x.id), ['g3', 'g2'], 'to the first one retention removed');
+    assert.deepEqual(ancestry(line, null), []);
+    for (const loop of [{ g1: g('g1', 'g1') }, { g1: g('g1', 'g2'), g2: g('g2', 'g1') }] as Array<Record<string, Generation>>) {
+      assert.throws(() => ancestry(loop, 'g1'), (error: unknown) => error instanceof IntegrityError && /generation parents loop at g\d/u.test(error.message));
+    }
   });
   it('escape domain names into one path component', () => {
     assert.equal(nasPaths.manifest('my vm/../x'), 'domains/my%20vm%2F..%2Fx/manifest.json');

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { IntegrityError } from '../../../lib/errors.js';
 import { emptyManifest, type Manifest } from '../../../lib/nas/format.js';
 import { applyRetention, planRetention } from '../../../lib/nas/retention.js';
 
@@ -63,5 +64,13 @@ describe('planRetention', () => {
     assert.deepEqual([...plan.keepGenerations].sort(), ['g0', 'g2']);
     assert.deepEqual(plan.dropGenerations, ['g1']);
     assert.equal(plan.neededLayers.has(h('0')), true);
+  });
+});
+
+describe('planRetention on a damaged manifest', () => {
+  it('refuses a history that loops instead of walking it forever', () => {
+    const manifest = line([3, 2, 1]);
+    (manifest.generations.g0 as { parent: string | null }).parent = 'g2';
+    assert.throws(() => planRetention(manifest, now, { keepDays: 30, keepGenerations: 1 }), (error: unknown) => error instanceof IntegrityError && /loop/u.test(error.message));
   });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Lease } from '../../../lib/nas/format.js';
-import { decideStart, decideStop, type LocalView, type NasView, type StartDecision, type StartFlags, type StopDecision } from '../../../lib/sync/decide.js';
+import { decideStart, decideStop, publishedPending, type LocalView, type NasView, type StartDecision, type StartFlags, type StopDecision } from '../../../lib/sync/decide.js';
 
 const ME = 'desk';
 const mine = { host: ME, since: '2026-11-21T08:00:00Z' };
@@ -57,4 +57,16 @@ describe('decideStop', () => {
   for (const [name, l, nas, noPush, expected] of rows) {
     it(name, () => assert.deepEqual(decideStop(ME, l, nas, { noPush }), expected));
   }
+});
+
+describe('publishedPending', () => {
+  const rows: Array<[string, string[], string | null, number]> = [
+    ['nothing pending', [], 'g1', 0],
+    ['the NAS has none of them', ['p1', 'p2'], 'g1', 0],
+    ['an empty NAS', ['p1'], null, 0],
+    ['a push that went through before its recording was interrupted', ['p1'], 'p1', 1],
+    ['the older of two', ['p1', 'p2'], 'p1', 1],
+    ['both', ['p1', 'p2'], 'p2', 2],
+  ];
+  for (const [name, pending, head, count] of rows) it(name, () => assert.equal(publishedPending(pending, head), count));
 });

@@ -1,0 +1,45 @@
+// What every lifecycle operation is given: the configuration, the log, the NAS, and the
+// side effects tests replace (the clock, the runner, a hook told each step's name).
+import type { Config } from '../config.js';
+import type { EngineDeps } from '../layers.js';
+import type { HeldLock } from '../lock.js';
+import type { Logger } from '../log.js';
+import type { NasRepository } from '../nas/repository.js';
+import { runCommand, type Runner } from '../runner.js';
+import type { ClientEnvResult } from './client-env.js';
+import type { ProgressFor } from './disks.js';
+
+export interface SyncDeps {
+  config: Config;
+  log: Logger;
+  openRepository: () => NasRepository;
+  now?: () => Date;
+  /** Runs the external tools (default: the real runner). */
+  run?: Runner;
+  /** KSS_NO_SYNC / KSS_STEAL_LEASE of a local `virsh start` (lib/sync/client-env.ts). */
+  clientEnvironment?: (domain: string) => Promise<ClientEnvResult>;
+  /** Told each step's name just before it runs (fault-injection tests kill or throw there). */
+  onStep?: (step: string) => void;
+  /** How transfers show progress (default: log lines). */
+  progressFor?: ProgressFor;
+}
+
+/** The layer engine's dependencies for a lifecycle run: the runner, our steps. */
+export function engineDeps(deps: Pick<SyncDeps, 'onStep' | 'run'>): EngineDeps {
+  return { run: deps.run ?? runCommand, onStep: deps.onStep };
+}
+
+/**
+ * The same deps for work under the domain lock: before every step, it checks that the
+ * lock is still held, so that work whose lock was lost (taken over after a suspend)
+ * stops at its next step instead of racing the new holder.
+ */
+export function underLock<D extends Pick<SyncDeps, 'onStep'>>(deps: D, lock: HeldLock): D {
+  return {
+    ...deps,
+    onStep: (step: string) => {
+      lock.assertHeld();
+      deps.onStep?.(step);
+    },
+  };
+}

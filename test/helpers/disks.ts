@@ -40,6 +40,22 @@ export function guestDigest(image: string, format: 'qcow2' | 'raw' = 'qcow2'): s
   }
 }
 
+/**
+ * guestDigest of what the guest would read after the given qemu-io commands (writes),
+ * applied to a raw copy of the disk's content: the image itself is not changed.
+ */
+export function guestDigestAfter(image: string, ...commands: string[]): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kss-digest-'));
+  try {
+    const raw = join(dir, 'disk.raw');
+    execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, raw]);
+    qemuIoAs('raw', raw, ...commands);
+    return createHash('sha256').update(readFileSync(raw)).digest('hex');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Whether two images (with their chains) show the same guest content. */
 export function sameGuestContent(a: string, b: string): boolean {
   try {

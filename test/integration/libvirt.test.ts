@@ -10,7 +10,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { readConfig } from '../../lib/config.js';
 import { Logger } from '../../lib/log.js';
 import { enableDisks } from '../../lib/sync/enable.js';
-import { MiB, createImage, guestDigest, qemuIo, qemuIoAs } from '../helpers/disks.js';
+import { MiB, createImage, guestDigest, guestDigestAfter, qemuIo, qemuIoAs } from '../helpers/disks.js';
 import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
 import { requireTools } from '../helpers/tools.js';
@@ -72,6 +72,9 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.mustVirsh('destroy', 'work');
     await d.waitForStop('work');
     const day1 = digests(d, disks);
+    // What the laptop's disks must hold after its session: day 1 of every disk, and its one write.
+    const day2 = { ...day1, vda: guestDigestAfter(d.outside(disks.vda as string), 'write -P 0x7c 20M 1M') };
+    assert.notEqual(day2.vda, day1.vda);
 
     l.mustVirsh('start', 'work');
     l.guestIo('work', 'read -P 0x5a 16M 4M');
@@ -79,9 +82,10 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     l.guestIo('work', 'write -P 0x7c 20M 1M');
     l.mustVirsh('destroy', 'work');
     await l.waitForStop('work');
-    assert.deepEqual(Object.keys(day1), ['vda', 'vdb']);
+    assert.deepEqual(digests(l, disks), day2, "the laptop's disks hold every byte of day 1, and its own write");
 
     await d.session('work', ['read -P 0x7c 20M 1M', 'read -P 0x5a 16M 3M']);
+    assert.deepEqual(digests(d, disks), day2, "the desktop's disks hold every byte of the laptop's session");
     assert.deepEqual(digests(d, disks), digests(l, disks), 'both hosts hold the same bytes');
   });
 
@@ -119,14 +123,18 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     // And keeping the local side: the laptop works offline, the desktop pushes meanwhile.
     await l.session('split', ['read -P 0x21 8M 1M', 'write -P 0x51 16M 1M'], ['start', 'split', '--no-sync']);
     await d.session('split', ['write -P 0x61 20M 1M']);
-    assert.notEqual(l.virsh('start', 'split').status, 0);
+    const refusedHere = l.virsh('start', 'split');
+    assert.notEqual(refusedHere.status, 0);
+    assert.match(refusedHere.stderr, /split changed both here and on the NAS/u);
     await l.waitForStop('split');
     const local = l.kss(['resolve', 'split', '--keep', 'local']);
     assert.equal(local.status, 0, local.stderr);
     await l.session('split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
     await d.session('split', ['read -P 0x51 16M 1M', 'read -P 0x00 20M 1M']);
     const kept = /the other side is branch (\S+)/u.exec(local.stdout)?.[1] as string;
-    assert.equal(d.kss(['rollback', 'split', '--to', kept]).status, 0);
+    assert.ok(kept, local.stdout);
+    const keptBack = d.kss(['rollback', 'split', '--to', kept]);
+    assert.equal(keptBack.status, 0, keptBack.stderr);
     await d.session('split', ['read -P 0x61 20M 1M']);
   });
 
@@ -176,7 +184,9 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.doesNotMatch(l.hookLog('hand'), /pulling layer/u, 'the start had nothing left to fetch');
     const running = d.inside(['virsh', '-c', 'qemu:///system', 'start', 'hand']);
     assert.equal(running.status, 0, running.stderr);
-    assert.match(d.kss(['push', 'hand']).stderr, /hand is running: its disks are in use/u);
+    const refusedPush = d.kss(['push', 'hand']);
+    assert.notEqual(refusedPush.status, 0, 'no push while it runs');
+    assert.match(refusedPush.stderr, /hand is running: its disks are in use/u);
     d.mustVirsh('destroy', 'hand');
     await d.waitForStop('hand');
   });
@@ -368,10 +378,21 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
       .replace('</domain>', "<qemu:commandline><qemu:arg value='-no-such-option'/></qemu:commandline></domain>");
     d.mustVirsh('undefine', 'broken');
     d.define('broken', failing);
-    assert.notEqual(d.virsh('start', 'broken').status, 0);
+    const manifestPath = join((nas as SshNas).root, 'domains', 'broken', 'manifest.json');
+    const revisionBefore = JSON.parse(readFileSync(manifestPath, 'utf8')).revision as number;
+    const logBefore = d.hookLog('broken').length;
+    const failed = d.virsh('start', 'broken');
+    assert.notEqual(failed.status, 0);
+    assert.doesNotMatch(failed.stderr, /Hook script execution failed/u, 'the hook did not refuse it');
+    assert.match(failed.stderr, /no-such-option/u, 'QEMU refused it');
     await d.waitForStop('broken');
+    const thisStart = d.hookLog('broken').slice(logBefore);
+    assert.match(thisStart, /decision=in-step/u, 'prepare ran');
+    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+    assert.equal(manifest.lease, null, 'the lease is given back');
+    assert.ok(manifest.revision >= revisionBefore + 2, `the NAS recorded the lease taken and given back (revision ${revisionBefore} -> ${manifest.revision})`);
     assert.deepEqual(digests(d, disks), before);
-    assert.match(d.hookLog('broken').split('\n').filter((line) => line.includes('stop finished')).at(-1) ?? '', /nothing to push/u);
+    assert.match(thisStart.split('\n').filter((line) => line.includes('stop finished')).at(-1) ?? '', /nothing to push/u);
   });
 
   it('keeps a running VM alive when libvirtd restarts', async (t) => {
@@ -382,6 +403,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const pid = readFileSync(d.outside('/run/libvirtd.pid'), 'utf8').trim();
     execFileSync('kill', [pid]);
     for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i += 1) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(!existsSync(`/proc/${pid}`), `libvirtd (pid ${pid}) ended`);
     d.startDaemon('libvirtd');
     let state = '';
     for (let i = 0; i < 100 && !state.includes('running'); i += 1) {
@@ -389,6 +411,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
       await new Promise((r) => setTimeout(r, 200));
     }
     assert.match(state, /running/u);
+    assert.notEqual(readFileSync(d.outside('/run/libvirtd.pid'), 'utf8').trim(), pid, 'a new libvirtd answers');
     d.guestIo('alive', 'read -P 0x11 0 4M');
     d.mustVirsh('destroy', 'alive');
     await d.waitForStop('alive');

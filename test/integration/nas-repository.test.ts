@@ -1,11 +1,12 @@
 // The NAS repository on real transports: the manifest protocol (lock, compare-and-swap),
 // interrupted and failing transfers, and retention.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcessByStdio } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { ConflictError, IntegrityError, LockedError, NasFullError, NasUnreachableError } from '../../lib/errors.js';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
@@ -182,16 +183,13 @@ describe('repository over SSH on a 1 Gbit link', () => {
     const hash = await randomFile(file, 192 * MiB);
     const job = JSON.stringify({ target: (nas as SshNas).target, root: (nas as SshNas).root, domain: 'killed', file, hash });
     const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/push-layer.ts', job], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => {
-      child.stdout.on('data', (chunk: Buffer) => {
-        const done = Number(/progress (\d+)/u.exec(chunk.toString())?.[1] ?? 0);
-        if (done > 64 * MiB) {
-          child.kill('SIGKILL');
-          resolve();
-        }
-      });
-    });
-    await new Promise((resolve) => child.once('exit', resolve));
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    try {
+      await progressPast(child, 64 * MiB, 60_000);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
     const partial = readdirSync(join((nas as SshNas).root, nasPaths.uploadsDir('killed')));
     assert.equal(partial.length, 1, 'a partial upload is left');
     assert.ok(!existsSync(join((nas as SshNas).root, nasPaths.layer('killed', hash))), 'and nothing is published');
@@ -202,6 +200,39 @@ describe('repository over SSH on a 1 Gbit link', () => {
     assert.equal(result.bytesMoved, 192 * MiB - result.resumedFrom);
     assert.equal(execFileSync('sha256sum', [join((nas as SshNas).root, nasPaths.layer('killed', hash))], { encoding: 'utf8' }).split(' ')[0], hash);
   });
+
+  /**
+   * Waits until the push-layer fixture prints "progress N" with N past `bytes`. Fails
+   * with what it saw if the fixture exits first or prints nothing past `bytes` within
+   * `deadlineMs` (the caller kills it).
+   */
+  function progressPast(child: ChildProcessByStdio<null, Readable, null>, bytes: number, deadlineMs: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let last = 0;
+      let rest = '';
+      const finish = (error?: Error) => {
+        clearTimeout(timer);
+        child.stdout.off('data', onData);
+        child.off('close', onClose);
+        if (error) reject(error);
+        else resolve();
+      };
+      const onData = (chunk: Buffer) => {
+        const lines = (rest + chunk.toString()).split('\n');
+        rest = lines.pop() as string;
+        for (const line of lines) last = Number(/^progress (\d+)$/u.exec(line)?.[1] ?? last);
+        if (last > bytes) finish();
+      };
+      const onClose = (code: number | null, signal: string | null) =>
+        finish(new Error(`the push-layer fixture exited (${signal ?? `code ${code}`}) before it printed progress past ${bytes} bytes (last: ${last})`));
+      const timer = setTimeout(
+        () => finish(new Error(`the push-layer fixture printed no progress past ${bytes} bytes within ${deadlineMs / 1000} s (last: ${last}); killed it`)),
+        deadlineMs,
+      );
+      child.stdout.on('data', onData);
+      child.once('close', onClose);
+    });
+  }
 
   /** Waits until the files in `dir` have kept their sizes for a second. */
   async function settled(dir: string): Promise<void> {

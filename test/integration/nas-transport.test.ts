@@ -2,7 +2,7 @@
 // directory, and SSH to a real sshd in a network namespace behind a shaped link.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -194,8 +194,10 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       const part = `domains/d/uploads/${hash}.h.part`;
       mkdirSync(join(s.root, 'domains/d/uploads'), { recursive: true });
       writeFileSync(join(s.root, part), randomBytes(2 ** 20));
-      await s.transport.putLayer(file, hash, part, `domains/d/layers/${hash}.qcow2`);
+      const result = await s.transport.putLayer(file, hash, part, `domains/d/layers/${hash}.qcow2`);
+      assert.deepEqual(result, { bytesMoved: data.length, alreadyThere: false, resumedFrom: 0 }, 'every byte was sent again, from the start');
       assert.equal(sha256(readFileSync(join(s.root, `domains/d/layers/${hash}.qcow2`))), hash);
+      assert.deepEqual(readdirSync(join(s.root, 'domains/d/uploads')), [], 'the bad prefix is gone');
     });
 
     it('refuses a layer that does not match its hash, changing nothing', async (t) => {

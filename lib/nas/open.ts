@@ -28,6 +28,7 @@ export function openTransport(config: Config): NasTransport {
     root: nas.path,
     compress: true,
     opTimeoutMs: NAS_DEADLINES.opTimeoutMs,
+    stallTimeoutMs: config.stallSeconds * 1000,
     target: {
       user: nas.user,
       host: nas.host,

@@ -2,6 +2,7 @@
 // (StrictHostKeyChecking=yes): an unknown or changed NAS key stops the connection.
 import type { Command } from '../runner.js';
 import { shellJoin } from '../shell-quote.js';
+import { ALIVE_NOTE } from './remote-scripts.js';
 
 export interface SshTarget {
   user: string | undefined;
@@ -36,9 +37,53 @@ export interface SshMultiplex {
   persistSec: number;
 }
 
-/** ssh with our options, running `script` through `sh -c` on the NAS. */
-export function buildSshCommand(target: SshTarget, script: string, multiplex?: SshMultiplex): Command {
-  return { file: 'ssh', args: [...sshOptions(target, multiplex), '--', target.host, shellJoin(['sh', '-c', script])] };
+/**
+ * ssh with our options, running `script` on the NAS as `remoteCommand` wraps it: under
+ * a NAS-side wall clock of `wallClockSec` (0: none).
+ */
+export function buildSshCommand(target: SshTarget, script: string, options: { multiplex?: SshMultiplex; wallClockSec: number }): Command {
+  return { file: 'ssh', args: [...sshOptions(target, options.multiplex), '--', target.host, remoteCommand(script, options.wallClockSec)] };
+}
+
+/** The note the NAS side writes first on stderr: `kss-pgid N`, N its process group. */
+export const PGID_NOTE = 'kss-pgid';
+
+/**
+ * What the NAS's login shell is given: the script under coreutils `timeout`, which puts
+ * itself in a process group of its own (measured on OpenSSH 9.2: whether the login
+ * shell execs the command or forks for it), so that the script's $PPID names the group
+ * of every process the script starts; the script tells it first, on stderr, so that a
+ * stalled or late command can be ended on the NAS (buildRemoteKillCommand). `timeout`
+ * also ends the whole group itself after `wallClockSec` (0: never), even when this
+ * side has gone away.
+ */
+export function remoteCommand(script: string, wallClockSec: number): string {
+  return shellJoin(['timeout', '-s', 'KILL', String(wallClockSec), 'sh', '-c', `echo ${PGID_NOTE} $PPID >&2\n${script}`]);
+}
+
+/** What a line of the NAS side's stderr tells, if it is one of our notes (see remoteCommand, ALIVE_NOTE). */
+export function remoteNote(line: string): { pgid: number } | { alive: true } | undefined {
+  if (line === ALIVE_NOTE) return { alive: true };
+  const match = new RegExp(`^${PGID_NOTE} (\\d{1,10})$`, 'u').exec(line);
+  const pgid = Number(match?.[1]);
+  // Never 0 or 1: `kill -- -1` would signal every process of the NAS account.
+  return match && pgid >= 2 ? { pgid } : undefined;
+}
+
+/** Seconds the kill of a NAS-side group may take to connect: it runs after a failure already. */
+const KILL_CONNECT_TIMEOUT_SEC = 5;
+
+/**
+ * Ends a NAS-side process group (SIGKILL also ends stopped processes), over a new
+ * connection: the shared one, or its session on the NAS, may be what hangs.
+ */
+export function buildRemoteKillCommand(target: SshTarget, pgid: number): Command {
+  if (!Number.isSafeInteger(pgid) || pgid < 2) throw new Error(`internal: ${pgid} is not a process group to end`);
+  const fresh = { ...target, connectTimeoutSec: Math.min(target.connectTimeoutSec, KILL_CONNECT_TIMEOUT_SEC) };
+  return {
+    file: 'ssh',
+    args: [...sshOptions(fresh, undefined), '-o', 'ControlMaster=no', '-o', 'ControlPath=none', '--', target.host, shellJoin(['sh', '-c', `kill -s KILL -- -${pgid}`])],
+  };
 }
 
 /** Tells the master of a shared connection to exit. */

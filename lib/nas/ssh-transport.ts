@@ -3,15 +3,21 @@
 // lib/nas/remote-scripts.ts, all over one shared connection until close(); layer
 // data streams through zstd where both ends have it, and is hashed on the NAS as it is
 // written (no second read of a large file).
+//
+// Deadlines: a small operation is stopped after opTimeoutMs, a layer stream once it
+// moves no byte for stallTimeoutMs (lib/nas/stall.ts); either way its NAS side is ended
+// too (ssh-command.ts remoteCommand, buildRemoteKillCommand). Keep-alives alone would
+// only notice a dead link, not a NAS whose commands hang while its sshd still answers.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { open, rm, stat as localStat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
-import { bytesReadBy, runCommand, stageError, startPipeline, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
+import { bytesReadBy, runCommand, stageError, startPipeline, stdinOffsetOf, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
 import * as scripts from './remote-scripts.js';
-import { buildSshCommand, buildSshExitCommand, classifySshFailure, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import { busyLimitMs, stallError, streamVerdict, type StreamVerdict } from './stall.js';
 import type { ExclusiveResult, LockBusy, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
 
 export interface SshTransportOptions {
@@ -20,12 +26,57 @@ export interface SshTransportOptions {
   root: string;
   /** Deadline of every small operation. */
   opTimeoutMs: number;
+  /** A layer stream that moves no byte for this long is stopped, here and on the NAS. */
+  stallTimeoutMs: number;
   /** Compress layer streams with zstd when both ends have it. */
   compress: boolean;
 }
 
 /** How long an idle shared connection stays open when its transport was not closed. */
 const CONTROL_PERSIST_SEC = 10;
+
+/**
+ * A small script's own wall clock on the NAS runs this much longer than our deadline
+ * (ours fires first and says so); it ends the script even when this side is gone.
+ * Streams get none: how long one may take depends on its size and the link.
+ */
+const NAS_SIDE_GRACE_SEC = 5;
+
+/** Deadline of ending a NAS-side process group after a stall or a timeout. */
+const NAS_KILL_DEADLINE_MS = 5000;
+
+/** How often a stream's progress and stall deadline are looked at. */
+const WATCH_INTERVAL_MS = 500;
+
+/** What the NAS side of one ssh command told on its stderr (ssh-command.ts remoteNote). */
+class NasSide {
+  pgid: number | undefined;
+  /** When it last said it was busy without reading or writing the stream (0: never). */
+  aliveAt = 0;
+
+  /** For PipelineOptions.onStderrLine: reads our notes, and leaves them out of error texts. */
+  listen(sshStage: number): (stage: number, line: string) => boolean {
+    return (stage, line) => {
+      const note = stage === sshStage ? remoteNote(line) : undefined;
+      if (note === undefined) return false;
+      if ('pgid' in note) this.pgid = note.pgid;
+      else this.aliveAt = Date.now();
+      return true;
+    };
+  }
+}
+
+/** A layer stream for the stall watch: which way, which layer, and how far it got. */
+interface StreamJob {
+  direction: 'push' | 'pull';
+  hash: string;
+  size: number;
+  offset: number;
+  /** The ssh process's place in the pipeline. */
+  sshStage: number;
+  /** Bytes of the layer done so far (read here for a push, written here for a pull), if known now. */
+  done(pids: Array<number | undefined>): number | undefined;
+}
 
 export class SshTransport implements NasTransport {
   readonly where: string;
@@ -141,19 +192,25 @@ export class SshTransport implements NasTransport {
     options: TransferOptions,
   ): Promise<{ outcome: 'published' | 'mismatch'; result: TransferResult; detail: string }> {
     const token = randomBytes(6).toString('hex');
-    const ssh = this.ssh(scripts.receiveUploadScript(this.options.root, { ...job, token }));
+    const ssh = this.ssh(scripts.receiveUploadScript(this.options.root, { ...job, token }), 0);
     const stages: Command[] = [
       ...(job.offset > 0 ? [{ file: 'tail', args: ['-c', `+${job.offset + 1}`, '--', localPath] }] : []),
       ...(job.compressed ? [{ file: 'zstd', args: ['-1', '-T0', '-cq'] }] : []),
       ssh,
     ];
-    const pipe = this.start(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' });
-    options.onProgress?.(job.offset, job.size);
-    const progress = setInterval(() => {
-      const read = bytesReadBy(pipe.pids[0]);
-      if (read !== undefined) options.onProgress?.(Math.min(job.size, job.offset + read), job.size);
-    }, 500);
-    const results = await pipe.done.finally(() => clearInterval(progress));
+    const results = await this.stream(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' }, options, {
+      direction: 'push',
+      hash: job.hash,
+      size: job.size,
+      offset: job.offset,
+      sshStage: stages.length - 1,
+      // tail reads the file itself; otherwise it is the first process's stdin, read by
+      // zstd or by the ssh master the descriptor was passed to.
+      done: (pids) => {
+        const read = job.offset > 0 ? bytesReadBy(pids[0]) : stdinOffsetOf(pids[0]);
+        return read === undefined ? undefined : job.offset + read;
+      },
+    });
     const sshResult = results[results.length - 1] as StageResult;
     this.throwIfSshFailed(sshResult);
     // The receiving end's failure is the cause; the senders' broken pipes only follow from it.
@@ -220,17 +277,25 @@ export class SshTransport implements NasTransport {
     await handle.close();
     const hasher = await this.localHasher();
     const stages: Command[] = [
-      this.ssh(scripts.sendDownloadScript(this.options.root, source, job.offset, job.compressed)),
+      this.ssh(scripts.sendDownloadScript(this.options.root, source, job.offset, job.compressed), 0),
       ...(job.compressed ? [{ file: 'zstd', args: ['-dcq'] }] : []),
       { file: 'tee', args: ['-a', '--', localPart] },
       ...(job.offset === 0 ? [hasher] : []),
     ];
-    const pipe = this.start(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' });
-    options.onProgress?.(job.offset, job.size);
-    const progress = setInterval(() => {
-      void localStat(localPart).then((s) => options.onProgress?.(Math.min(s.size, job.size), job.size), () => undefined);
-    }, 500);
-    const results = await pipe.done.finally(() => clearInterval(progress));
+    const results = await this.stream(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' }, options, {
+      direction: 'pull',
+      hash,
+      size: job.size,
+      offset: job.offset,
+      sshStage: 0,
+      done: () => {
+        try {
+          return statSync(localPart).size;
+        } catch {
+          return undefined;
+        }
+      },
+    });
     this.throwIfSshFailed(results[0] as StageResult);
     for (const stage of results) if (stage.exitCode !== 0) throw stageError(stage, this.where);
 
@@ -259,6 +324,50 @@ export class SshTransport implements NasTransport {
     return this.hasher;
   }
 
+  /**
+   * Runs a layer stream's pipeline, telling its progress, and stops it (and its NAS
+   * side) when nothing moved for the stall deadline, or when the NAS has said it was
+   * busy for longer than a healthy disk would need for the layer (stall.ts).
+   */
+  private async stream(stages: Command[], pipeOptions: PipelineOptions, options: TransferOptions, job: StreamJob): Promise<StageResult[]> {
+    const nas = new NasSide();
+    const pipe = this.start(stages, { ...pipeOptions, onStderrLine: nas.listen(job.sshStage) });
+    const limits = { stallMs: this.options.stallTimeoutMs, busyMaxMs: busyLimitMs(this.options.stallTimeoutMs, job.size) };
+    const seen = { done: job.offset, movedAt: Date.now() };
+    let watch: NodeJS.Timeout | undefined;
+    const stopped = new Promise<Exclude<StreamVerdict, 'moving'>>((resolve) => {
+      watch = setInterval(() => {
+        const done = job.done(pipe.pids);
+        if (done !== undefined && done > seen.done) {
+          seen.done = done;
+          seen.movedAt = Date.now();
+          options.onProgress?.(Math.min(done, job.size), job.size);
+        }
+        const verdict = streamVerdict(Date.now(), { movedAt: seen.movedAt, aliveAt: nas.aliveAt }, limits);
+        if (verdict !== 'moving') resolve(verdict);
+      }, WATCH_INTERVAL_MS);
+    });
+    options.onProgress?.(job.offset, job.size);
+    const results = await Promise.race([pipe.done, stopped]).finally(() => clearInterval(watch));
+    if (typeof results !== 'string') return results;
+    await this.stopBothEnds(pipe, nas);
+    throw stallError({ where: this.where, direction: job.direction, hash: job.hash, verdict: results, stallMs: limits.stallMs, busyMaxMs: limits.busyMaxMs, done: Math.min(seen.done, job.size), size: job.size });
+  }
+
+  /**
+   * Kills a pipeline here and its NAS side's process group there, best effort and
+   * within its own deadline. It does not wait for the pipeline to end: the shared
+   * connection's master holds the stdio of every ssh over it until the NAS side is gone
+   * (close() ends the master, if that did not work).
+   */
+  private async stopBothEnds(pipe: Pipeline, nas: NasSide): Promise<void> {
+    pipe.kill();
+    if (nas.pgid === undefined) return; // it never said: nothing to name (a small script's own wall clock ends it)
+    const kill = this.start([buildRemoteKillCommand(this.options.target, nas.pgid)], { input: 'ignore', output: 'ignore' });
+    const timer = setTimeout(() => kill.kill(), NAS_KILL_DEADLINE_MS);
+    await kill.done.finally(() => clearTimeout(timer));
+  }
+
   /** Stops what is under way and closes the shared connection (the next operation opens a new one). */
   async close(): Promise<void> {
     for (const pipe of this.running) pipe.kill();
@@ -280,9 +389,10 @@ export class SshTransport implements NasTransport {
     return pipe;
   }
 
-  private ssh(script: string): Command {
+  /** An ssh running `script` on the NAS over the shared connection, ended there after `wallClockSec` (0: never). */
+  private ssh(script: string, wallClockSec: number): Command {
     this.multiplex ??= { controlPath: join(mkdtempSync(join(tmpdir(), 'kss-ssh-')), 'master'), persistSec: CONTROL_PERSIST_SEC };
-    return buildSshCommand(this.options.target, script, this.multiplex);
+    return buildSshCommand(this.options.target, script, { multiplex: this.multiplex, wallClockSec });
   }
 
   private hasLocalZstd(): Promise<boolean> {
@@ -295,18 +405,23 @@ export class SshTransport implements NasTransport {
 
   /** Runs one script; MISSING is returned, not thrown; ssh's own failures are classified. */
   private async run(script: string, opts: { input?: Buffer } = {}) {
-    const pipe = this.start([this.ssh(script)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe' });
+    const nas = new NasSide();
+    const wallClockSec = Math.ceil(this.options.opTimeoutMs / 1000) + NAS_SIDE_GRACE_SEC;
+    const pipe = this.start([this.ssh(script, wallClockSec)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe', onStderrLine: nas.listen(0) });
     const chunks: Buffer[] = [];
     pipe.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
     pipe.stdin?.on('error', () => undefined);
     pipe.stdin?.end(opts.input);
-    const timer = setTimeout(() => pipe.kill(), this.options.opTimeoutMs);
-    const [result] = (await pipe.done.finally(() => clearTimeout(timer))) as [StageResult];
-    if (result.signal === 'SIGKILL') {
-      throw new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where})`, {
-        remedy: 'check the network and the NAS',
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.options.opTimeoutMs)));
+    const results = await Promise.race([pipe.done, late]).finally(() => clearTimeout(timer));
+    if (results === 'late') {
+      await this.stopBothEnds(pipe, nas);
+      throw new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where}); the command was stopped`, {
+        remedy: 'check the network and the NAS (kss doctor)',
       });
     }
+    const [result] = results as [StageResult];
     this.throwIfSshFailed(result);
     if (result.exitCode !== 0 && result.exitCode !== scripts.MISSING) throw stageError(result, this.where);
     const stdoutBuffer = Buffer.concat(chunks);

@@ -145,7 +145,7 @@ describe('repository over SSH on a 1 Gbit link', () => {
   let nas: SshNas | undefined;
   const opened: SshTransport[] = [];
   const transport = (root?: string) => {
-    const made = new SshTransport({ target: (nas as SshNas).target, root: root ?? (nas as SshNas).root, opTimeoutMs: 10_000, compress: true });
+    const made = new SshTransport({ target: (nas as SshNas).target, root: root ?? (nas as SshNas).root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
     opened.push(made);
     return made;
   };
@@ -273,7 +273,7 @@ describe('repository over SSH on a 1 Gbit link', () => {
     const fullNas = await startSshNas({ root: small });
     try {
       for (const [kind, repository] of [
-        ['ssh', new NasRepository(new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, compress: true }), { host: 'desk' })],
+        ['ssh', new NasRepository(new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true }), { host: 'desk' })],
         ['dir', dirRepository(small, 'desk')],
       ] as const) {
         const file = join(work, `big-${kind}`);

@@ -2,7 +2,7 @@
 // directory, and SSH to a real sshd in a network namespace behind a shaped link.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -43,7 +43,7 @@ const kinds: Record<string, (t: TestContext) => Promise<Setup | undefined>> = {
     const root = join(base, `nas ${ODD}`);
     const nas: SshNas = await startSshNas({ root });
     return {
-      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, compress: true }),
+      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true }),
       root,
       stop: () => {
         nas.stop();
@@ -246,3 +246,135 @@ for (const [kind, setUp] of Object.entries(kinds)) {
     });
   });
 }
+
+// A NAS whose commands stop in the middle of a stream while its sshd, and so the link's
+// keep-alives, go on answering: only the stall deadline can tell.
+describe('ssh transport, a NAS that stops answering mid-stream', () => {
+  const STALL_MS = 5000;
+  /** Generous: this machine is shared and noisy; what matters is that it ends. */
+  const MARGIN_MS = 10_000;
+  const MiB = 2 ** 20;
+  let nas: SshNas | undefined;
+  let base: string;
+  let root: string;
+  let transport: SshTransport;
+  before(async (t) => {
+    if (!requireTools(t as unknown as TestContext, ...SSH_NAS_TOOLS)) return;
+    base = mkdtempSync(join(tmpdir(), 'kss-stall-'));
+    root = join(base, `nas ${ODD}`);
+    nas = await startSshNas({ root });
+    transport = new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, stallTimeoutMs: STALL_MS, compress: true });
+  });
+  after(async () => {
+    await transport?.close();
+    nas?.stop();
+    if (base) rmSync(base, { recursive: true, force: true });
+  });
+
+  /** Random (incompressible) bytes into a file, in pieces; their SHA-256. */
+  function randomFile(path: string, size: number): string {
+    const hash = createHash('sha256');
+    writeFileSync(path, '');
+    for (let done = 0; done < size; done += 8 * MiB) {
+      const chunk = randomBytes(Math.min(8 * MiB, size - done));
+      hash.update(chunk);
+      writeFileSync(path, chunk, { flag: 'a' });
+    }
+    return hash.digest('hex');
+  }
+
+  /**
+   * Runs a transfer; once `after` bytes are done, SIGSTOPs every NAS-side command (not
+   * sshd). Resolves with how it ended, and how long after the stop; never hangs: on a
+   * transport without a stall deadline it reports that it was still running.
+   */
+  async function stopMidStream(transfer: (onProgress: (done: number) => void) => Promise<unknown>, after: number) {
+    const s = nas as SshNas;
+    const stop = { at: 0, pids: [] as number[] };
+    const onProgress = (done: number) => {
+      if (stop.at !== 0 || done < after) return;
+      stop.pids = s.commands();
+      for (const pid of stop.pids) process.kill(pid, 'SIGSTOP');
+      stop.at = Date.now();
+    };
+    let timer: NodeJS.Timeout | undefined;
+    const outcome = await Promise.race([
+      transfer(onProgress).then(
+        () => 'it succeeded' as const,
+        (error: unknown) => error,
+      ),
+      new Promise<'still running'>((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
+    ]).finally(() => clearTimeout(timer));
+    return { outcome, tookMs: Date.now() - stop.at, stop };
+  }
+
+  /** Waits (a little) until no NAS-side command is left, and says what is. */
+  async function nasCommandsLeft(): Promise<number[]> {
+    for (let i = 0; i < 30 && (nas as SshNas).commands().length > 0; i += 1) await new Promise((r) => setTimeout(r, 100));
+    return (nas as SshNas).commands();
+  }
+
+  const cont = (pids: number[]) => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        /* ended */
+      }
+    }
+  };
+
+  const assertStalled = (outcome: unknown, direction: 'pull' | 'push', hash: string, tookMs: number) => {
+    assert.ok(outcome instanceof NasUnreachableError, `the transfer ended with: ${String(outcome)}`);
+    assert.equal(outcome.exitCode, 8);
+    assert.ok(outcome.message.includes(`the NAS (${transport.where})`), outcome.message);
+    assert.ok(outcome.message.includes(`${direction === 'pull' ? 'sent' : 'took'} nothing for 5 s (stallSeconds)`), outcome.message);
+    assert.ok(outcome.message.includes(`${direction === 'pull' ? 'pulling' : 'pushing'} layer ${hash}`), outcome.message);
+    assert.match(outcome.remedy ?? '', /resumes/u);
+    assert.ok(tookMs < STALL_MS + MARGIN_MS, `refused ${tookMs} ms after the NAS stopped`);
+  };
+
+  it('stops a pull whose NAS sends nothing, ends the NAS side, and resumes it afterwards', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const source = `domains/p/layers/big.qcow2`;
+    mkdirSync(join(root, 'domains/p/layers'), { recursive: true });
+    const hash = randomFile(join(root, source), 192 * MiB);
+    const part = join(base, 'pulled.part');
+    const { outcome, tookMs, stop } = await stopMidStream((onProgress) => transport.getLayer(source, hash, part, { onProgress }), 32 * MiB);
+    try {
+      assert.ok(stop.pids.length > 0, 'NAS-side commands were stopped mid-stream');
+      assertStalled(outcome, 'pull', hash, tookMs);
+      t.diagnostic(`refused ${tookMs} ms after the NAS stopped sending (stall deadline ${STALL_MS} ms)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    } finally {
+      cont(stop.pids);
+    }
+    const kept = existsSync(part) ? statSync(part).size : 0;
+    const again = await transport.getLayer(source, hash, part);
+    assert.equal(again.resumedFrom, kept, 'it resumes from what it had');
+    assert.ok(kept > 0 && kept < 192 * MiB, `kept ${kept} bytes`);
+    assert.equal(createHash('sha256').update(readFileSync(part)).digest('hex'), hash, 'byte for byte');
+  });
+
+  it('stops a push whose NAS takes nothing, ends the NAS side, and resumes it afterwards', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const file = join(base, 'push.qcow2');
+    const hash = randomFile(file, 192 * MiB);
+    const part = `domains/q/uploads/${hash}.h.part`;
+    const target = `domains/q/layers/${hash}.qcow2`;
+    const { outcome, tookMs, stop } = await stopMidStream((onProgress) => transport.putLayer(file, hash, part, target, { onProgress }), 32 * MiB);
+    try {
+      assert.ok(stop.pids.length > 0, 'NAS-side commands were stopped mid-stream');
+      assertStalled(outcome, 'push', hash, tookMs);
+      t.diagnostic(`refused ${tookMs} ms after the NAS stopped taking data (stall deadline ${STALL_MS} ms)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    } finally {
+      cont(stop.pids);
+    }
+    assert.equal(existsSync(join(root, target)), false, 'nothing was published');
+    const again = await transport.putLayer(file, hash, part, target);
+    assert.ok(again.resumedFrom > 0, `it resumes (from ${again.resumedFrom})`);
+    assert.equal(again.bytesMoved, 192 * MiB - again.resumedFrom);
+    assert.equal(createHash('sha256').update(readFileSync(join(root, target))).digest('hex'), hash, 'byte for byte');
+  });
+});

@@ -111,6 +111,44 @@ describe('remote scripts', () => {
     assert.ok(readFileSync(join(root, `y/${hash}`)).equals(data));
   });
 
+  it('say they are alive while they read back a kept prefix and while they flush, not while data comes', async () => {
+    const data = randomBytes(100_000);
+    const hash = createHash('sha256').update(data).digest('hex');
+    const prefix = `h/${hash}.h.part`;
+    mkdirSync(join(root, 'h'), { recursive: true });
+    mkdirSync(join(root, 'hl'), { recursive: true });
+    writeFileSync(join(root, `${prefix}.old`), data.subarray(0, 30_000));
+    const script = scripts.receiveUploadScript(root, { partPrefix: prefix, claim: `${prefix}.old`, token: 'b', target: `hl/${hash}`, offset: 30_000, size: data.length, hash, compressed: false });
+    // Its own process group, so that whatever it leaves running can be ended.
+    const child = spawn('sh', ['-c', script], { cwd: base, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const notes: Array<{ at: number; line: string }> = [];
+    let stdout = '';
+    child.stderr.setEncoding('utf8').on('data', (text: string) => {
+      for (const line of text.split('\n').filter((l) => l !== '')) notes.push({ at: Date.now(), line });
+    });
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+    const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
+    const alive = () => notes.filter((n) => n.line === scripts.ALIVE_NOTE).length;
+    for (let i = 0; i < 100 && alive() === 0; i += 1) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(alive(), 1, 'once while it reads back the 30000 bytes it kept');
+    // The data phase: it waits for input, and says nothing (only moving bytes count).
+    child.stdin.write(data.subarray(30_000, 60_000));
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(alive(), 1, 'nothing while it waits for data');
+    const ended = Date.now();
+    child.stdin.end(data.subarray(60_000));
+    // A heartbeat left running would hold stderr, and so the SSH session, open.
+    const late = setTimeout(() => process.kill(-(child.pid as number), 'SIGKILL'), 10_000);
+    await closed;
+    clearTimeout(late);
+    assert.ok(Date.now() - ended < 10_000, 'it ended, closing its stderr');
+    assert.equal(stdout, 'published\n');
+    assert.ok(alive() >= 2, 'and again while it flushes and publishes');
+    assert.ok(notes.filter((n) => n.line === scripts.ALIVE_NOTE).every((n, i) => i === 0 || n.at >= ended), 'the second one after the data ended');
+    assert.deepEqual(notes.filter((n) => n.line !== scripts.ALIVE_NOTE), [], 'and nothing else on stderr');
+    assert.ok(readFileSync(join(root, `hl/${hash}`)).equals(data));
+  });
+
   it('send a download from an offset, compressed or not', () => {
     const data = randomBytes(50_000);
     mkdirSync(join(root, 's'), { recursive: true });

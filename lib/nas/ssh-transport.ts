@@ -205,10 +205,11 @@ export class SshTransport implements NasTransport {
       offset: job.offset,
       sshStage: stages.length - 1,
       // tail reads the file itself; otherwise it is the first process's stdin, read by
-      // zstd or by the ssh master the descriptor was passed to.
+      // zstd or by the ssh master the descriptor was passed to. Once that process has
+      // ended, it has read everything (had it failed, the pipeline would fail).
       done: (pids) => {
         const read = job.offset > 0 ? bytesReadBy(pids[0]) : stdinOffsetOf(pids[0]);
-        return read === undefined ? undefined : job.offset + read;
+        return read === undefined ? job.size : job.offset + read;
       },
     });
     const sshResult = results[results.length - 1] as StageResult;

@@ -26,6 +26,11 @@ export interface SshNas {
    * that has ended but is not reaped yet is left out. PIDs are shared with the namespace.
    */
   commands(): number[];
+  /**
+   * Sets what the NAS account's shell runs first in every SSH session (its ~/.bashrc,
+   * in the NAS's own private home); undefined: nothing.
+   */
+  setShellStartup(text: string | undefined): void;
   stop(): void;
 }
 
@@ -168,6 +173,12 @@ export async function startSshNas(options: { root?: string; shape?: boolean } = 
     setLink: (up) => sh('ip', ['link', 'set', hostIf, up ? 'up' : 'down']),
     // `ip netns exec` and the sh in front of sshd both exec: the spawned pid is sshd's.
     commands: () => processesInNetns(sshd?.pid as number, 'sshd'),
+    // The home is a tmpfs in sshd's mount namespace, reached through /proc/PID/root.
+    setShellStartup: (text) => {
+      const bashrc = `/proc/${sshd?.pid as number}/root/root/.bashrc`;
+      if (text === undefined) rmSync(bashrc, { force: true });
+      else writeFileSync(bashrc, text);
+    },
     stop,
   };
 }

@@ -1,6 +1,7 @@
 // The transport contract (lib/nas/transport.ts), run against both transports: a
 // directory, and SSH to a real sshd in a network namespace behind a shaped link.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +11,7 @@ import { IntegrityError, NasUnreachableError } from '../../lib/errors.js';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { SshTransport } from '../../lib/nas/ssh-transport.js';
 import type { NasTransport } from '../../lib/nas/transport.js';
+import { shellQuote } from '../../lib/shell-quote.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
 import { requireTools } from '../helpers/tools.js';
 
@@ -333,6 +335,88 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     assert.match(outcome.remedy ?? '', /resumes/u);
     assert.ok(tookMs < STALL_MS + MARGIN_MS, `refused ${tookMs} ms after the NAS stopped`);
   };
+
+  it('stops a small operation the NAS does not finish, and ends its NAS side', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    // A "small" file that takes seconds to read: its cat runs long enough to be caught.
+    execFileSync('truncate', ['-s', '1G', join(root, 'huge')]);
+    const quick = new SshTransport({ root, target: s.target, opTimeoutMs: 3000, stallTimeoutMs: STALL_MS, compress: true });
+    const stop = { at: 0, pids: [] as number[] };
+    const catching = setInterval(() => {
+      if (stop.at !== 0) return;
+      const pids = s.commands();
+      if (!pids.some((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'cat')) return;
+      for (const pid of pids) process.kill(pid, 'SIGSTOP');
+      Object.assign(stop, { at: Date.now(), pids });
+    }, 20);
+    let timer: NodeJS.Timeout | undefined;
+    const began = Date.now();
+    const outcome = await Promise.race([
+      quick.readFile('huge').then(() => 'it succeeded', (error: unknown) => error),
+      new Promise((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
+    ]).finally(() => {
+      clearTimeout(timer);
+      clearInterval(catching);
+    });
+    const tookMs = Date.now() - began;
+    try {
+      assert.ok(stop.at > 0, 'the NAS-side cat was stopped');
+      assert.ok(outcome instanceof NasUnreachableError, String(outcome));
+      assert.ok(outcome.message.includes(`did not answer within 3 s (${quick.where})`), outcome.message);
+      assert.ok(tookMs < 3000 + MARGIN_MS, `refused ${tookMs} ms after it began`);
+      t.diagnostic(`refused ${tookMs} ms after it began, ${Date.now() - stop.at} ms after the NAS stopped (deadline 3000 ms)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    } finally {
+      cont(stop.pids);
+      await quick.close();
+      rmSync(join(root, 'huge'));
+    }
+  });
+
+  it('keeps an upload alive while the NAS flushes it slowly, and gives up on one that stays busy', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    const slow = join(base, 'slow bin');
+    mkdirSync(slow, { recursive: true });
+    // A NAS disk that takes its time: each sync waits first (an upload runs two).
+    const slowSync = (seconds: number) => {
+      writeFileSync(join(slow, 'sync'), `#!/bin/sh\nsleep ${seconds}\nexec /bin/sync "$@"\n`, { mode: 0o755 });
+      s.setShellStartup(`export PATH=${shellQuote(slow)}:$PATH\n`);
+    };
+    try {
+      // 2 × 4 s with nothing moving: past the 5 s stall deadline, within the busy limit
+      // for 64 MiB (5 s + 8 s).
+      slowSync(4);
+      const file = join(base, 'flushed.qcow2');
+      const hash = randomFile(file, 64 * MiB);
+      const started = Date.now();
+      const put = await transport.putLayer(file, hash, `domains/f/uploads/${hash}.h.part`, `domains/f/layers/${hash}.qcow2`);
+      t.diagnostic(`published after ${Date.now() - started} ms, of which 8 s of flushing`);
+      assert.equal(put.bytesMoved, 64 * MiB);
+      assert.equal(createHash('sha256').update(readFileSync(join(root, `domains/f/layers/${hash}.qcow2`))).digest('hex'), hash);
+
+      // A flush that does not end: given up at the busy limit for 8 MiB (5 s + 1 s).
+      slowSync(600);
+      const small = join(base, 'stuck.qcow2');
+      const stuck = randomFile(small, 8 * MiB);
+      const begun = Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        transport.putLayer(small, stuck, `domains/f/uploads/${stuck}.h.part`, `domains/f/layers/${stuck}.qcow2`).then(() => 'it succeeded', (error: unknown) => error),
+        new Promise((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
+      ]).finally(() => clearTimeout(timer));
+      const tookMs = Date.now() - begun;
+      assert.ok(outcome instanceof NasUnreachableError, String(outcome));
+      assert.ok(outcome.message.includes(`the NAS (${transport.where}) said it was busy but took no data for 6 s`), outcome.message);
+      assert.ok(tookMs < 6000 + MARGIN_MS, `given up after ${tookMs} ms`);
+      t.diagnostic(`a flush that does not end was given up after ${tookMs} ms (limit 6000 ms after the last byte)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side (its sleeping sync too) was ended');
+      assert.equal(existsSync(join(root, `domains/f/layers/${stuck}.qcow2`)), false, 'nothing was published');
+    } finally {
+      s.setShellStartup(undefined);
+    }
+  });
 
   it('stops a pull whose NAS sends nothing, ends the NAS side, and resumes it afterwards', async (t) => {
     if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;

@@ -31,9 +31,15 @@ const KEX = '^curve25519-sha256,curve25519-sha256@libssh.org';
  * Connection sharing: the first ssh of a transport becomes the master of one
  * connection in the background (stdio closed), later ones run over it in ~20 ms instead
  * of a new handshake; an idle master exits after `persistSec`.
+ *
+ * Every one of them logs to `logFile` (-E) instead of stderr: when the master is the
+ * one that notices a dead link, a client over it only exits 255 without a word, and
+ * the master's stderr is closed; its words are in the log (sshFailureCause). Stderr is
+ * then only the NAS side's.
  */
 export interface SshMultiplex {
   controlPath: string;
+  logFile: string;
   persistSec: number;
 }
 
@@ -101,11 +107,13 @@ function sshOptions(target: SshTarget, multiplex: SshMultiplex | undefined): str
     '-o', `ServerAliveCountMax=${target.aliveCountMax}`,
     '-o', `Ciphers=${CIPHERS}`,
     '-o', 'Compression=no', // we compress with zstd where it pays
-    '-o', 'LogLevel=ERROR',
+    // INFO, not ERROR: a dead link ("Timeout, server … not responding.") is said at INFO.
+    '-o', 'LogLevel=INFO',
     '-o', `KexAlgorithms=${KEX}`,
   ];
   if (multiplex !== undefined) {
     args.push('-o', 'ControlMaster=auto', '-o', `ControlPath=${sshConfigPath(multiplex.controlPath)}`, '-o', `ControlPersist=${multiplex.persistSec}`);
+    args.push('-E', multiplex.logFile);
   }
   if (target.knownHosts !== undefined) args.push('-o', `UserKnownHostsFile=${sshConfigPath(target.knownHosts)}`);
   if (target.identity !== undefined) args.push('-o', 'IdentitiesOnly=yes', '-i', target.identity.replaceAll('%', '%%'));
@@ -124,6 +132,25 @@ export function sshConfigPath(path: string): string {
 }
 
 export type SshFailure = 'host-key' | 'auth' | 'unreachable' | 'remote';
+
+/** Lines of ssh's that say nothing about the cause (connection sharing's own chatter). */
+const NOISE = /^(mux_client_|muxclient:|Control socket connect|ControlSocket .* already exists|Exit request sent|Shared connection to .* closed)/u;
+
+/** Lines of ssh's that name a cause. */
+const TELLING =
+  /Host key verification failed|Permission denied|Too many authentication failures|not responding|timed out|Connection refused|No route to host|Network is unreachable|closed by remote host|Connection reset|Connection closed|Could not resolve hostname|Broken pipe|Connection timed out/iu;
+
+/**
+ * ssh's own words for why it failed, from what it wrote (its stderr and the new lines
+ * of its log): the last line that names a cause, else the last line; never empty.
+ */
+export function sshFailureCause(text: string, exitCode: number | null): string {
+  const lines = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !NOISE.test(line));
+  return lines.filter((line) => TELLING.test(line)).at(-1) ?? lines.at(-1) ?? `ssh gave no reason (exit status ${exitCode})`;
+}
 
 /** Why ssh failed: 255 is ssh's own failure; anything else is the remote command's status. */
 export function classifySshFailure(exitCode: number | null, stderr: string): SshFailure {

@@ -9,14 +9,15 @@
 // too (ssh-command.ts remoteCommand, buildRemoteKillCommand). Keep-alives alone would
 // only notice a dead link, not a NAS whose commands hang while its sshd still answers.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { open, rm, stat as localStat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
 import { bytesReadBy, runCommand, stageError, startPipeline, stdinOffsetOf, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
+import { shellQuote } from '../shell-quote.js';
 import * as scripts from './remote-scripts.js';
-import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, sshFailureCause, type SshMultiplex, type SshTarget } from './ssh-command.js';
 import { busyLimitMs, stallError, streamVerdict, type StreamVerdict } from './stall.js';
 import type { ExclusiveResult, LockBusy, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
 
@@ -198,6 +199,7 @@ export class SshTransport implements NasTransport {
       ...(job.compressed ? [{ file: 'zstd', args: ['-1', '-T0', '-cq'] }] : []),
       ssh,
     ];
+    const logMark = this.logMark();
     const results = await this.stream(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' }, options, {
       direction: 'push',
       hash: job.hash,
@@ -213,7 +215,7 @@ export class SshTransport implements NasTransport {
       },
     });
     const sshResult = results[results.length - 1] as StageResult;
-    this.throwIfSshFailed(sshResult);
+    this.throwIfSshFailed(sshResult, logMark);
     // The receiving end's failure is the cause; the senders' broken pipes only follow from it.
     for (const stage of [...results].reverse()) if (stage.exitCode !== 0) throw stageError(stage, this.where);
 
@@ -283,6 +285,7 @@ export class SshTransport implements NasTransport {
       { file: 'tee', args: ['-a', '--', localPart] },
       ...(job.offset === 0 ? [hasher] : []),
     ];
+    const logMark = this.logMark();
     const results = await this.stream(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' }, options, {
       direction: 'pull',
       hash,
@@ -297,7 +300,7 @@ export class SshTransport implements NasTransport {
         }
       },
     });
-    this.throwIfSshFailed(results[0] as StageResult);
+    this.throwIfSshFailed(results[0] as StageResult, logMark);
     for (const stage of results) if (stage.exitCode !== 0) throw stageError(stage, this.where);
 
     const synced = await open(localPart, 'r');
@@ -392,8 +395,45 @@ export class SshTransport implements NasTransport {
 
   /** An ssh running `script` on the NAS over the shared connection, ended there after `wallClockSec` (0: never). */
   private ssh(script: string, wallClockSec: number): Command {
-    this.multiplex ??= { controlPath: join(mkdtempSync(join(tmpdir(), 'kss-ssh-')), 'master'), persistSec: CONTROL_PERSIST_SEC };
-    return buildSshCommand(this.options.target, script, { multiplex: this.multiplex, wallClockSec });
+    return buildSshCommand(this.options.target, script, { multiplex: this.sharing(), wallClockSec });
+  }
+
+  /** The shared connection's socket and ssh's log, in a private directory made on first use. */
+  private sharing(): SshMultiplex {
+    if (this.multiplex === undefined) {
+      const dir = mkdtempSync(join(tmpdir(), 'kss-ssh-'));
+      this.multiplex = { controlPath: join(dir, 'master'), logFile: join(dir, 'ssh.log'), persistSec: CONTROL_PERSIST_SEC };
+    }
+    return this.multiplex;
+  }
+
+  /** Where ssh's log ends now: what a command's ssh says is written after it. */
+  private logMark(): number {
+    try {
+      return statSync(this.sharing().logFile).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** What ssh logged since `mark` (the last 4 KiB of it; other commands may have added lines too). */
+  private loggedSince(mark: number): string {
+    const file = this.multiplex?.logFile;
+    if (file === undefined) return '';
+    try {
+      const fd = openSync(file, 'r');
+      try {
+        const size = statSync(file).size;
+        const from = Math.max(mark, size - 4096);
+        const buffer = Buffer.alloc(Math.max(0, size - from));
+        readSync(fd, buffer, 0, buffer.length, from);
+        return buffer.toString('utf8');
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      return '';
+    }
   }
 
   private hasLocalZstd(): Promise<boolean> {
@@ -408,6 +448,7 @@ export class SshTransport implements NasTransport {
   private async run(script: string, opts: { input?: Buffer } = {}) {
     const nas = new NasSide();
     const wallClockSec = Math.ceil(this.options.opTimeoutMs / 1000) + NAS_SIDE_GRACE_SEC;
+    const logMark = this.logMark();
     const pipe = this.start([this.ssh(script, wallClockSec)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe', onStderrLine: nas.listen(0) });
     const chunks: Buffer[] = [];
     pipe.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -423,13 +464,14 @@ export class SshTransport implements NasTransport {
       });
     }
     const [result] = results as [StageResult];
-    this.throwIfSshFailed(result);
+    this.throwIfSshFailed(result, logMark);
     if (result.exitCode !== 0 && result.exitCode !== scripts.MISSING) throw stageError(result, this.where);
     const stdoutBuffer = Buffer.concat(chunks);
     return { exitCode: result.exitCode, stdoutBuffer, stdout: stdoutBuffer.toString('utf8') };
   }
 
-  private throwIfSshFailed(result: StageResult): void {
+  /** Throws when ssh itself failed (exit 255: classified by its stderr and what it logged since `logMark`). */
+  private throwIfSshFailed(result: StageResult, logMark: number): void {
     if (result.notFound) {
       throw new ToolError('ssh is not installed', 'ssh', undefined, '', { remedy: 'apt-get install openssh-client' });
     }
@@ -438,16 +480,18 @@ export class SshTransport implements NasTransport {
         remedy: 'create it on the NAS, or correct "nas" in the configuration',
       });
     }
-    const failure = classifySshFailure(result.exitCode, result.stderrTail);
+    const said = result.exitCode === 255 ? `${result.stderrTail}\n${this.loggedSince(logMark)}` : result.stderrTail;
+    const failure = classifySshFailure(result.exitCode, said);
     const { host, port } = this.options.target;
-    const knownHosts = this.options.target.knownHosts ?? '~/.ssh/known_hosts';
+    // Quoted, to be pasted as it is; ssh's default stays unquoted for the shell's ~.
+    const knownHosts = this.options.target.knownHosts === undefined ? '~/.ssh/known_hosts' : shellQuote(this.options.target.knownHosts);
     const remedies: Record<Exclude<typeof failure, 'remote'>, string> = {
       'host-key': `the NAS host key is unknown or changed. Check it, then record it: ssh-keyscan -p ${port} ${host} >> ${knownHosts} (after ssh-keygen -R '[${host}]:${port}' -f ${knownHosts} if it changed)`,
       auth: `the NAS refused our key: add the public key of ${this.options.target.identity ?? 'root'} to the NAS user's authorized_keys`,
       unreachable: 'check the network and that the NAS runs sshd',
     };
     if (failure !== 'remote') {
-      throw new NasUnreachableError(`cannot reach the NAS (${this.where}): ${lastLine(result.stderrTail)}`, {
+      throw new NasUnreachableError(`cannot reach the NAS (${this.where}): ${sshFailureCause(said, result.exitCode)}`, {
         remedy: remedies[failure],
       });
     }
@@ -467,8 +511,4 @@ export function parseEntries(text: string): NasEntry[] {
       const [size, mtime, type, ...name] = record.split(' ');
       return { name: name.join(' '), size: Number(size), mtimeMs: Math.round(Number(mtime) * 1000), isDirectory: type === 'd' };
     });
-}
-
-function lastLine(text: string): string {
-  return text.trim().split('\n').pop() ?? '';
 }

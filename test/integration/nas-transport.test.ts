@@ -462,3 +462,56 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     assert.equal(createHash('sha256').update(readFileSync(join(root, target))).digest('hex'), hash, 'byte for byte');
   });
 });
+
+// ssh's refusals, told in its own words though it logs to a file (-E), and classified
+// for the remedy.
+describe('ssh transport, a connection refused', () => {
+  let nas: SshNas | undefined;
+  let base: string;
+  before(async (t) => {
+    if (!requireTools(t as unknown as TestContext, ...SSH_NAS_TOOLS)) return;
+    base = mkdtempSync(join(tmpdir(), 'kss-refused-'));
+    nas = await startSshNas({ shape: false });
+  });
+  after(() => {
+    nas?.stop();
+    if (base) rmSync(base, { recursive: true, force: true });
+  });
+
+  const refusal = async (t: TestContext, change: (target: SshNas['target']) => SshNas['target']) => {
+    const transport = new SshTransport({ root: (nas as SshNas).root, target: change((nas as SshNas).target), opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
+    try {
+      const error = await transport.readFile('kss-nas.json').then(() => undefined, (e: unknown) => e);
+      assert.ok(error instanceof NasUnreachableError, String(error));
+      t.diagnostic(`${error.message} / ${error.remedy ?? ''}`);
+      return error;
+    } finally {
+      await transport.close();
+    }
+  };
+
+  it('an unknown host key', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const empty = join(base, 'no known hosts');
+    writeFileSync(empty, '');
+    const error = await refusal(t, (target) => ({ ...target, knownHosts: empty }));
+    assert.match(error.message, /^cannot reach the NAS \(ssh .*\): Host key verification failed\.$/u);
+    assert.ok(error.remedy?.includes(`ssh-keyscan -p ${(nas as SshNas).target.port} ${(nas as SshNas).target.host} >> ${shellQuote(empty)}`), error.remedy);
+  });
+
+  it('a key the NAS does not accept', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const other = join(base, 'other key');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+    const error = await refusal(t, (target) => ({ ...target, identity: other }));
+    assert.match(error.message, /: root@.*: Permission denied \(publickey.*\)\.$/u);
+    assert.match(error.remedy ?? '', /authorized_keys/u);
+  });
+
+  it('nothing listening', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const error = await refusal(t, (target) => ({ ...target, port: target.port + 1 }));
+    assert.match(error.message, /: ssh: connect to host .* port \d+: Connection refused$/u);
+    assert.match(error.remedy ?? '', /runs sshd/u);
+  });
+});

@@ -3,7 +3,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ALIVE_NOTE } from '../../../lib/nas/remote-scripts.js';
-import { buildRemoteKillCommand, buildSshCommand, classifySshFailure, remoteCommand, remoteNote, sshConfigPath, type SshTarget } from '../../../lib/nas/ssh-command.js';
+import { buildRemoteKillCommand, buildSshCommand, classifySshFailure, remoteCommand, remoteNote, sshConfigPath, sshFailureCause, type SshTarget } from '../../../lib/nas/ssh-command.js';
 
 const target: SshTarget = {
   user: 'kss',
@@ -29,6 +29,13 @@ describe('buildSshCommand', () => {
     assert.equal(args[args.indexOf('-l') + 1], 'kss');
     assert.deepEqual(args.slice(-4), ['2222', '--', 'nas.lan', remoteCommand('echo hi', 35)]);
     assert.equal(args.at(-1), `timeout -s KILL 35 sh -c 'echo kss-pgid $PPID >&2\necho hi'`);
+  });
+
+  it('shares one connection and logs ssh\'s own words, at INFO, to the sharing\'s log file', () => {
+    const { args } = buildSshCommand(target, 'true', { multiplex: { controlPath: '/tmp/kss-ssh-x/master', logFile: '/tmp/kss-ssh-x/ssh.log', persistSec: 10 }, wallClockSec: 0 });
+    const options = args.filter((_, i) => args[i - 1] === '-o');
+    for (const expected of ['ControlMaster=auto', 'ControlPath=/tmp/kss-ssh-x/master', 'ControlPersist=10', 'LogLevel=INFO']) assert.ok(options.includes(expected), expected);
+    assert.equal(args[args.indexOf('-E') + 1], '/tmp/kss-ssh-x/ssh.log');
   });
 
   it('leaves out what is not configured', () => {
@@ -110,6 +117,31 @@ describe('the NAS-side wrapper', () => {
     for (const expected of ['ControlMaster=no', 'ControlPath=none', 'ConnectTimeout=5', 'StrictHostKeyChecking=yes', 'BatchMode=yes']) assert.ok(options.includes(expected), expected);
     assert.deepEqual(args.slice(-2), ['nas.lan', `sh -c 'kill -s KILL -- -4242'`]);
     for (const bad of [0, 1, -3, 2.5, Number.NaN]) assert.throws(() => buildRemoteKillCommand(target, bad), /internal/);
+  });
+});
+
+describe('sshFailureCause', () => {
+  // What OpenSSH 9.2 wrote (its stderr and -E log together), measured on the test NAS.
+  const cases: Array<[string, string]> = [
+    ['Timeout, server 10.252.70.2 not responding.', 'the master, on a link cut mid-stream'],
+    ['Timeout, server 10.252.70.2 not responding.\nmux_client_request_session: read from master failed: Broken pipe\nConnection timed out during banner exchange\nConnection to 10.252.70.2 port 2222 timed out', 'a client whose master died, then a new connection on a dead link'],
+    ['ssh: connect to host 10.252.70.2 port 2223: Connection refused', 'nothing listening'],
+    ['ssh: connect to host 10.252.98.1 port 2222: No route to host', 'no route'],
+    ['Connection reset by 10.252.70.2 port 2222', 'sshd killed'],
+    ['Connection to nas.lan closed by remote host.', 'sshd ended the connection'],
+    ['No ED25519 host key is known for [10.252.70.2]:2222 and you have requested strict checking.\nHost key verification failed.', 'an unknown host key'],
+    ['root@10.252.70.2: Permission denied (publickey,keyboard-interactive).', 'a refused key'],
+  ];
+  for (const [text, what] of cases) {
+    it(`names the cause: ${what}`, () => assert.equal(sshFailureCause(text, 255), text.split('\n').at(-1)));
+  }
+  it('skips connection sharing\'s chatter', () => {
+    assert.equal(sshFailureCause('Timeout, server nas not responding.\nControl socket connect(/tmp/x/master): Connection refused\n', 255), 'Timeout, server nas not responding.');
+    assert.equal(sshFailureCause('some remote noise\nmux_client_request_session: read from master failed: Broken pipe', 255), 'some remote noise');
+  });
+  it('is never empty', () => {
+    assert.equal(sshFailureCause('', 255), 'ssh gave no reason (exit status 255)');
+    assert.equal(sshFailureCause('\n  \nmux_client_hello_exchange: write packet: Broken pipe\n', 255), 'ssh gave no reason (exit status 255)');
   });
 });
 

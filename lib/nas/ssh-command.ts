@@ -67,10 +67,12 @@ export function remoteCommand(script: string, wallClockSec: number): string {
   return shellJoin(['timeout', '-s', 'KILL', String(wallClockSec), 'sh', '-c', `echo ${PGID_NOTE} $PPID >&2\n${script}`]);
 }
 
+const PGID_LINE = new RegExp(`^${PGID_NOTE} (\\d{1,10})$`, 'u');
+
 /** What a line of the NAS side's stderr tells, if it is one of our notes (see remoteCommand, ALIVE_NOTE). */
 export function remoteNote(line: string): { pgid: number } | { alive: true } | undefined {
   if (line === ALIVE_NOTE) return { alive: true };
-  const match = new RegExp(`^${PGID_NOTE} (\\d{1,10})$`, 'u').exec(line);
+  const match = PGID_LINE.exec(line);
   const pgid = Number(match?.[1]);
   // Never 0 or 1: `kill -- -1` would signal every process of the NAS account.
   return match && pgid >= 2 ? { pgid } : undefined;

@@ -279,9 +279,10 @@ describe('repository over SSH on a 1 Gbit link', () => {
     // Its own sshd, started after the mount: a mount made later does not reach the
     // mount namespace sshd runs in.
     const fullNas = await startSshNas({ root: small });
+    const overSsh = new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
     try {
       for (const [kind, repository] of [
-        ['ssh', new NasRepository(new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true }), { host: 'desk' })],
+        ['ssh', new NasRepository(overSsh, { host: 'desk' })],
         ['dir', dirRepository(small, 'desk')],
       ] as const) {
         const file = join(work, `big-${kind}`);
@@ -296,6 +297,7 @@ describe('repository over SSH on a 1 Gbit link', () => {
         assert.equal(await repository.readManifest('full'), undefined);
       }
     } finally {
+      await overSsh.close();
       fullNas.stop();
       execFileSync('umount', [small]);
     }

@@ -244,6 +244,7 @@ for (const [kind, setUp] of Object.entries(kinds)) {
         assert.ok(error.message.includes(`${gone} does not exist`), error.message);
         return true;
       });
+      await missing.close();
       assertNothingRan(s);
     });
   });

@@ -13,7 +13,7 @@ const job = JSON.parse(process.argv[2] as string) as {
   dir: string;
   hash: string;
 };
-const repository = new NasRepository(new SshTransport({ target: job.target, root: job.root, opTimeoutMs: 30_000, compress: true }), { host: 'bench' });
+const repository = new NasRepository(new SshTransport({ target: job.target, root: job.root, opTimeoutMs: 30_000, stallTimeoutMs: 30_000, compress: true }), { host: 'bench' });
 if (job.op === 'push') await repository.pushLayer(job.domain, job.file, job.hash);
 else await repository.pullLayer(job.domain, job.hash, job.dir);
 await repository.close();

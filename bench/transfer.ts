@@ -193,7 +193,7 @@ export async function benchTransfer(): Promise<void> {
       for (const [direction, cases] of [['push', push], ['pull', pull]] as const) {
         if (direction === 'pull') {
           // The layer must be on the NAS for every pull.
-          const seed = new NasRepository(new SshTransport({ target: n.target, root: n.root, opTimeoutMs: 30_000, compress: true }), { host: 'bench' });
+          const seed = new NasRepository(new SshTransport({ target: n.target, root: n.root, opTimeoutMs: 30_000, stallTimeoutMs: 30_000, compress: true }), { host: 'bench' });
           await seed.pushLayer('bench', file, hash);
           await seed.close();
         }
@@ -221,12 +221,12 @@ export async function benchTransfer(): Promise<void> {
     }
 
     // "Is there anything new?": read the manifest of an up-to-date NAS, new connection each time.
-    const repository = new NasRepository(new SshTransport({ target: n.target, root: n.root, opTimeoutMs: 30_000, compress: true }), { host: 'bench' });
+    const repository = new NasRepository(new SshTransport({ target: n.target, root: n.root, opTimeoutMs: 30_000, stallTimeoutMs: 30_000, compress: true }), { host: 'bench' });
     await repository.updateManifest('check', (m) => m);
     await repository.close();
     const checks: number[] = [];
     for (let i = 0; i < 20; i += 1) {
-      const fresh = new NasRepository(new SshTransport({ target: n.target, root: n.root, opTimeoutMs: 30_000, compress: true }), { host: 'bench' });
+      const fresh = new NasRepository(new SshTransport({ target: n.target, root: n.root, opTimeoutMs: 30_000, stallTimeoutMs: 30_000, compress: true }), { host: 'bench' });
       const start = process.hrtime.bigint();
       await fresh.readManifest('check');
       checks.push(Number(process.hrtime.bigint() - start) / 1e9);

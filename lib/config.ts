@@ -33,6 +33,8 @@ export interface Config {
   retentionDays: number;
   /** ...but the newest this many generations of the head's history are always kept. */
   retentionGenerations: number;
+  /** A layer transfer that moves no byte for this many seconds is stopped (both transports). */
+  stallSeconds: number;
 }
 
 export const DEFAULTS = {
@@ -41,9 +43,11 @@ export const DEFAULTS = {
   maxChainDepth: 8,
   retentionDays: 30,
   retentionGenerations: 10,
+  stallSeconds: 30,
 } as const;
 
-const KEYS = [
+/** Every key a configuration file may hold (the README's Configuration table lists each). */
+export const CONFIG_KEYS = [
   'host',
   'nas',
   'sshIdentity',
@@ -53,8 +57,9 @@ const KEYS = [
   'maxChainDepth',
   'retentionDays',
   'retentionGenerations',
+  'stallSeconds',
 ] as const;
-type Key = (typeof KEYS)[number];
+type Key = (typeof CONFIG_KEYS)[number];
 
 const HOST_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/u;
 
@@ -69,9 +74,9 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(undefined, 'must be a JSON object');
   const obj = raw as Record<string, unknown>;
   for (const key of Object.keys(obj)) {
-    if (!(KEYS as readonly string[]).includes(key)) {
+    if (!(CONFIG_KEYS as readonly string[]).includes(key)) {
       throw new ConfigError(`invalid configuration: unknown key "${key}" in ${file}`, {
-        remedy: `remove or correct it in ${file}; the known keys are ${KEYS.join(', ')}`,
+        remedy: `remove or correct it in ${file}; the known keys are ${CONFIG_KEYS.join(', ')}`,
       });
     }
   }
@@ -102,7 +107,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     return fail('nas', (error as Error).message);
   }
 
-  const wholeNumber = (key: 'maxChainDepth' | 'retentionDays' | 'retentionGenerations', min: number, max: number): number => {
+  const wholeNumber = (key: 'maxChainDepth' | 'retentionDays' | 'retentionGenerations' | 'stallSeconds', min: number, max: number): number => {
     const value = obj[key] ?? DEFAULTS[key];
     if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
       fail(key, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`);
@@ -121,6 +126,8 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     maxChainDepth: wholeNumber('maxChainDepth', 2, 64),
     retentionDays: wholeNumber('retentionDays', 1, 36_500),
     retentionGenerations: wholeNumber('retentionGenerations', 1, 10_000),
+    // Below 5 s a busy NAS or a loaded 2-core host would be taken for a dead one.
+    stallSeconds: wholeNumber('stallSeconds', 5, 3600),
   };
 }
 

@@ -103,6 +103,11 @@ export interface PipelineOptions {
   input: 'pipe' | 'ignore' | { file: string };
   /** 'pipe': the caller reads the last stdout; 'capture': it is collected as text; 'ignore': /dev/null. */
   output: 'pipe' | 'capture' | 'ignore';
+  /**
+   * Told each line of each process's stderr as it comes (a remote side's notes, read
+   * while it runs); a line for which it returns true is left out of that stage's stderrTail.
+   */
+  onStderrLine?: (stage: number, line: string) => boolean;
 }
 
 /**
@@ -131,7 +136,7 @@ export function startPipeline(commands: readonly Command[], options: PipelineOpt
     // the writer would block forever on a full pipe.
     if (!first) previous?.stdout?.destroy();
     children.push(child);
-    results.push(collectStage(command, child, last && options.output === 'capture'));
+    results.push(collectStage(command, child, last && options.output === 'capture', options.onStderrLine && ((line) => options.onStderrLine!(index, line))));
   });
   if (inputFd !== undefined) closeSync(inputFd); // the first process has its own copy
   const lastChild = children[children.length - 1];
@@ -146,12 +151,17 @@ export function startPipeline(commands: readonly Command[], options: PipelineOpt
   };
 }
 
-function collectStage(command: Command, child: ChildProcess, captureStdout: boolean): Promise<StageResult> {
+function collectStage(command: Command, child: ChildProcess, captureStdout: boolean, onLine?: (line: string) => boolean): Promise<StageResult> {
   let stderr = '';
   let stdout = '';
-  child.stderr?.setEncoding('utf8').on('data', (text: string) => {
-    stderr = (stderr + text).slice(-16_384);
-  });
+  let partial = ''; // a line not ended yet, when lines are watched
+  const keep = (text: string) => (stderr = (stderr + text).slice(-16_384));
+  const lines = (text: string) => {
+    const parts = (partial + text).split('\n');
+    partial = parts.pop() as string;
+    for (const line of parts) if (!onLine!(line)) keep(`${line}\n`);
+  };
+  child.stderr?.setEncoding('utf8').on('data', onLine ? lines : keep);
   if (captureStdout) child.stdout?.setEncoding('utf8').on('data', (text: string) => (stdout += text));
   return new Promise((resolve) => {
     let notFound = false;
@@ -159,6 +169,7 @@ function collectStage(command: Command, child: ChildProcess, captureStdout: bool
       notFound = error.code === 'ENOENT';
     });
     child.on('close', (exitCode, signal) => {
+      if (partial !== '' && !onLine!(partial)) keep(partial);
       // Through setpriv, a command that cannot be run is its exit 127 and a message.
       notFound ||= exitCode === 127 && /failed to execute/u.test(stderr);
       resolve({ command, exitCode, signal, stderrTail: tail(stderr, 20), stdout, notFound });
@@ -180,6 +191,22 @@ export function bytesReadBy(pid: number | undefined): number | undefined {
   if (pid === undefined) return undefined;
   try {
     const match = /^rchar: (\d+)$/mu.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * How far a running process has read the file it has as stdin (Linux: the offset in
+ * /proc/PID/fdinfo/0). Unlike rchar it also counts reads made by another process the
+ * descriptor was passed to: an ssh sharing a connection hands its stdin to the master.
+ * Undefined once it has ended.
+ */
+export function stdinOffsetOf(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const match = /^pos:\s+(\d+)$/mu.exec(readFileSync(`/proc/${pid}/fdinfo/0`, 'utf8'));
     return match ? Number(match[1]) : undefined;
   } catch {
     return undefined;

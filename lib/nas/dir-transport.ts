@@ -15,6 +15,7 @@ import { writeFileAtomic, fsyncDir } from '../durable-fs.js';
 import { sha256Of } from '../hash.js';
 import { IntegrityError, NasFullError, NasUnreachableError } from '../errors.js';
 import { hashPrefix, receiveFile } from './receive-file.js';
+import { stallError, type StallReport } from './stall.js';
 import type { ExclusiveResult, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
 
 export interface DirTransportOptions {
@@ -166,7 +167,7 @@ export class DirTransport implements NasTransport {
     let done = offset;
     options.onProgress?.(done, size);
     const out = createWriteStream(part, { flags: 'r+', start: offset, flush: true });
-    const guard = stallGuard(this.options.stallTimeoutMs, (error) => out.destroy(error), this.where);
+    const guard = stallGuard(this.options.stallTimeoutMs, (error) => out.destroy(error), () => ({ where: this.where, direction: 'push', hash, done, size }));
     const hashing = new Transform({
       transform(chunk: Buffer, _encoding, callback) {
         digest.update(chunk);
@@ -217,8 +218,12 @@ export class DirTransport implements NasTransport {
       onProgress: options.onProgress,
       open: async (offset) => {
         const stream = createReadStream(full, { start: offset, highWaterMark: 2 ** 20 });
-        const guard = stallGuard(this.options.stallTimeoutMs, (error) => stream.destroy(error), this.where);
-        stream.on('data', () => guard.tick());
+        let done = offset;
+        const guard = stallGuard(this.options.stallTimeoutMs, (error) => stream.destroy(error), () => ({ where: this.where, direction: 'pull', hash, done, size: entry.size }));
+        stream.on('data', (chunk) => {
+          done += chunk.length;
+          guard.tick();
+        });
         const finished = new Promise<void>((resolve, reject) => {
           stream.on('end', resolve);
           stream.on('error', reject);
@@ -296,15 +301,16 @@ async function publishNoReplace(part: string, final: string): Promise<void> {
   }
 }
 
-/** Calls `fail` when `tick` has not been called for `ms`. */
-function stallGuard(ms: number, fail: (error: Error) => void, where: string): { tick(): void; stop(): void } {
+/** Calls `fail` when `tick` has not been called for `ms`; `report` says what was moving, and how far. */
+function stallGuard(
+  ms: number,
+  fail: (error: Error) => void,
+  report: () => Omit<StallReport, 'verdict' | 'stallMs'>,
+): { tick(): void; stop(): void } {
   let timer: NodeJS.Timeout | undefined;
   const arm = () => {
     clearTimeout(timer);
-    timer = setTimeout(
-      () => fail(new NasUnreachableError(`no data moved for ${ms / 1000} s (${where})`, { remedy: 'check the share and its server; the transfer resumes when run again' })),
-      ms,
-    );
+    timer = setTimeout(() => fail(stallError({ ...report(), verdict: 'stalled', stallMs: ms })), ms);
   };
   arm();
   return { tick: arm, stop: () => clearTimeout(timer) };

@@ -10,6 +10,24 @@ import { shellQuote as q } from '../shell-quote.js';
 export const MISSING = 3;
 export const NO_ROOT = 4;
 
+/**
+ * The line a script writes on stderr every second while it works on a stream without
+ * reading it (ssh-command.ts remoteNote reads it): the stream's stall deadline counts
+ * it as activity, so that a slow read-back or flush is not taken for a dead NAS.
+ */
+export const ALIVE_NOTE = 'kss-alive';
+
+/**
+ * `beat` starts writing ALIVE_NOTE in the background, `quiet` stops it; the script's
+ * exit stops it too (trap), since the loop holds stderr and so the SSH session open. Its
+ * `sleep` gets no stderr: one left over for a second must not hold the session either.
+ */
+const HEARTBEAT = [
+  `beat() { while :; do echo ${ALIVE_NOTE} >&2; sleep 1 >/dev/null 2>&1; done </dev/null >/dev/null & beating=$!; }`,
+  'quiet() { [ -z "${beating:-}" ] || kill "$beating" 2>/dev/null; beating=; }',
+  'trap quiet EXIT',
+];
+
 function inRoot(root: string, body: string): string {
   return `cd -- ${q(root)} 2>/dev/null || { printf 'the NAS directory %s does not exist\\n' ${q(root)} >&2; exit ${NO_ROOT}; }\n${body}`;
 }
@@ -155,6 +173,10 @@ export function prepareUploadScript(root: string, partPrefix: string, target: st
  * hash below catches anything it might still append. Then it cuts the file to
  * `offset`, appends stdin (decompressed when `compressed`), and hashes the whole file
  * on the way: the kept prefix is read back on the NAS, the rest hashed as written.
+ * While it reads the prefix back, and while it flushes and publishes after the last
+ * byte, it reads no input for a while (for a large layer on a slow disk, longer than a
+ * stall deadline): it says it is alive then (ALIVE_NOTE), and only then, so that during
+ * the data itself only moving bytes count.
  *  - complete and matching: read-only, published under `target`, prints "published";
  *  - shorter than `size` (the sender stopped): kept for resuming, prints "short N";
  *  - complete but not matching: removed, prints "mismatch HASH N".
@@ -170,13 +192,16 @@ export function receiveUploadScript(
     opts.offset > 0 && opts.claim !== undefined
       ? `mv -T -- ${q(opts.claim)} ${mine} 2>/dev/null && truncate -s ${opts.offset} -- ${mine} || { echo "the partial upload disappeared" >&2; exit 1; }`
       : `: > ${mine} || exit 1`;
+  const readBack = opts.offset > 0 ? `beat; cat -- ${mine}; quiet; ` : '';
   return inRoot(
     root,
     [
+      ...HEARTBEAT,
       claim,
       'if command -v openssl >/dev/null 2>&1; then hasher="openssl dgst -sha256 -r"; else hasher=sha256sum; fi',
-      `sum=$( { cat -- ${mine}; ${decompress} | tee -a -- ${mine}; } | $hasher ) || exit 1`,
+      `sum=$( { ${readBack}${decompress} | tee -a -- ${mine}; } | $hasher ) || exit 1`,
       'sum=${sum%% *}',
+      'beat',
       `sync -- ${mine} || exit 1`,
       `got=$(stat -c %s -- ${mine}) || exit 1`,
       `if [ "$got" -lt ${opts.size} ]; then echo "short $got"; exit 0; fi`,

@@ -2,6 +2,7 @@
 // (StrictHostKeyChecking=yes): an unknown or changed NAS key stops the connection.
 import type { Command } from '../runner.js';
 import { shellJoin } from '../shell-quote.js';
+import { ALIVE_NOTE } from './remote-scripts.js';
 
 export interface SshTarget {
   user: string | undefined;
@@ -30,15 +31,67 @@ const KEX = '^curve25519-sha256,curve25519-sha256@libssh.org';
  * Connection sharing: the first ssh of a transport becomes the master of one
  * connection in the background (stdio closed), later ones run over it in ~20 ms instead
  * of a new handshake; an idle master exits after `persistSec`.
+ *
+ * Every one of them logs to `logFile` (-E) instead of stderr: when the master is the
+ * one that notices a dead link, a client over it only exits 255 without a word, and
+ * the master's stderr is closed; its words are in the log (sshFailureCause). Stderr is
+ * then only the NAS side's.
  */
 export interface SshMultiplex {
   controlPath: string;
+  logFile: string;
   persistSec: number;
 }
 
-/** ssh with our options, running `script` through `sh -c` on the NAS. */
-export function buildSshCommand(target: SshTarget, script: string, multiplex?: SshMultiplex): Command {
-  return { file: 'ssh', args: [...sshOptions(target, multiplex), '--', target.host, shellJoin(['sh', '-c', script])] };
+/**
+ * ssh with our options, running `script` on the NAS as `remoteCommand` wraps it: under
+ * a NAS-side wall clock of `wallClockSec` (0: none).
+ */
+export function buildSshCommand(target: SshTarget, script: string, options: { multiplex?: SshMultiplex; wallClockSec: number }): Command {
+  return { file: 'ssh', args: [...sshOptions(target, options.multiplex), '--', target.host, remoteCommand(script, options.wallClockSec)] };
+}
+
+/** The note the NAS side writes first on stderr: `kss-pgid N`, N its process group. */
+export const PGID_NOTE = 'kss-pgid';
+
+/**
+ * What the NAS's login shell is given: the script under coreutils `timeout`, which puts
+ * itself in a process group of its own (measured on OpenSSH 9.2: whether the login
+ * shell execs the command or forks for it), so that the script's $PPID names the group
+ * of every process the script starts; the script tells it first, on stderr, so that a
+ * stalled or late command can be ended on the NAS (buildRemoteKillCommand). `timeout`
+ * also ends the whole group itself after `wallClockSec` (0: never), even when this
+ * side has gone away.
+ */
+export function remoteCommand(script: string, wallClockSec: number): string {
+  return shellJoin(['timeout', '-s', 'KILL', String(wallClockSec), 'sh', '-c', `echo ${PGID_NOTE} $PPID >&2\n${script}`]);
+}
+
+const PGID_LINE = new RegExp(`^${PGID_NOTE} (\\d{1,10})$`, 'u');
+
+/** What a line of the NAS side's stderr tells, if it is one of our notes (see remoteCommand, ALIVE_NOTE). */
+export function remoteNote(line: string): { pgid: number } | { alive: true } | undefined {
+  if (line === ALIVE_NOTE) return { alive: true };
+  const match = PGID_LINE.exec(line);
+  const pgid = Number(match?.[1]);
+  // Never 0 or 1: `kill -- -1` would signal every process of the NAS account.
+  return match && pgid >= 2 ? { pgid } : undefined;
+}
+
+/** Seconds the kill of a NAS-side group may take to connect: it runs after a failure already. */
+const KILL_CONNECT_TIMEOUT_SEC = 5;
+
+/**
+ * Ends a NAS-side process group (SIGKILL also ends stopped processes), over a new
+ * connection: the shared one, or its session on the NAS, may be what hangs.
+ */
+export function buildRemoteKillCommand(target: SshTarget, pgid: number): Command {
+  if (!Number.isSafeInteger(pgid) || pgid < 2) throw new Error(`internal: ${pgid} is not a process group to end`);
+  const fresh = { ...target, connectTimeoutSec: Math.min(target.connectTimeoutSec, KILL_CONNECT_TIMEOUT_SEC) };
+  return {
+    file: 'ssh',
+    args: [...sshOptions(fresh, undefined), '-o', 'ControlMaster=no', '-o', 'ControlPath=none', '--', target.host, shellJoin(['sh', '-c', `kill -s KILL -- -${pgid}`])],
+  };
 }
 
 /** Tells the master of a shared connection to exit. */
@@ -56,11 +109,13 @@ function sshOptions(target: SshTarget, multiplex: SshMultiplex | undefined): str
     '-o', `ServerAliveCountMax=${target.aliveCountMax}`,
     '-o', `Ciphers=${CIPHERS}`,
     '-o', 'Compression=no', // we compress with zstd where it pays
-    '-o', 'LogLevel=ERROR',
+    // INFO, not ERROR: a dead link ("Timeout, server … not responding.") is said at INFO.
+    '-o', 'LogLevel=INFO',
     '-o', `KexAlgorithms=${KEX}`,
   ];
   if (multiplex !== undefined) {
     args.push('-o', 'ControlMaster=auto', '-o', `ControlPath=${sshConfigPath(multiplex.controlPath)}`, '-o', `ControlPersist=${multiplex.persistSec}`);
+    args.push('-E', multiplex.logFile);
   }
   if (target.knownHosts !== undefined) args.push('-o', `UserKnownHostsFile=${sshConfigPath(target.knownHosts)}`);
   if (target.identity !== undefined) args.push('-o', 'IdentitiesOnly=yes', '-i', target.identity.replaceAll('%', '%%'));
@@ -79,6 +134,25 @@ export function sshConfigPath(path: string): string {
 }
 
 export type SshFailure = 'host-key' | 'auth' | 'unreachable' | 'remote';
+
+/** Lines of ssh's that say nothing about the cause (connection sharing's own chatter). */
+const NOISE = /^(mux_client_|muxclient:|Control socket connect|ControlSocket .* already exists|Exit request sent|Shared connection to .* closed)/u;
+
+/** Lines of ssh's that name a cause. */
+const TELLING =
+  /Host key verification failed|Permission denied|Too many authentication failures|not responding|timed out|Connection refused|No route to host|Network is unreachable|closed by remote host|Connection reset|Connection closed|Could not resolve hostname|Broken pipe|Connection timed out/iu;
+
+/**
+ * ssh's own words for why it failed, from what it wrote (its stderr and the new lines
+ * of its log): the last line that names a cause, else the last line; never empty.
+ */
+export function sshFailureCause(text: string, exitCode: number | null): string {
+  const lines = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !NOISE.test(line));
+  return lines.filter((line) => TELLING.test(line)).at(-1) ?? lines.at(-1) ?? `ssh gave no reason (exit status ${exitCode})`;
+}
 
 /** Why ssh failed: 255 is ssh's own failure; anything else is the remote command's status. */
 export function classifySshFailure(exitCode: number | null, stderr: string): SshFailure {

@@ -3,15 +3,22 @@
 // lib/nas/remote-scripts.ts, all over one shared connection until close(); layer
 // data streams through zstd where both ends have it, and is hashed on the NAS as it is
 // written (no second read of a large file).
+//
+// Deadlines: a small operation is stopped after opTimeoutMs, a layer stream once it
+// moves no byte for stallTimeoutMs (lib/nas/stall.ts); either way its NAS side is ended
+// too (ssh-command.ts remoteCommand, buildRemoteKillCommand). Keep-alives alone would
+// only notice a dead link, not a NAS whose commands hang while its sshd still answers.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { open, rm, stat as localStat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
-import { bytesReadBy, runCommand, stageError, startPipeline, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
+import { bytesReadBy, runCommand, stageError, startPipeline, stdinOffsetOf, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
+import { shellQuote } from '../shell-quote.js';
 import * as scripts from './remote-scripts.js';
-import { buildSshCommand, buildSshExitCommand, classifySshFailure, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, sshFailureCause, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import { busyLimitMs, stallError, streamVerdict, type StreamVerdict } from './stall.js';
 import type { ExclusiveResult, LockBusy, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
 
 export interface SshTransportOptions {
@@ -20,12 +27,57 @@ export interface SshTransportOptions {
   root: string;
   /** Deadline of every small operation. */
   opTimeoutMs: number;
+  /** A layer stream that moves no byte for this long is stopped, here and on the NAS. */
+  stallTimeoutMs: number;
   /** Compress layer streams with zstd when both ends have it. */
   compress: boolean;
 }
 
 /** How long an idle shared connection stays open when its transport was not closed. */
 const CONTROL_PERSIST_SEC = 10;
+
+/**
+ * A small script's own wall clock on the NAS runs this much longer than our deadline
+ * (ours fires first and says so); it ends the script even when this side is gone.
+ * Streams get none: how long one may take depends on its size and the link.
+ */
+const NAS_SIDE_GRACE_SEC = 5;
+
+/** Deadline of ending a NAS-side process group after a stall or a timeout. */
+const NAS_KILL_DEADLINE_MS = 5000;
+
+/** How often a stream's progress and stall deadline are looked at. */
+const WATCH_INTERVAL_MS = 500;
+
+/** What the NAS side of one ssh command told on its stderr (ssh-command.ts remoteNote). */
+class NasSide {
+  pgid: number | undefined;
+  /** When it last said it was busy without reading or writing the stream (0: never). */
+  aliveAt = 0;
+
+  /** For PipelineOptions.onStderrLine: reads our notes, and leaves them out of error texts. */
+  listen(sshStage: number): (stage: number, line: string) => boolean {
+    return (stage, line) => {
+      const note = stage === sshStage ? remoteNote(line) : undefined;
+      if (note === undefined) return false;
+      if ('pgid' in note) this.pgid = note.pgid;
+      else this.aliveAt = Date.now();
+      return true;
+    };
+  }
+}
+
+/** A layer stream for the stall watch: which way, which layer, and how far it got. */
+interface StreamJob {
+  direction: 'push' | 'pull';
+  hash: string;
+  size: number;
+  offset: number;
+  /** The ssh process's place in the pipeline. */
+  sshStage: number;
+  /** Bytes of the layer done so far (read here for a push, written here for a pull), if known now. */
+  done(pids: Array<number | undefined>): number | undefined;
+}
 
 export class SshTransport implements NasTransport {
   readonly where: string;
@@ -141,21 +193,29 @@ export class SshTransport implements NasTransport {
     options: TransferOptions,
   ): Promise<{ outcome: 'published' | 'mismatch'; result: TransferResult; detail: string }> {
     const token = randomBytes(6).toString('hex');
-    const ssh = this.ssh(scripts.receiveUploadScript(this.options.root, { ...job, token }));
+    const ssh = this.ssh(scripts.receiveUploadScript(this.options.root, { ...job, token }), 0);
     const stages: Command[] = [
       ...(job.offset > 0 ? [{ file: 'tail', args: ['-c', `+${job.offset + 1}`, '--', localPath] }] : []),
       ...(job.compressed ? [{ file: 'zstd', args: ['-1', '-T0', '-cq'] }] : []),
       ssh,
     ];
-    const pipe = this.start(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' });
-    options.onProgress?.(job.offset, job.size);
-    const progress = setInterval(() => {
-      const read = bytesReadBy(pipe.pids[0]);
-      if (read !== undefined) options.onProgress?.(Math.min(job.size, job.offset + read), job.size);
-    }, 500);
-    const results = await pipe.done.finally(() => clearInterval(progress));
+    const logMark = this.logMark();
+    const results = await this.stream(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' }, options, {
+      direction: 'push',
+      hash: job.hash,
+      size: job.size,
+      offset: job.offset,
+      sshStage: stages.length - 1,
+      // tail reads the file itself; otherwise it is the first process's stdin, read by
+      // zstd or by the ssh master the descriptor was passed to. Once that process has
+      // ended, it has read everything (had it failed, the pipeline would fail).
+      done: (pids) => {
+        const read = job.offset > 0 ? bytesReadBy(pids[0]) : stdinOffsetOf(pids[0]);
+        return read === undefined ? job.size : job.offset + read;
+      },
+    });
     const sshResult = results[results.length - 1] as StageResult;
-    this.throwIfSshFailed(sshResult);
+    this.throwIfSshFailed(sshResult, logMark);
     // The receiving end's failure is the cause; the senders' broken pipes only follow from it.
     for (const stage of [...results].reverse()) if (stage.exitCode !== 0) throw stageError(stage, this.where);
 
@@ -220,18 +280,27 @@ export class SshTransport implements NasTransport {
     await handle.close();
     const hasher = await this.localHasher();
     const stages: Command[] = [
-      this.ssh(scripts.sendDownloadScript(this.options.root, source, job.offset, job.compressed)),
+      this.ssh(scripts.sendDownloadScript(this.options.root, source, job.offset, job.compressed), 0),
       ...(job.compressed ? [{ file: 'zstd', args: ['-dcq'] }] : []),
       { file: 'tee', args: ['-a', '--', localPart] },
       ...(job.offset === 0 ? [hasher] : []),
     ];
-    const pipe = this.start(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' });
-    options.onProgress?.(job.offset, job.size);
-    const progress = setInterval(() => {
-      void localStat(localPart).then((s) => options.onProgress?.(Math.min(s.size, job.size), job.size), () => undefined);
-    }, 500);
-    const results = await pipe.done.finally(() => clearInterval(progress));
-    this.throwIfSshFailed(results[0] as StageResult);
+    const logMark = this.logMark();
+    const results = await this.stream(stages, { input: 'ignore', output: job.offset === 0 ? 'capture' : 'ignore' }, options, {
+      direction: 'pull',
+      hash,
+      size: job.size,
+      offset: job.offset,
+      sshStage: 0,
+      done: () => {
+        try {
+          return statSync(localPart).size;
+        } catch {
+          return undefined;
+        }
+      },
+    });
+    this.throwIfSshFailed(results[0] as StageResult, logMark);
     for (const stage of results) if (stage.exitCode !== 0) throw stageError(stage, this.where);
 
     const synced = await open(localPart, 'r');
@@ -259,6 +328,50 @@ export class SshTransport implements NasTransport {
     return this.hasher;
   }
 
+  /**
+   * Runs a layer stream's pipeline, telling its progress, and stops it (and its NAS
+   * side) when nothing moved for the stall deadline, or when the NAS has said it was
+   * busy for longer than a healthy disk would need for the layer (stall.ts).
+   */
+  private async stream(stages: Command[], pipeOptions: PipelineOptions, options: TransferOptions, job: StreamJob): Promise<StageResult[]> {
+    const nas = new NasSide();
+    const pipe = this.start(stages, { ...pipeOptions, onStderrLine: nas.listen(job.sshStage) });
+    const limits = { stallMs: this.options.stallTimeoutMs, busyMaxMs: busyLimitMs(this.options.stallTimeoutMs, job.size) };
+    const seen = { done: job.offset, movedAt: Date.now() };
+    let watch: NodeJS.Timeout | undefined;
+    const stopped = new Promise<Exclude<StreamVerdict, 'moving'>>((resolve) => {
+      watch = setInterval(() => {
+        const done = job.done(pipe.pids);
+        if (done !== undefined && done > seen.done) {
+          seen.done = done;
+          seen.movedAt = Date.now();
+          options.onProgress?.(Math.min(done, job.size), job.size);
+        }
+        const verdict = streamVerdict(Date.now(), { movedAt: seen.movedAt, aliveAt: nas.aliveAt }, limits);
+        if (verdict !== 'moving') resolve(verdict);
+      }, WATCH_INTERVAL_MS);
+    });
+    options.onProgress?.(job.offset, job.size);
+    const results = await Promise.race([pipe.done, stopped]).finally(() => clearInterval(watch));
+    if (typeof results !== 'string') return results;
+    await this.stopBothEnds(pipe, nas);
+    throw stallError({ where: this.where, direction: job.direction, hash: job.hash, verdict: results, stallMs: limits.stallMs, busyMaxMs: limits.busyMaxMs, done: Math.min(seen.done, job.size), size: job.size });
+  }
+
+  /**
+   * Kills a pipeline here and its NAS side's process group there, best effort and
+   * within its own deadline. It does not wait for the pipeline to end: the shared
+   * connection's master holds the stdio of every ssh over it until the NAS side is gone
+   * (close() ends the master, if that did not work).
+   */
+  private async stopBothEnds(pipe: Pipeline, nas: NasSide): Promise<void> {
+    pipe.kill();
+    if (nas.pgid === undefined) return; // it never said: nothing to name (a small script's own wall clock ends it)
+    const kill = this.start([buildRemoteKillCommand(this.options.target, nas.pgid)], { input: 'ignore', output: 'ignore' });
+    const timer = setTimeout(() => kill.kill(), NAS_KILL_DEADLINE_MS);
+    await kill.done.finally(() => clearTimeout(timer));
+  }
+
   /** Stops what is under way and closes the shared connection (the next operation opens a new one). */
   async close(): Promise<void> {
     for (const pipe of this.running) pipe.kill();
@@ -280,9 +393,47 @@ export class SshTransport implements NasTransport {
     return pipe;
   }
 
-  private ssh(script: string): Command {
-    this.multiplex ??= { controlPath: join(mkdtempSync(join(tmpdir(), 'kss-ssh-')), 'master'), persistSec: CONTROL_PERSIST_SEC };
-    return buildSshCommand(this.options.target, script, this.multiplex);
+  /** An ssh running `script` on the NAS over the shared connection, ended there after `wallClockSec` (0: never). */
+  private ssh(script: string, wallClockSec: number): Command {
+    return buildSshCommand(this.options.target, script, { multiplex: this.sharing(), wallClockSec });
+  }
+
+  /** The shared connection's socket and ssh's log, in a private directory made on first use. */
+  private sharing(): SshMultiplex {
+    if (this.multiplex === undefined) {
+      const dir = mkdtempSync(join(tmpdir(), 'kss-ssh-'));
+      this.multiplex = { controlPath: join(dir, 'master'), logFile: join(dir, 'ssh.log'), persistSec: CONTROL_PERSIST_SEC };
+    }
+    return this.multiplex;
+  }
+
+  /** Where ssh's log ends now: what a command's ssh says is written after it. */
+  private logMark(): number {
+    try {
+      return statSync(this.sharing().logFile).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** What ssh logged since `mark` (the last 4 KiB of it; other commands may have added lines too). */
+  private loggedSince(mark: number): string {
+    const file = this.multiplex?.logFile;
+    if (file === undefined) return '';
+    try {
+      const fd = openSync(file, 'r');
+      try {
+        const size = statSync(file).size;
+        const from = Math.max(mark, size - 4096);
+        const buffer = Buffer.alloc(Math.max(0, size - from));
+        readSync(fd, buffer, 0, buffer.length, from);
+        return buffer.toString('utf8');
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      return '';
+    }
   }
 
   private hasLocalZstd(): Promise<boolean> {
@@ -295,25 +446,32 @@ export class SshTransport implements NasTransport {
 
   /** Runs one script; MISSING is returned, not thrown; ssh's own failures are classified. */
   private async run(script: string, opts: { input?: Buffer } = {}) {
-    const pipe = this.start([this.ssh(script)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe' });
+    const nas = new NasSide();
+    const wallClockSec = Math.ceil(this.options.opTimeoutMs / 1000) + NAS_SIDE_GRACE_SEC;
+    const logMark = this.logMark();
+    const pipe = this.start([this.ssh(script, wallClockSec)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe', onStderrLine: nas.listen(0) });
     const chunks: Buffer[] = [];
     pipe.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
     pipe.stdin?.on('error', () => undefined);
     pipe.stdin?.end(opts.input);
-    const timer = setTimeout(() => pipe.kill(), this.options.opTimeoutMs);
-    const [result] = (await pipe.done.finally(() => clearTimeout(timer))) as [StageResult];
-    if (result.signal === 'SIGKILL') {
-      throw new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where})`, {
-        remedy: 'check the network and the NAS',
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.options.opTimeoutMs)));
+    const results = await Promise.race([pipe.done, late]).finally(() => clearTimeout(timer));
+    if (results === 'late') {
+      await this.stopBothEnds(pipe, nas);
+      throw new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where}); the command was stopped`, {
+        remedy: 'check the network and the NAS (kss doctor)',
       });
     }
-    this.throwIfSshFailed(result);
+    const [result] = results as [StageResult];
+    this.throwIfSshFailed(result, logMark);
     if (result.exitCode !== 0 && result.exitCode !== scripts.MISSING) throw stageError(result, this.where);
     const stdoutBuffer = Buffer.concat(chunks);
     return { exitCode: result.exitCode, stdoutBuffer, stdout: stdoutBuffer.toString('utf8') };
   }
 
-  private throwIfSshFailed(result: StageResult): void {
+  /** Throws when ssh itself failed (exit 255: classified by its stderr and what it logged since `logMark`). */
+  private throwIfSshFailed(result: StageResult, logMark: number): void {
     if (result.notFound) {
       throw new ToolError('ssh is not installed', 'ssh', undefined, '', { remedy: 'apt-get install openssh-client' });
     }
@@ -322,16 +480,18 @@ export class SshTransport implements NasTransport {
         remedy: 'create it on the NAS, or correct "nas" in the configuration',
       });
     }
-    const failure = classifySshFailure(result.exitCode, result.stderrTail);
+    const said = result.exitCode === 255 ? `${result.stderrTail}\n${this.loggedSince(logMark)}` : result.stderrTail;
+    const failure = classifySshFailure(result.exitCode, said);
     const { host, port } = this.options.target;
-    const knownHosts = this.options.target.knownHosts ?? '~/.ssh/known_hosts';
+    // Quoted, to be pasted as it is; ssh's default stays unquoted for the shell's ~.
+    const knownHosts = this.options.target.knownHosts === undefined ? '~/.ssh/known_hosts' : shellQuote(this.options.target.knownHosts);
     const remedies: Record<Exclude<typeof failure, 'remote'>, string> = {
       'host-key': `the NAS host key is unknown or changed. Check it, then record it: ssh-keyscan -p ${port} ${host} >> ${knownHosts} (after ssh-keygen -R '[${host}]:${port}' -f ${knownHosts} if it changed)`,
       auth: `the NAS refused our key: add the public key of ${this.options.target.identity ?? 'root'} to the NAS user's authorized_keys`,
       unreachable: 'check the network and that the NAS runs sshd',
     };
     if (failure !== 'remote') {
-      throw new NasUnreachableError(`cannot reach the NAS (${this.where}): ${lastLine(result.stderrTail)}`, {
+      throw new NasUnreachableError(`cannot reach the NAS (${this.where}): ${sshFailureCause(said, result.exitCode)}`, {
         remedy: remedies[failure],
       });
     }
@@ -351,8 +511,4 @@ export function parseEntries(text: string): NasEntry[] {
       const [size, mtime, type, ...name] = record.split(' ');
       return { name: name.join(' '), size: Number(size), mtimeMs: Math.round(Number(mtime) * 1000), isDirectory: type === 'd' };
     });
-}
-
-function lastLine(text: string): string {
-  return text.trim().split('\n').pop() ?? '';
 }

@@ -8,8 +8,9 @@
 //
 // Deadlines. Nothing may hang forever: libvirt waits for the hook without limit.
 // Small operations (everything but putLayer/getLayer) finish or fail within the
-// transport's `opTimeoutMs`. Streams fail when no byte moves for `stallTimeoutMs`
-// (SSH: keep-alives; directory: a watchdog). A failure to reach the NAS at all is a
+// transport's `opTimeoutMs`. Streams fail when no byte moves for `stallTimeoutMs` (the
+// configuration's stallSeconds; lib/nas/stall.ts words it); over SSH the NAS side is
+// ended too, and keep-alives notice a dead link sooner. A failure to reach the NAS at all is a
 // NasUnreachableError; every other failure a ToolError or a plain Error with the cause.
 //
 // Atomicity. writeFileAtomic leaves either the old or the new content under the name,

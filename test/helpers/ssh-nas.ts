@@ -3,7 +3,7 @@
 // own host key, a client key and a known_hosts file. sshd gets a private /run (it
 // needs /run/sshd) without touching the real one.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { SshTarget } from '../../lib/nas/ssh-command.js';
@@ -20,7 +20,40 @@ export interface SshNas {
   /** This side of the veth pair (take it down to cut the link). */
   hostInterface: string;
   setLink(up: boolean): void;
+  /**
+   * The NAS-side commands running now: every process in the NAS's network namespace
+   * but the sshd processes themselves (the listener and one per connection); a process
+   * that has ended but is not reaped yet is left out. PIDs are shared with the namespace.
+   */
+  commands(): number[];
+  /**
+   * Sets what the NAS account's shell runs first in every SSH session (its ~/.bashrc,
+   * in the NAS's own private home); undefined: nothing.
+   */
+  setShellStartup(text: string | undefined): void;
   stop(): void;
+}
+
+/**
+ * The live processes in the network namespace of process `inside` whose name is not
+ * `except`. Orphans count too: a NAS-side command whose parent died is still in the
+ * namespace sshd runs in, though no longer under sshd.
+ */
+function processesInNetns(inside: number, except: string): number[] {
+  const netns = readlinkSync(`/proc/${inside}/ns/net`);
+  const found: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/u.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      if (name !== except && state !== 'Z' && state !== 'X' && readlinkSync(`/proc/${entry}/ns/net`) === netns) found.push(Number(entry));
+    } catch {
+      /* it ended meanwhile */
+    }
+  }
+  return found;
 }
 
 let counter = 0;
@@ -138,6 +171,14 @@ export async function startSshNas(options: { root?: string; shape?: boolean } = 
     ],
     hostInterface: hostIf,
     setLink: (up) => sh('ip', ['link', 'set', hostIf, up ? 'up' : 'down']),
+    // `ip netns exec` and the sh in front of sshd both exec: the spawned pid is sshd's.
+    commands: () => processesInNetns(sshd?.pid as number, 'sshd'),
+    // The home is a tmpfs in sshd's mount namespace, reached through /proc/PID/root.
+    setShellStartup: (text) => {
+      const bashrc = `/proc/${sshd?.pid as number}/root/root/.bashrc`;
+      if (text === undefined) rmSync(bashrc, { force: true });
+      else writeFileSync(bashrc, text);
+    },
     stop,
   };
 }

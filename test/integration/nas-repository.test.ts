@@ -146,7 +146,7 @@ describe('repository over SSH on a 1 Gbit link', () => {
   let nas: SshNas | undefined;
   const opened: SshTransport[] = [];
   const transport = (root?: string) => {
-    const made = new SshTransport({ target: (nas as SshNas).target, root: root ?? (nas as SshNas).root, opTimeoutMs: 10_000, compress: true });
+    const made = new SshTransport({ target: (nas as SshNas).target, root: root ?? (nas as SshNas).root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
     opened.push(made);
     return made;
   };
@@ -259,7 +259,15 @@ describe('repository over SSH on a 1 Gbit link', () => {
           (nas as SshNas).setLink(false);
         }
       }),
-      NasUnreachableError,
+      (error: unknown) => {
+        assert.ok(error instanceof NasUnreachableError, String(error));
+        // ssh's own words for it, though the shared connection's master (in the
+        // background, its stderr closed) is the one that noticed.
+        const cause = /^cannot reach the NAS \(.*?\): (.*)$/u.exec(error.message)?.[1] ?? '';
+        assert.match(cause, /not responding|timed out|No route to host|Connection reset|closed by remote host/u, error.message);
+        t.diagnostic(`the failure: ${error.message}`);
+        return true;
+      },
     );
     const noticed = Date.now() - cutAt;
     (nas as SshNas).setLink(true);
@@ -302,9 +310,10 @@ describe('repository over SSH on a 1 Gbit link', () => {
     // Its own sshd, started after the mount: a mount made later does not reach the
     // mount namespace sshd runs in.
     const fullNas = await startSshNas({ root: small });
+    const overSsh = new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
     try {
       for (const [kind, repository] of [
-        ['ssh', new NasRepository(new SshTransport({ target: fullNas.target, root: small, opTimeoutMs: 10_000, compress: true }), { host: 'desk' })],
+        ['ssh', new NasRepository(overSsh, { host: 'desk' })],
         ['dir', dirRepository(small, 'desk')],
       ] as const) {
         const file = join(work, `big-${kind}`);
@@ -319,6 +328,7 @@ describe('repository over SSH on a 1 Gbit link', () => {
         assert.equal(await repository.readManifest('full'), undefined);
       }
     } finally {
+      await overSsh.close();
       fullNas.stop();
       execFileSync('umount', [small]);
     }

@@ -1,8 +1,9 @@
 // The transport contract (lib/nas/transport.ts), run against both transports: a
 // directory, and SSH to a real sshd in a network namespace behind a shaped link.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -10,6 +11,7 @@ import { IntegrityError, NasUnreachableError } from '../../lib/errors.js';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { SshTransport } from '../../lib/nas/ssh-transport.js';
 import type { NasTransport } from '../../lib/nas/transport.js';
+import { shellQuote } from '../../lib/shell-quote.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
 import { requireTools } from '../helpers/tools.js';
 
@@ -43,7 +45,7 @@ const kinds: Record<string, (t: TestContext) => Promise<Setup | undefined>> = {
     const root = join(base, `nas ${ODD}`);
     const nas: SshNas = await startSshNas({ root });
     return {
-      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, compress: true }),
+      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true }),
       root,
       stop: () => {
         nas.stop();
@@ -194,8 +196,10 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       const part = `domains/d/uploads/${hash}.h.part`;
       mkdirSync(join(s.root, 'domains/d/uploads'), { recursive: true });
       writeFileSync(join(s.root, part), randomBytes(2 ** 20));
-      await s.transport.putLayer(file, hash, part, `domains/d/layers/${hash}.qcow2`);
+      const result = await s.transport.putLayer(file, hash, part, `domains/d/layers/${hash}.qcow2`);
+      assert.deepEqual(result, { bytesMoved: data.length, alreadyThere: false, resumedFrom: 0 }, 'every byte was sent again, from the start');
       assert.equal(sha256(readFileSync(join(s.root, `domains/d/layers/${hash}.qcow2`))), hash);
+      assert.deepEqual(readdirSync(join(s.root, 'domains/d/uploads')), [], 'the bad prefix is gone');
     });
 
     it('refuses a layer that does not match its hash, changing nothing', async (t) => {
@@ -240,7 +244,275 @@ for (const [kind, setUp] of Object.entries(kinds)) {
         assert.ok(error.message.includes(`${gone} does not exist`), error.message);
         return true;
       });
+      await missing.close();
       assertNothingRan(s);
     });
   });
 }
+
+// A NAS whose commands stop in the middle of a stream while its sshd, and so the link's
+// keep-alives, go on answering: only the stall deadline can tell.
+describe('ssh transport, a NAS that stops answering mid-stream', () => {
+  const STALL_MS = 5000;
+  /** Generous: this machine is shared and noisy; what matters is that it ends. */
+  const MARGIN_MS = 10_000;
+  const MiB = 2 ** 20;
+  let nas: SshNas | undefined;
+  let base: string;
+  let root: string;
+  let transport: SshTransport;
+  before(async (t) => {
+    if (!requireTools(t as unknown as TestContext, ...SSH_NAS_TOOLS)) return;
+    base = mkdtempSync(join(tmpdir(), 'kss-stall-'));
+    root = join(base, `nas ${ODD}`);
+    nas = await startSshNas({ root });
+    transport = new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, stallTimeoutMs: STALL_MS, compress: true });
+  });
+  after(async () => {
+    await transport?.close();
+    nas?.stop();
+    if (base) rmSync(base, { recursive: true, force: true });
+  });
+
+  /** Random (incompressible) bytes into a file, in pieces; their SHA-256. */
+  function randomFile(path: string, size: number): string {
+    const hash = createHash('sha256');
+    writeFileSync(path, '');
+    for (let done = 0; done < size; done += 8 * MiB) {
+      const chunk = randomBytes(Math.min(8 * MiB, size - done));
+      hash.update(chunk);
+      writeFileSync(path, chunk, { flag: 'a' });
+    }
+    return hash.digest('hex');
+  }
+
+  /**
+   * Runs a transfer; once `after` bytes are done, SIGSTOPs every NAS-side command (not
+   * sshd). Resolves with how it ended, and how long after the stop; never hangs: on a
+   * transport without a stall deadline it reports that it was still running.
+   */
+  async function stopMidStream(transfer: (onProgress: (done: number) => void) => Promise<unknown>, after: number) {
+    const s = nas as SshNas;
+    const stop = { at: 0, pids: [] as number[] };
+    const onProgress = (done: number) => {
+      if (stop.at !== 0 || done < after) return;
+      stop.pids = s.commands();
+      for (const pid of stop.pids) process.kill(pid, 'SIGSTOP');
+      stop.at = Date.now();
+    };
+    let timer: NodeJS.Timeout | undefined;
+    const outcome = await Promise.race([
+      transfer(onProgress).then(
+        () => 'it succeeded' as const,
+        (error: unknown) => error,
+      ),
+      new Promise<'still running'>((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
+    ]).finally(() => clearTimeout(timer));
+    return { outcome, tookMs: Date.now() - stop.at, stop };
+  }
+
+  /** Waits (a little) until no NAS-side command is left, and says what is. */
+  async function nasCommandsLeft(): Promise<number[]> {
+    for (let i = 0; i < 30 && (nas as SshNas).commands().length > 0; i += 1) await new Promise((r) => setTimeout(r, 100));
+    return (nas as SshNas).commands();
+  }
+
+  const cont = (pids: number[]) => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        /* ended */
+      }
+    }
+  };
+
+  const assertStalled = (outcome: unknown, direction: 'pull' | 'push', hash: string, tookMs: number) => {
+    assert.ok(outcome instanceof NasUnreachableError, `the transfer ended with: ${String(outcome)}`);
+    assert.equal(outcome.exitCode, 8);
+    assert.ok(outcome.message.includes(`the NAS (${transport.where})`), outcome.message);
+    assert.ok(outcome.message.includes(`${direction === 'pull' ? 'sent' : 'took'} nothing for 5 s (stallSeconds)`), outcome.message);
+    assert.ok(outcome.message.includes(`${direction === 'pull' ? 'pulling' : 'pushing'} layer ${hash}`), outcome.message);
+    assert.match(outcome.remedy ?? '', /resumes/u);
+    assert.ok(tookMs < STALL_MS + MARGIN_MS, `refused ${tookMs} ms after the NAS stopped`);
+  };
+
+  it('stops a small operation the NAS does not finish, and ends its NAS side', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    // A "small" file that takes seconds to read: its cat runs long enough to be caught.
+    execFileSync('truncate', ['-s', '1G', join(root, 'huge')]);
+    const quick = new SshTransport({ root, target: s.target, opTimeoutMs: 3000, stallTimeoutMs: STALL_MS, compress: true });
+    const stop = { at: 0, pids: [] as number[] };
+    const catching = setInterval(() => {
+      if (stop.at !== 0) return;
+      const pids = s.commands();
+      if (!pids.some((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'cat')) return;
+      for (const pid of pids) process.kill(pid, 'SIGSTOP');
+      Object.assign(stop, { at: Date.now(), pids });
+    }, 20);
+    let timer: NodeJS.Timeout | undefined;
+    const began = Date.now();
+    const outcome = await Promise.race([
+      quick.readFile('huge').then(() => 'it succeeded', (error: unknown) => error),
+      new Promise((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
+    ]).finally(() => {
+      clearTimeout(timer);
+      clearInterval(catching);
+    });
+    const tookMs = Date.now() - began;
+    try {
+      assert.ok(stop.at > 0, 'the NAS-side cat was stopped');
+      assert.ok(outcome instanceof NasUnreachableError, String(outcome));
+      assert.ok(outcome.message.includes(`did not answer within 3 s (${quick.where})`), outcome.message);
+      assert.ok(tookMs < 3000 + MARGIN_MS, `refused ${tookMs} ms after it began`);
+      t.diagnostic(`refused ${tookMs} ms after it began, ${Date.now() - stop.at} ms after the NAS stopped (deadline 3000 ms)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    } finally {
+      cont(stop.pids);
+      await quick.close();
+      rmSync(join(root, 'huge'));
+    }
+  });
+
+  it('keeps an upload alive while the NAS flushes it slowly, and gives up on one that stays busy', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    const slow = join(base, 'slow bin');
+    mkdirSync(slow, { recursive: true });
+    // A NAS disk that takes its time: each sync waits first (an upload runs two).
+    const slowSync = (seconds: number) => {
+      writeFileSync(join(slow, 'sync'), `#!/bin/sh\nsleep ${seconds}\nexec /bin/sync "$@"\n`, { mode: 0o755 });
+      s.setShellStartup(`export PATH=${shellQuote(slow)}:$PATH\n`);
+    };
+    try {
+      // 2 × 4 s with nothing moving: past the 5 s stall deadline, within the busy limit
+      // for 64 MiB (5 s + 8 s).
+      slowSync(4);
+      const file = join(base, 'flushed.qcow2');
+      const hash = randomFile(file, 64 * MiB);
+      const started = Date.now();
+      const put = await transport.putLayer(file, hash, `domains/f/uploads/${hash}.h.part`, `domains/f/layers/${hash}.qcow2`);
+      t.diagnostic(`published after ${Date.now() - started} ms, of which 8 s of flushing`);
+      assert.equal(put.bytesMoved, 64 * MiB);
+      assert.equal(createHash('sha256').update(readFileSync(join(root, `domains/f/layers/${hash}.qcow2`))).digest('hex'), hash);
+
+      // A flush that does not end: given up at the busy limit for 8 MiB (5 s + 1 s).
+      slowSync(600);
+      const small = join(base, 'stuck.qcow2');
+      const stuck = randomFile(small, 8 * MiB);
+      const begun = Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        transport.putLayer(small, stuck, `domains/f/uploads/${stuck}.h.part`, `domains/f/layers/${stuck}.qcow2`).then(() => 'it succeeded', (error: unknown) => error),
+        new Promise((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
+      ]).finally(() => clearTimeout(timer));
+      const tookMs = Date.now() - begun;
+      assert.ok(outcome instanceof NasUnreachableError, String(outcome));
+      assert.ok(outcome.message.includes(`the NAS (${transport.where}) said it was busy but took no data for 6 s`), outcome.message);
+      assert.ok(tookMs < 6000 + MARGIN_MS, `given up after ${tookMs} ms`);
+      t.diagnostic(`a flush that does not end was given up after ${tookMs} ms (limit 6000 ms after the last byte)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side (its sleeping sync too) was ended');
+      assert.equal(existsSync(join(root, `domains/f/layers/${stuck}.qcow2`)), false, 'nothing was published');
+    } finally {
+      s.setShellStartup(undefined);
+    }
+  });
+
+  it('stops a pull whose NAS sends nothing, ends the NAS side, and resumes it afterwards', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const source = `domains/p/layers/big.qcow2`;
+    mkdirSync(join(root, 'domains/p/layers'), { recursive: true });
+    const hash = randomFile(join(root, source), 192 * MiB);
+    const part = join(base, 'pulled.part');
+    const { outcome, tookMs, stop } = await stopMidStream((onProgress) => transport.getLayer(source, hash, part, { onProgress }), 32 * MiB);
+    try {
+      assert.ok(stop.pids.length > 0, 'NAS-side commands were stopped mid-stream');
+      assertStalled(outcome, 'pull', hash, tookMs);
+      t.diagnostic(`refused ${tookMs} ms after the NAS stopped sending (stall deadline ${STALL_MS} ms)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    } finally {
+      cont(stop.pids);
+    }
+    const kept = existsSync(part) ? statSync(part).size : 0;
+    const again = await transport.getLayer(source, hash, part);
+    assert.equal(again.resumedFrom, kept, 'it resumes from what it had');
+    assert.ok(kept > 0 && kept < 192 * MiB, `kept ${kept} bytes`);
+    assert.equal(createHash('sha256').update(readFileSync(part)).digest('hex'), hash, 'byte for byte');
+  });
+
+  it('stops a push whose NAS takes nothing, ends the NAS side, and resumes it afterwards', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const file = join(base, 'push.qcow2');
+    const hash = randomFile(file, 192 * MiB);
+    const part = `domains/q/uploads/${hash}.h.part`;
+    const target = `domains/q/layers/${hash}.qcow2`;
+    const { outcome, tookMs, stop } = await stopMidStream((onProgress) => transport.putLayer(file, hash, part, target, { onProgress }), 32 * MiB);
+    try {
+      assert.ok(stop.pids.length > 0, 'NAS-side commands were stopped mid-stream');
+      assertStalled(outcome, 'push', hash, tookMs);
+      t.diagnostic(`refused ${tookMs} ms after the NAS stopped taking data (stall deadline ${STALL_MS} ms)`);
+      assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    } finally {
+      cont(stop.pids);
+    }
+    assert.equal(existsSync(join(root, target)), false, 'nothing was published');
+    const again = await transport.putLayer(file, hash, part, target);
+    assert.ok(again.resumedFrom > 0, `it resumes (from ${again.resumedFrom})`);
+    assert.equal(again.bytesMoved, 192 * MiB - again.resumedFrom);
+    assert.equal(createHash('sha256').update(readFileSync(join(root, target))).digest('hex'), hash, 'byte for byte');
+  });
+});
+
+// ssh's refusals, told in its own words though it logs to a file (-E), and classified
+// for the remedy.
+describe('ssh transport, a connection refused', () => {
+  let nas: SshNas | undefined;
+  let base: string;
+  before(async (t) => {
+    if (!requireTools(t as unknown as TestContext, ...SSH_NAS_TOOLS)) return;
+    base = mkdtempSync(join(tmpdir(), 'kss-refused-'));
+    nas = await startSshNas({ shape: false });
+  });
+  after(() => {
+    nas?.stop();
+    if (base) rmSync(base, { recursive: true, force: true });
+  });
+
+  const refusal = async (t: TestContext, change: (target: SshNas['target']) => SshNas['target']) => {
+    const transport = new SshTransport({ root: (nas as SshNas).root, target: change((nas as SshNas).target), opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
+    try {
+      const error = await transport.readFile('kss-nas.json').then(() => undefined, (e: unknown) => e);
+      assert.ok(error instanceof NasUnreachableError, String(error));
+      t.diagnostic(`${error.message} / ${error.remedy ?? ''}`);
+      return error;
+    } finally {
+      await transport.close();
+    }
+  };
+
+  it('an unknown host key', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const empty = join(base, 'no known hosts');
+    writeFileSync(empty, '');
+    const error = await refusal(t, (target) => ({ ...target, knownHosts: empty }));
+    assert.match(error.message, /^cannot reach the NAS \(ssh .*\): Host key verification failed\.$/u);
+    assert.ok(error.remedy?.includes(`ssh-keyscan -p ${(nas as SshNas).target.port} ${(nas as SshNas).target.host} >> ${shellQuote(empty)}`), error.remedy);
+  });
+
+  it('a key the NAS does not accept', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const other = join(base, 'other key');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+    const error = await refusal(t, (target) => ({ ...target, identity: other }));
+    assert.match(error.message, /: root@.*: Permission denied \(publickey.*\)\.$/u);
+    assert.match(error.remedy ?? '', /authorized_keys/u);
+  });
+
+  it('nothing listening', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const error = await refusal(t, (target) => ({ ...target, port: target.port + 1 }));
+    assert.match(error.message, /: ssh: connect to host .* port \d+: Connection refused$/u);
+    assert.match(error.remedy ?? '', /runs sshd/u);
+  });
+});

@@ -45,6 +45,7 @@ describe('validateConfig', () => {
       maxChainDepth: DEFAULTS.maxChainDepth,
       retentionDays: DEFAULTS.retentionDays,
       retentionGenerations: DEFAULTS.retentionGenerations,
+      stallSeconds: 30,
     });
   });
 
@@ -58,6 +59,7 @@ describe('validateConfig', () => {
         stateDir: '/srv/state',
         logDir: '/srv/log',
         maxChainDepth: 4,
+        stallSeconds: 10,
       },
       FILE,
       'ignored',
@@ -65,6 +67,7 @@ describe('validateConfig', () => {
     assert.equal(config.host, 'laptop');
     assert.equal(config.sshIdentity, '/etc/kvm-snapshot-sync/id_ed25519');
     assert.equal(config.maxChainDepth, 4);
+    assert.equal(config.stallSeconds, 10);
     assert.equal(config.nas.kind, 'ssh');
   });
 
@@ -82,6 +85,8 @@ describe('validateConfig', () => {
     ['bad nas', { nas: 'nas:/kss' }, /"nas" in .*only directories and ssh/],
     ['retention of no days', { nas: '/n', retentionDays: 0 }, /"retentionDays" in .*1 to 36500/],
     ['retention of no generations', { nas: '/n', retentionGenerations: -1 }, /"retentionGenerations"/],
+    ['a stall deadline too short to tell a busy NAS from a dead one', { nas: '/n', stallSeconds: 2 }, /"stallSeconds" in .*5 to 3600/],
+    ['a stall deadline in text', { nas: '/n', stallSeconds: '30' }, /"stallSeconds"/],
   ];
   for (const [name, raw, message] of bad) {
     it(`rejects ${name}, naming the key and the file`, () => {

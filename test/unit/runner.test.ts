@@ -64,6 +64,43 @@ describe('startPipeline', () => {
     assert.equal(missing[0]?.notFound, true);
   });
 
+  it('tells stderr lines as they come, leaving out those it is told to', async () => {
+    const { startPipeline } = await import('../../lib/runner.js');
+    const seen: Array<[number, string]> = [];
+    const script = 'printf "note 1\\nkept\\nnote 2\\nlast, unended" >&2';
+    const pipe = startPipeline([{ file: 'true', args: [] }, { file: 'sh', args: ['-c', script] }], {
+      input: 'ignore',
+      output: 'ignore',
+      onStderrLine: (stage, line) => (seen.push([stage, line]), line.startsWith('note')),
+    });
+    const [, result] = await pipe.done;
+    assert.deepEqual(seen, [[1, 'note 1'], [1, 'kept'], [1, 'note 2'], [1, 'last, unended']]);
+    assert.equal(result?.stderrTail, 'kept\nlast, unended');
+  });
+
+  it('tells how far a process has read its stdin file', async () => {
+    const { startPipeline, stdinOffsetOf } = await import('../../lib/runner.js');
+    const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+    const dir = mkdtempSync('/tmp/kss-runner-');
+    try {
+      writeFileSync(`${dir}/input`, 'x'.repeat(10_000));
+      // Reads 4000 bytes of it, then waits with the file open.
+      const pipe = startPipeline([{ file: 'sh', args: ['-c', 'head -c 4000 >/dev/null; exec sleep 30'] }], {
+        input: { file: `${dir}/input` },
+        output: 'ignore',
+      });
+      await new Promise<void>((resolve) => {
+        const poll = setInterval(() => stdinOffsetOf(pipe.pids[0]) === 4000 && (clearInterval(poll), resolve()), 20);
+      });
+      assert.equal(stdinOffsetOf(pipe.pids[0]), 4000);
+      pipe.kill();
+      await pipe.done;
+      assert.equal(stdinOffsetOf(pipe.pids[0]), undefined, 'undefined once it has ended');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('takes its processes down when the parent is killed with SIGKILL', async () => {
     const { spawn } = await import('node:child_process');
     const parent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `

@@ -1,7 +1,7 @@
 // The remote scripts, run by a real local sh on a temporary "NAS root": their quoting
 // and behaviour, without SSH in between.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -76,19 +76,77 @@ describe('remote scripts', () => {
     assert.equal(existsSync(join(root, 'u/x.part.t')) || existsSync(join(root, 'l/x.qcow2')), false);
   });
 
-  it('keep a late, killed attempt from touching the file of the attempt that resumed it', () => {
+  it('keep a late, killed attempt from touching the file of the attempt that resumed it', async () => {
     const data = randomBytes(200_000);
     const hash = createHash('sha256').update(data).digest('hex');
     const prefix = `z/${hash}.h.part`;
     mkdirSync(join(root, 'z'), { recursive: true });
-    writeFileSync(join(root, `${prefix}.old`), data.subarray(0, 50_000));
-    // The new attempt claims the old file...
-    const claimed = run(scripts.receiveUploadScript(root, { partPrefix: prefix, claim: `${prefix}.old`, token: 'new', target: `y/${hash}`, offset: 50_000, size: data.length, hash, compressed: false }), data.subarray(50_000, 150_000));
-    assert.equal(claimed.stdout.toString().trim(), 'short 150000');
-    // ...and the old attempt, finishing late, finds its name gone: it cannot remove or cut anything.
-    const late = run(`cd ${JSON.stringify(root)} && rm -f -- '${prefix}.old'; stat -c %s -- '${prefix}.old'`);
-    assert.notEqual(late.status, 0);
-    assert.equal(statSync(join(root, `${prefix}.new`)).size, 150_000);
+    mkdirSync(join(root, 'y'), { recursive: true }); // as prepareUploadScript leaves it
+    const receive = (token: string, offset: number, claim?: string) =>
+      scripts.receiveUploadScript(root, { partPrefix: prefix, claim, token, target: `y/${hash}`, offset, size: data.length, hash, compressed: false });
+    // The old attempt is still running on the NAS (its client was killed; its stdin
+    // has not reached its end yet) when the new one claims its file.
+    const old = spawn('sh', ['-c', receive('old', 0)], { cwd: base, stdio: ['pipe', 'pipe', 'pipe'] });
+    const oldOut: Buffer[] = [];
+    old.stdout.on('data', (chunk: Buffer) => oldOut.push(chunk));
+    old.stdin.write(data.subarray(0, 50_000));
+    for (let waited = 0; (existsSync(join(root, `${prefix}.old`)) ? statSync(join(root, `${prefix}.old`)).size : 0) < 50_000; waited += 20) {
+      assert.ok(waited < 10_000, 'the old attempt stored its first bytes');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const claimed = run(receive('new', 50_000, `${prefix}.old`), data.subarray(50_000, 150_000));
+    assert.equal(claimed.stdout.toString().trim(), 'short 150000', claimed.stderr.toString());
+    // The old attempt now finishes: its file's name is gone, so it reports nothing and
+    // removes, cuts or publishes nothing.
+    old.stdin.end();
+    const status = await new Promise<number | null>((resolve) => old.on('close', resolve));
+    assert.notEqual(status, 0, 'the late attempt fails');
+    assert.equal(Buffer.concat(oldOut).toString(), '', 'and reports no outcome');
+    assert.deepEqual(readdirSync(join(root, 'z')), [`${hash}.h.part.new`], 'only the new attempt\'s file is there');
+    assert.ok(readFileSync(join(root, `${prefix}.new`)).equals(data.subarray(0, 150_000)), 'holding exactly what was sent to both');
+    assert.equal(existsSync(join(root, `y/${hash}`)), false);
+    // And the upload completes from there.
+    const last = run(receive('last', 150_000, `${prefix}.new`), data.subarray(150_000));
+    assert.equal(last.stdout.toString().trim(), 'published', last.stderr.toString());
+    assert.ok(readFileSync(join(root, `y/${hash}`)).equals(data));
+  });
+
+  it('say they are alive while they read back a kept prefix and while they flush, not while data comes', async () => {
+    const data = randomBytes(100_000);
+    const hash = createHash('sha256').update(data).digest('hex');
+    const prefix = `h/${hash}.h.part`;
+    mkdirSync(join(root, 'h'), { recursive: true });
+    mkdirSync(join(root, 'hl'), { recursive: true });
+    writeFileSync(join(root, `${prefix}.old`), data.subarray(0, 30_000));
+    const script = scripts.receiveUploadScript(root, { partPrefix: prefix, claim: `${prefix}.old`, token: 'b', target: `hl/${hash}`, offset: 30_000, size: data.length, hash, compressed: false });
+    // Its own process group, so that whatever it leaves running can be ended.
+    const child = spawn('sh', ['-c', script], { cwd: base, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const notes: Array<{ at: number; line: string }> = [];
+    let stdout = '';
+    child.stderr.setEncoding('utf8').on('data', (text: string) => {
+      for (const line of text.split('\n').filter((l) => l !== '')) notes.push({ at: Date.now(), line });
+    });
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+    const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
+    const alive = () => notes.filter((n) => n.line === scripts.ALIVE_NOTE).length;
+    for (let i = 0; i < 100 && alive() === 0; i += 1) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(alive(), 1, 'once while it reads back the 30000 bytes it kept');
+    // The data phase: it waits for input, and says nothing (only moving bytes count).
+    child.stdin.write(data.subarray(30_000, 60_000));
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(alive(), 1, 'nothing while it waits for data');
+    const ended = Date.now();
+    child.stdin.end(data.subarray(60_000));
+    // A heartbeat left running would hold stderr, and so the SSH session, open.
+    const late = setTimeout(() => process.kill(-(child.pid as number), 'SIGKILL'), 10_000);
+    await closed;
+    clearTimeout(late);
+    assert.ok(Date.now() - ended < 10_000, 'it ended, closing its stderr');
+    assert.equal(stdout, 'published\n');
+    assert.ok(alive() >= 2, 'and again while it flushes and publishes');
+    assert.ok(notes.filter((n) => n.line === scripts.ALIVE_NOTE).every((n, i) => i === 0 || n.at >= ended), 'the second one after the data ended');
+    assert.deepEqual(notes.filter((n) => n.line !== scripts.ALIVE_NOTE), [], 'and nothing else on stderr');
+    assert.ok(readFileSync(join(root, `hl/${hash}`)).equals(data));
   });
 
   it('send a download from an offset, compressed or not', () => {

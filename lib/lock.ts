@@ -4,8 +4,9 @@
 // `staleMs` the lock is taken over instead of being waited on forever.
 import { mkdir } from 'node:fs/promises';
 import fs from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import lockfile from 'proper-lockfile';
+import { getLocks } from 'proper-lockfile/lib/lockfile.js';
 import { LockedError } from './errors.js';
 
 export interface LockOptions {
@@ -55,13 +56,16 @@ export async function acquireLock(path: string, options: LockOptions): Promise<R
         ...fs,
         utimes: (file: string, atime: Date, mtime: Date, done: (error: NodeJS.ErrnoException | null) => void) =>
           fs.utimes(file, atime, mtime, (error) => {
-            if (!error) refreshedAt = Date.now();
+            if (!error) [refreshedAt, ourMtime] = [Date.now(), mtime.getTime()];
             done(error);
           }),
       },
     });
   let lost: Error | undefined;
   let refreshedAt = Date.now();
+  /** The lock directory's mtime as this process last set it: another holder's is another. */
+  let ourMtime: number | undefined;
+  const lockDir = `${path}.lock`;
   let release: () => Promise<void>;
   try {
     try {
@@ -79,13 +83,18 @@ export async function acquireLock(path: string, options: LockOptions): Promise<R
     });
   }
   refreshedAt = Date.now(); // taken now, however long it was waited for
+  ourMtime = fs.statSync(lockDir, { throwIfNoEntry: false })?.mtime.getTime();
   let released = false;
   const assertHeld = () => {
     // Not refreshed for longer than staleMs (the process was suspended, or its event loop
     // stalled): another process may have taken the lock over before the refresh timer
-    // could notice, so it counts as lost now.
+    // could notice. It did if the directory is gone or not the one we last touched.
     if (lost === undefined && Date.now() - refreshedAt > staleMs) {
-      lost = new Error(`not refreshed for ${Math.round((Date.now() - refreshedAt) / 1000)} s`);
+      const now = fs.statSync(lockDir, { throwIfNoEntry: false })?.mtime.getTime();
+      if (now === undefined || now !== ourMtime) {
+        lost = new Error(`not refreshed for ${Math.round((Date.now() - refreshedAt) / 1000)} s, and taken over`);
+        forget(path);
+      }
     }
     if (lost === undefined) return;
     throw new LockedError(`lost the lock ${path} while working (${lost.message}); stopped before the next step`, {
@@ -101,6 +110,18 @@ export async function acquireLock(path: string, options: LockOptions): Promise<R
     },
     { assertHeld },
   );
+}
+
+/**
+ * Drops a lost lock from proper-lockfile's registry (and stops refreshing it): its exit
+ * handler would otherwise remove the lock directory, which is another process's now.
+ */
+function forget(path: string): void {
+  const registry = getLocks();
+  const key = resolve(path);
+  const entry = registry[key];
+  if (entry?.updateTimeout) clearTimeout(entry.updateTimeout);
+  delete registry[key];
 }
 
 /** Runs `work` while holding the lock at `path`; the lock is released however work ends. */

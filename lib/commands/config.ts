@@ -3,7 +3,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
-import { readConfig, validateConfig } from '../config.js';
+import { DEFAULTS, readConfig, validateConfig } from '../config.js';
 import { writeFileAtomic } from '../durable-fs.js';
 import { UsageError } from '../errors.js';
 import { printJson, type Output } from './output.js';
@@ -27,12 +27,13 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['maxChainDepth', String(config.maxChainDepth)],
     ['retentionDays', String(config.retentionDays)],
     ['retentionGenerations', String(config.retentionGenerations)],
+    ['stallSeconds', String(config.stallSeconds)],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
 }
 
-/** Keys whose values are whole numbers in the file. */
-const NUMERIC = new Set(['maxChainDepth', 'retentionDays', 'retentionGenerations']);
+/** Keys whose values are whole numbers in the file: those whose default is one. */
+const NUMERIC = new Set(Object.entries(DEFAULTS).flatMap(([key, value]) => (typeof value === 'number' ? [key] : [])));
 
 /**
  * `kss config set KEY=VALUE…`: changes only the keys named, creating the file when it

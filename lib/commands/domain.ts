@@ -2,14 +2,14 @@
 import { createReadStream, existsSync, watch } from 'node:fs';
 import { readConfig } from '../config.js';
 import { parseDomainXml, setDiskFormatQcow2, syncedDisks } from '../domain-xml.js';
-import { ConflictError, DiskStateError, NasUnreachableError, UsageError } from '../errors.js';
+import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError, UsageError } from '../errors.js';
 import { Logger, domainLogPath, streamSink } from '../log.js';
 import { METADATA_ELEMENT, METADATA_PREFIX, NAMESPACE_URI } from '../namespace.js';
 import { runCommand } from '../runner.js';
 import { enableDisks } from '../sync/enable.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
 import { pushHere, shutOffSince, type CommandContext } from './lifecycle.js';
-import { defineDomain, definitionXml, requireShutOff } from './libvirt-domain.js';
+import { defineDomain, definitionXml } from './libvirt-domain.js';
 
 /**
  * Takes a defined, shut-off domain under management: its disks' current content (qcow2
@@ -41,9 +41,14 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
   const pushed = await pushHere(o.domain, context, after);
   if (pushed.pending > 0) {
     const message = `${o.domain} is enabled here, but its first generation is not on the NAS: ${pushed.outcome}`;
-    if (pushed.outcome.includes('conflict')) {
+    if (pushed.kept === 'conflict') {
       throw new ConflictError(message, {
         remedy: `the NAS already has a ${o.domain} of another history (enabled before, or on another host): keep this one with kss resolve ${o.domain} --keep local, or use the NAS's with kss resolve ${o.domain} --keep remote; either way the other is kept as a branch`,
+      });
+    }
+    if (pushed.kept === 'lease-held-elsewhere') {
+      throw new LeaseHeldError(message, {
+        remedy: `the NAS already has a ${o.domain}, checked out by another host: shut it down there, then keep one of the two with kss resolve ${o.domain} --keep local or --keep remote`,
       });
     }
     throw new NasUnreachableError(message, { remedy: `kss push ${o.domain} once the NAS is reachable (the first start pushes it too)` });
@@ -77,11 +82,11 @@ export async function logCommand(o: { domain: string; follow: boolean }, context
 export async function disableCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const uri = libvirtUri(context.env);
-  await requireShutOff(o.domain, context.env, `shut it down first: kss stop ${o.domain}`);
+  const after = await shutOffSince(o.domain, context, `shut it down first: kss stop ${o.domain}`);
   const log = new Logger([streamSink(context.stderr, 'warn')]);
   const { disableDomain } = await import('../sync/disable.js');
   const { openRepository } = await import('../nas/open.js');
-  const done = await disableDomain(o.domain, { config, log, openRepository: () => openRepository(config, log) });
+  const done = await disableDomain(o.domain, { config, log, openRepository: () => openRepository(config, log) }, after);
   await runCommand(virshCommand(uri, 'metadata', o.domain, '--uri', NAMESPACE_URI, '--remove', '--config'));
   context.stdout.write(
     `${o.domain}: no longer managed here; ${done.disks.join(', ') || 'no disk'} standalone again. The layers beside the disks (*.layers/) and the NAS copy are kept; remove them by hand when you no longer want them.\n`,

@@ -10,7 +10,8 @@ import { runCommand } from '../runner.js';
 import { barProgress, pullGeneration } from '../sync/disks.js';
 import { readLastEvent, readLocalState, setFlag, takeFlag, type Flag } from '../sync/local-state.js';
 import { withDomainLock } from '../sync/session.js';
-import { finishStop } from '../sync/stop.js';
+import { managedSaveIdentity } from '../sync/managed-save.js';
+import { finishStop, type KeptWhy } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
 import type { SyncDeps } from '../sync/deps.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
@@ -32,12 +33,15 @@ async function syncDeps(context: CommandContext, level: 'info' | 'warn' = 'info'
 async function withFlags(context: CommandContext, domain: string, flags: Flag[], args: string[]): Promise<void> {
   const { config } = await syncDeps(context);
   for (const flag of flags) await setFlag(config.stateDir, domain, flag);
+  let reached = false;
   try {
     const { stdout } = await runCommand(virshCommand(libvirtUri(context.env), ...args));
+    reached = true;
     context.stdout.write(stdout);
   } finally {
-    // A start or stop that never reached the hook must not leave a flag for a later one.
-    if (args[0] === 'start') for (const flag of flags) await takeFlag(config.stateDir, domain, flag);
+    // A start or stop that never reached the hook (virsh failed: the VM was off already)
+    // must not leave a flag for a later one; a start's hook has taken its flags by now.
+    if (args[0] === 'start' || !reached) for (const flag of flags) await takeFlag(config.stateDir, domain, flag);
   }
 }
 
@@ -76,6 +80,12 @@ export async function shutOffSince(domain: string, context: CommandContext, reme
   const config = await readConfig(context.configFile);
   const latest = await readLastEvent(config.stateDir, domain);
   await requireShutOff(domain, context.env, remedy);
+  // Shut off, but saved: the memory image refers to the disks exactly as they are.
+  if ((await managedSaveIdentity(domain)) !== undefined) {
+    throw new UsageError(`${domain} has a managed-save image (its saved memory refers to its disks exactly as they are); nothing was changed`, {
+      remedy: `start it (it resumes where it was) and shut it down, then run the command again; or drop the saved memory: virsh managedsave-remove ${domain}`,
+    });
+  }
   return latest?.id ?? null;
 }
 
@@ -118,16 +128,18 @@ export async function pushCommand(o: { domain: string }, context: CommandContext
 }
 
 /** Why pending generations stayed here, as the error whose exit code says it (a conflict is 9, as the README promises). */
-function notPushed(domain: string, pushed: { outcome: string; pending: number }): Error {
+function notPushed(domain: string, pushed: { outcome: string; pending: number; kept: KeptWhy | undefined }): Error {
   const message = `${pushed.pending} generation(s) of ${domain} are still not on the NAS: ${pushed.outcome}`;
-  if (pushed.outcome.startsWith('conflict')) {
-    return new ConflictError(message, { remedy: `choose which side to keep (the other is kept as a branch): kss resolve ${domain} --keep local, or kss resolve ${domain} --keep remote` });
+  switch (pushed.kept) {
+    case 'conflict':
+      return new ConflictError(message, { remedy: `choose which side to keep (the other is kept as a branch): kss resolve ${domain} --keep local, or kss resolve ${domain} --keep remote` });
+    case 'offline':
+      return new NasUnreachableError(message, { remedy: `bring the NAS back (kss doctor says what fails), then kss push ${domain}` });
+    case 'lease-held-elsewhere':
+      return new LeaseHeldError(message, { remedy: `the other host has it: shut it down there, then kss push ${domain} here (if both changed it, kss resolve then chooses)` });
+    default:
+      return new DiskStateError(message, { remedy: `kss status ${domain} and kss log ${domain} tell why` });
   }
-  if (pushed.outcome.includes('(offline:')) return new NasUnreachableError(message, { remedy: `bring the NAS back (kss doctor says what fails), then kss push ${domain}` });
-  if (pushed.outcome.includes('(lease-held-elsewhere:')) {
-    return new LeaseHeldError(message, { remedy: `the other host runs it: shut it down there, then kss push ${domain} here (it will then be a conflict to resolve)` });
-  }
-  return new DiskStateError(message, { remedy: `kss status ${domain} and kss log ${domain} tell why` });
 }
 
 /**
@@ -136,9 +148,13 @@ function notPushed(domain: string, pushed: { outcome: string; pending: number })
  * `kss clone` on another host). Returns how it ended, what is still unpushed, the
  * generation the disks are now in step with on the NAS, and the configuration it used.
  */
-export async function pushHere(domain: string, context: CommandContext, after: string | null): Promise<{ outcome: string; pending: number; synced: Generation | null; config: Config }> {
+export async function pushHere(
+  domain: string,
+  context: CommandContext,
+  after: string | null,
+): Promise<{ outcome: string; kept: KeptWhy | undefined; pending: number; synced: Generation | null; config: Config }> {
   const deps = await syncDeps(context, 'warn'); // the bars show the progress
-  const stopped = await finishStop(domain, { ...deps, progressFor: barProgress(context.stderr) }, after);
+  const stopped = await finishStop(domain, { ...deps, progressFor: barProgress(context.stderr) }, after, { byHand: true });
   if (stopped.superseded) {
     throw new UsageError(`${domain} was started while this command waited (the latest event is ${stopped.latest}): its disks are in use, nothing was sealed`, {
       remedy: `shut it down (kss stop ${domain}): its changes are pushed then`,
@@ -150,7 +166,7 @@ export async function pushHere(domain: string, context: CommandContext, after: s
     const repository = deps.openRepository();
     await repository.writeDomainXml(domain, xml).finally(() => repository.close());
   }
-  return { outcome: state.lastSync?.outcome ?? 'nothing to do', pending: state.pending.length, synced: state.synced, config: deps.config };
+  return { outcome: stopped.outcome, kept: stopped.kept, pending: state.pending.length, synced: state.synced, config: deps.config };
 }
 
 /**

@@ -9,9 +9,8 @@ import type { Generation } from '../nas/format.js';
 import { openRepository } from '../nas/open.js';
 import { boundChainDepth } from '../sync/disks.js';
 import { readLocalState, writeLocalState } from '../sync/local-state.js';
-import { withDomainLock } from '../sync/session.js';
+import { requireNoEventSince, withDomainLock } from '../sync/session.js';
 import { pushHere, shutOffSince, type CommandContext } from './lifecycle.js';
-import { requireShutOff } from './libvirt-domain.js';
 import { printJson, type Output } from './output.js';
 
 export interface SnapshotRow {
@@ -87,10 +86,11 @@ export async function snapshotDelete(o: { domain: string; name: string }, contex
  * on the NAS changes; every generation stays restorable.
  */
 export async function snapshotMerge(o: { domain: string }, context: CommandContext): Promise<void> {
-  await requireShutOff(o.domain, context.env, `shut it down first (kss stop ${o.domain})`);
+  const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain})`);
   const config = await readConfig(context.configFile);
   const log = new Logger([streamSink(context.stderr, 'warn')]);
   const merged = await withDomainLock(config.stateDir, o.domain, log, 60_000, async () => {
+    await requireNoEventSince(config.stateDir, o.domain, after);
     const state = await readLocalState(config.stateDir, o.domain);
     const disks = await boundChainDepth(state, 2);
     await writeLocalState(config.stateDir, state);

@@ -80,10 +80,12 @@ export function decideStop(host: string, local: LocalView, nas: NasView, flags: 
 
 /**
  * How many of the pending generations (ids, oldest first; each one's parent is the one
- * before) the NAS already has: the head is one of them when a publish went through but
- * its recording here was interrupted (a kill right after the compare-and-swap). Without
- * this, the next start would take its own push for a conflict.
+ * before) the NAS already has in its head's history (`headLine`: the head and its
+ * ancestors): a publish that went through but whose recording here was interrupted (a
+ * kill right after the compare-and-swap), maybe built on since by the other host.
+ * Without this, the next start would take its own push for a conflict.
  */
-export function publishedPending(pending: readonly string[], nasHead: string | null): number {
-  return nasHead === null ? 0 : pending.lastIndexOf(nasHead) + 1;
+export function publishedPending(pending: readonly string[], headLine: ReadonlySet<string>): number {
+  for (let index = pending.length - 1; index >= 0; index -= 1) if (headLine.has(pending[index] as string)) return index + 1;
+  return 0;
 }

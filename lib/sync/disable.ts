@@ -4,12 +4,11 @@
 // can start over. The layers beside the disks and everything on the NAS stay.
 import { rename } from 'node:fs/promises';
 import { DiskStateError, NasUnreachableError } from '../errors.js';
-import { flattenTop } from '../layers.js';
+import { flattenTop, readChain, recoverSeal } from '../layers.js';
 import { pathExists } from '../durable-fs.js';
 import { engineDeps, underLock, type SyncDeps } from './deps.js';
-import { sealDisks } from './disks.js';
-import { domainStateDir, readLocalState, writeLocalState } from './local-state.js';
-import { withDomainLock } from './session.js';
+import { domainStateDir, readLocalState } from './local-state.js';
+import { requireNoEventSince, withDomainLock } from './session.js';
 
 export interface Disabled {
   disks: string[];
@@ -19,20 +18,20 @@ export interface Disabled {
   stateKept: string;
 }
 
-export async function disableDomain(domain: string, deps: SyncDeps): Promise<Disabled> {
+/** Takes the domain out of management here; `after`: its latest event as seen while libvirt said it was off. */
+export async function disableDomain(domain: string, deps: SyncDeps, after: string | null): Promise<Disabled> {
   const { config, log } = deps;
   return withDomainLock(config.stateDir, domain, log, 60_000, async (lock) => {
+    await requireNoEventSince(config.stateDir, domain, after);
     const engine = engineDeps(underLock(deps, lock));
     const state = await readLocalState(config.stateDir, domain);
-    // First every seal is finished (an interrupted one may hold a disk's only copy of a
-    // session in its layers directory, with no top), so that each disk's top reads all
-    // of it and the layers directories are truly left over afterwards.
-    const save = async (s: typeof state) => {
-      lock.assertHeld();
-      await writeLocalState(config.stateDir, s);
-    };
-    await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { deps: engine, save });
+    // A seal killed in the middle may hold a disk's only copy of a session in its layers
+    // directory, with no top: finish it, so that each top reads everything (the copy
+    // below takes the whole chain, including layers no state names yet) and the layers
+    // directories are truly left over afterwards. Nothing else is sealed: a disk added
+    // to the domain later is already an image of its own.
     for (const [target, top] of Object.entries(state.disks)) {
+      await recoverSeal(top, engine);
       if (!(await pathExists(top))) {
         throw new DiskStateError(`disk ${target} (${top}) does not exist; nothing was changed`, {
           remedy: `put the disk file back (kss chain shows what its layers directory ${top}.layers holds), then disable again`,
@@ -41,8 +40,11 @@ export async function disableDomain(domain: string, deps: SyncDeps): Promise<Dis
     }
     const disks: string[] = [];
     for (const [target, top] of Object.entries(state.disks)) {
-      engine.onStep?.('disable:flatten');
-      await flattenTop(top, engine);
+      // One that is standalone already was done by an earlier disable that did not finish.
+      if ((await readChain(top, engine)).length > 1) {
+        engine.onStep?.('disable:flatten');
+        await flattenTop(top, engine);
+      }
       disks.push(target);
     }
     if (state.leaseHeld) {
@@ -62,7 +64,9 @@ export async function disableDomain(domain: string, deps: SyncDeps): Promise<Dis
     await rename(`${stateDir}/state.json`, `${stateKept}.state.json`).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== 'ENOENT') throw error;
     });
-    log.info('disabled', { disks: disks.join(','), unpushed: state.pending.length });
-    return { disks, unpushed: state.pending.length, stateKept: `${stateKept}.state.json` };
+    // An interrupted seal is a session that never reached the NAS either.
+    const unpushed = state.pending.length + (state.sealing ? 1 : 0);
+    log.info('disabled', { disks: disks.join(','), unpushed });
+    return { disks, unpushed, stateKept: `${stateKept}.state.json` };
   });
 }

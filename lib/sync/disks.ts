@@ -4,9 +4,9 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
-import { compactLayer, createTop, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, recoverSeal, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
+import { compactLayer, createTop, hasOwnData, incomingPathOf, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
-import { generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
+import { ancestry, generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import type { LeaseChange, NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, progressBarReporter, progressLogReporter } from '../progress.js';
@@ -21,8 +21,6 @@ export function layerPathOf(top: string, hash: string): string {
 export interface SealOptions {
   /** Saves the state: the intent before the first disk is touched, the generation after the last. */
   save: (state: LocalState) => Promise<void>;
-  /** Makes the first generation of a domain instead: every disk, written or not, is sealed as its base (lib/sync/enable.ts). */
-  sealBase?: (target: string, top: string) => Promise<SealResult>;
   deps?: EngineDeps;
 }
 
@@ -34,38 +32,51 @@ export interface SealOptions {
  * A generation holds every disk, so a kill or a failure between two disks' seals must
  * not lose the disks already sealed: their tops are then empty on a new layer that no
  * state names, and taking them for "not written" would put a fresh top on the old
- * layer, dropping the session's writes from the chain. So the intent (`state.sealing`)
- * is saved before any disk is touched, and cleared in the same write that records the
- * generation. A seal that finds an intent of its own generation resumes it: a disk whose
- * top is empty on a layer standing on its recorded one was sealed by the interrupted
- * run (a disk killed mid-seal is finished by sealTop/recoverSeal).
+ * layer, dropping the session's writes from the chain. So every disk is looked at
+ * first, without changing anything (a disk that cannot be part of the generation fails
+ * the seal here, its writes still in its top); then the intent (`state.sealing`: on
+ * which generation, and the layer each top stood on) is saved, and it is cleared in the
+ * same write that records the generation. A seal that finds an intent of its own
+ * generation resumes it: a disk whose top stood on its recorded layer then and is now
+ * empty on a layer standing on it was sealed by the interrupted run (a disk killed
+ * mid-seal is finished by sealTop). A top moved by anything else is never taken for a
+ * seal.
  */
 export async function sealDisks(state: LocalState, host: string, now: Date, options: SealOptions): Promise<PendingGeneration | undefined> {
   const previous = localHead(state);
   const onto = previous?.id ?? null;
-  const resuming = state.sealing?.onto === onto;
-  if (!resuming) {
-    state.sealing = { onto, since: now.toISOString() };
+  const resumed = state.sealing?.onto === onto ? state.sealing : undefined;
+  const looks = [];
+  for (const [target, top] of Object.entries(state.disks)) {
+    const before = previous?.disks[target];
+    looks.push({ target, top, before, look: await lookAtTop(target, top, before, resumed?.tops?.[target], options.deps) });
+  }
+  if (!looks.some(({ look }) => look.kind === 'writes' || look.kind === 'sealed-unrecorded')) {
+    if (state.sealing) {
+      state.sealing = undefined;
+      await options.save(state);
+    }
+    return undefined;
+  }
+  const missing = looks.filter(({ before, look }) => look.kind === 'not-enabled' || before === undefined);
+  if (missing.length > 0) {
+    // One generation holds every disk: a disk without any layer cannot be left out.
+    throw new DiskStateError(`disk ${missing.map(({ target, top }) => `${target} (${top})`).join(', ')} has no sealed layer and nothing to seal`, {
+      remedy: 'a disk was added to the domain: kss disable, then kss enable (its writes stay in the disks), or restore the disk file',
+    });
+  }
+  if (!resumed) {
+    // A disk with writes is sealed onto its recorded layer (anything else fails below).
+    const tops = looks.map(({ target, before, look }) => [target, (look.kind === 'writes' ? before : look.layer) ?? null]);
+    state.sealing = { onto, since: now.toISOString(), tops: Object.fromEntries(tops) };
     await options.save(state);
   }
   const disks: Record<string, string> = {};
   const layers: Record<string, LayerInfo> = {};
-  const missing: string[] = [];
-  for (const [target, top] of Object.entries(state.disks)) {
-    const present = await pathExists(top);
-    const before = previous?.disks[target];
-    if (present && before === undefined && !options.sealBase && (await readChain(top, options.deps)).length === 1) {
-      // A disk image of its own, not a top on our layers: not enabled (kss enable), not "writes".
-      missing.push(`${target} (${top})`);
-      continue;
-    }
-    let sealed = present
-      ? await (options.sealBase ? options.sealBase(target, top) : sealTop(top, options.deps))
-      : await recoverSeal(top, options.deps);
-    if (!sealed && resuming && present && before !== undefined) sealed = await unrecordedSeal(target, top, before, options.deps);
+  for (const { target, top, before, look } of looks) {
+    const sealed = look.kind === 'writes' ? await sealTop(top, options.deps) : look.kind === 'sealed-unrecorded' ? { hash: look.layer, parent: before } : undefined;
     if (!sealed) {
-      if (before !== undefined) disks[target] = before;
-      else missing.push(`${target} (${top})`);
+      disks[target] = before as string;
       continue;
     }
     if ((sealed.parent ?? undefined) !== before) {
@@ -77,38 +88,78 @@ export async function sealDisks(state: LocalState, host: string, now: Date, opti
     disks[target] = sealed.hash;
     layers[sealed.hash] = { parent: sealed.parent ?? null, size: (await stat(layerPathOf(top, sealed.hash))).size };
   }
-  if (Object.keys(layers).length > 0 && missing.length > 0) {
-    // One generation holds every disk: a disk without any layer cannot be left out.
-    throw new DiskStateError(`disk ${missing.join(', ')} has no sealed layer and nothing to seal`, {
-      remedy: 'a disk was added to the domain: enable it again (kss enable), or restore the disk file',
-    });
-  }
   state.sealing = undefined;
-  if (Object.keys(layers).length === 0) {
-    await options.save(state);
-    return undefined;
-  }
-  const made = { parent: onto, host, created: now.toISOString(), disks };
-  const sealed: PendingGeneration = { generation: { id: generationId(made), ...made }, layers };
-  state.pending.push(sealed);
-  await options.save(state);
-  return sealed;
+  return recordGeneration(state, { parent: onto, host, created: now.toISOString(), disks }, layers, options.save);
 }
 
 /**
- * The layer an interrupted seal made of a disk and did not record: the top is empty on
- * a layer other than the recorded one `before`. That layer must stand on `before`;
- * anything else means the chain was changed by hand.
+ * The first generation of a domain (lib/sync/enable.ts): every disk, written or not,
+ * sealed by `sealBase` as its base; appended to `state.pending` and saved.
  */
-async function unrecordedSeal(target: string, top: string, before: string, deps?: EngineDeps): Promise<SealResult | undefined> {
-  const [current, parent] = await readLayerHashes(top, deps);
-  if (current === undefined || current === before) return undefined;
-  if (parent !== before) {
-    throw new DiskStateError(`disk ${target}: its top stands on layer ${current}, which is neither its recorded layer ${before} nor one sealed on it`, {
-      remedy: `the chain was changed outside kvm-snapshot-sync; check it with kss chain ${top}`,
+export async function sealFirstGeneration(
+  state: LocalState,
+  host: string,
+  now: Date,
+  sealBase: (target: string, top: string) => Promise<SealResult>,
+  save: (state: LocalState) => Promise<void>,
+): Promise<PendingGeneration> {
+  const disks: Record<string, string> = {};
+  const layers: Record<string, LayerInfo> = {};
+  for (const [target, top] of Object.entries(state.disks)) {
+    const { hash } = await sealBase(target, top);
+    disks[target] = hash;
+    layers[hash] = { parent: null, size: (await stat(layerPathOf(top, hash))).size };
+  }
+  return recordGeneration(state, { parent: null, host, created: now.toISOString(), disks }, layers, save);
+}
+
+async function recordGeneration(
+  state: LocalState,
+  made: Omit<Generation, 'id'>,
+  layers: Record<string, LayerInfo>,
+  save: (state: LocalState) => Promise<void>,
+): Promise<PendingGeneration> {
+  const sealed: PendingGeneration = { generation: { id: generationId(made), ...made }, layers };
+  state.pending.push(sealed);
+  await save(state);
+  return sealed;
+}
+
+/** What a disk's top holds before a seal; `layer`: the layer it stands on. */
+type TopLook =
+  | { kind: 'writes'; layer: string | undefined }
+  | { kind: 'sealed-unrecorded'; layer: string }
+  | { kind: 'clean'; layer: string | undefined }
+  | { kind: 'not-enabled'; layer?: undefined };
+
+/**
+ * Looks at a disk's top without changing it: whether it holds writes (or a seal killed
+ * in the middle left it in its layers directory), is an image of its own, or is empty;
+ * and, resuming an intent whose record says the top stood on `before` (`intentTop`),
+ * whether it is now empty on a layer sealed on `before` by the interrupted run.
+ */
+async function lookAtTop(target: string, top: string, before: string | undefined, intentTop: string | null | undefined, deps?: EngineDeps): Promise<TopLook> {
+  if (await pathExists(incomingPathOf(top))) return { kind: 'writes', layer: undefined }; // sealTop finishes it
+  if (!(await pathExists(top))) return { kind: 'clean', layer: undefined }; // nothing left to seal: it gets a fresh top
+  const chain = await readChain(top, deps);
+  if (chain.length === 1) {
+    // An image of its own: not enabled yet, or made standalone by a kss disable that did not finish.
+    if (before === undefined) return { kind: 'not-enabled' };
+    throw new DiskStateError(`disk ${target} (${top}) is an image of its own, not a top on its layers: a kss disable did not finish, or the file was replaced`, {
+      remedy: 'run kss disable again (it finishes, losing nothing); or put back the top that kss chain showed',
     });
   }
-  return { hash: current, parent: before };
+  const [layer, parent] = await readLayerHashes(top, deps);
+  if (await hasOwnData(top, deps)) return { kind: 'writes', layer };
+  if (intentTop === before && before !== undefined && layer !== before && layer !== undefined) {
+    if (parent !== before) {
+      throw new DiskStateError(`disk ${target}: its top stands on layer ${layer}, which is neither its recorded layer ${before} nor one sealed on it`, {
+        remedy: `the chain was changed outside kvm-snapshot-sync; check it with kss chain ${top}`,
+      });
+    }
+    return { kind: 'sealed-unrecorded', layer };
+  }
+  return { kind: 'clean', layer };
 }
 
 /**
@@ -242,13 +293,15 @@ export async function pushPending(state: LocalState, repository: NasRepository, 
 }
 
 /**
- * Records as synced the pending generations the NAS head already has (a publish whose
- * recording was interrupted: lib/sync/decide.ts publishedPending), with the lease as the
- * NAS has it. Returns whether anything changed.
+ * Records as synced the pending generations the NAS head's history already has (a
+ * publish whose recording was interrupted: lib/sync/decide.ts publishedPending), with
+ * the lease as the NAS has it. Returns whether anything changed.
  */
 export function adoptPublished(state: LocalState, manifest: Manifest | undefined, host: string): boolean {
-  const count = publishedPending(state.pending.map((p) => p.generation.id), manifest?.head ?? null);
-  if (count === 0 || !manifest) return false;
+  if (!manifest || state.pending.length === 0) return false;
+  const headLine = new Set(ancestry(manifest.generations, manifest.head).map((generation) => generation.id));
+  const count = publishedPending(state.pending.map((p) => p.generation.id), headLine);
+  if (count === 0) return false;
   state.synced = (state.pending[count - 1] as PendingGeneration).generation;
   state.pending = state.pending.slice(count);
   state.leaseHeld = manifest.lease?.host === host;

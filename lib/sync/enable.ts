@@ -12,7 +12,7 @@ import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { adoptStagedRaw, hasOwnData, hashOfLayerFileName, incomingPathOf, layersDirOf, readChain, sealTop, stageRawImage, type EngineDeps, type SealResult } from '../layers.js';
 import { markNoCowIfEmpty } from '../nocow.js';
-import { sealDisks } from './disks.js';
+import { sealFirstGeneration } from './disks.js';
 import { readLocalState, writeLocalState } from './local-state.js';
 import { withDomainLock } from './session.js';
 import { engineDeps, underLock, type SyncDeps } from './deps.js';
@@ -74,7 +74,7 @@ export async function enableDisks(
     const sealBase = async (target: string, top: string): Promise<SealResult> =>
       bases[target] ?? (raw.includes(target) ? adoptStagedRaw(top, engine) : (sealTop(top, engine, { evenIfEmpty: true }) as Promise<SealResult>));
     const save = (s: typeof state) => writeLocalState(config.stateDir, s);
-    const sealed = (await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { sealBase, deps: engine, save }))!;
+    const sealed = await sealFirstGeneration(state, config.host, (deps.now ?? (() => new Date()))(), sealBase, save);
     log.info('enabled', { generation: sealed.generation.id, disks: Object.keys(disks).join(',') });
     return { generation: sealed.generation.id, resumed: false, nocow };
   });

@@ -12,7 +12,7 @@
 // content; the disks themselves are the final word (a seal that finished but was not
 // recorded is found again: lib/sync/disks.ts sealDisks).
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists, writeFileAtomic } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
@@ -48,10 +48,16 @@ export interface LocalState {
   /**
    * A seal of the tops under way on the generation `onto` (lib/sync/disks.ts
    * sealDisks): saved before the first disk is touched, cleared in the write that
-   * records the new generation. Found at the next seal, it says that disks whose tops
-   * are empty on a new layer above `onto` were sealed by the run that was interrupted.
+   * records the new generation. Found at the next seal, it says that a disk whose top
+   * stood on its recorded layer then, and is now empty on a new layer above it, was
+   * sealed by the run that was interrupted.
    */
-  sealing?: { onto: string | null; since: string };
+  sealing?: {
+    onto: string | null;
+    since: string;
+    /** The layer each disk's top stood on when the seal began (null: none, or not known). */
+    tops: Record<string, string | null>;
+  };
 }
 
 /**
@@ -119,7 +125,8 @@ function flagPath(stateDir: string, domain: string, flag: Flag): string {
 export async function setFlag(stateDir: string, domain: string, flag: Flag, content = new Date().toISOString()): Promise<void> {
   const path = flagPath(stateDir, domain, flag);
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  await writeFile(path, `${content}\n`);
+  // Whole or absent after a power cut: a flag's content (a stop's id) is compared.
+  await writeFileAtomic(path, `${content}\n`, 0o600);
 }
 
 /** A flag's content (without the final newline), or undefined when it is not set. */

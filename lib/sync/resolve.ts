@@ -7,13 +7,13 @@
 // host. The local side is put in place first (layers pulled, tops moved: they are empty,
 // so moving them back costs nothing), and the NAS head changes last; a compare-and-swap
 // that fails puts the tops back.
-import { ConflictError, DiskStateError, LeaseHeldError, UsageError } from '../errors.js';
+import { ConflictError, DiskStateError, LeaseHeldError } from '../errors.js';
 import { generationId, type Generation, type Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { engineDeps, underLock, type SyncDeps } from './deps.js';
 import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
-import { localHead, readLastEvent, readLocalState, writeLocalState, type LocalState } from './local-state.js';
-import { withDomainLock } from './session.js';
+import { localHead, readLocalState, writeLocalState, type LocalState } from './local-state.js';
+import { requireNoEventSince, withDomainLock } from './session.js';
 
 export type Keep = 'local' | 'remote';
 
@@ -123,12 +123,7 @@ interface HeadChange {
 async function changeHead<T>(domain: string, deps: SyncDeps, after: string | null, work: (change: HeadChange) => Promise<T>): Promise<T> {
   const { config, log } = deps;
   return withDomainLock(config.stateDir, domain, log, 30_000, async (lock) => {
-    const latest = await readLastEvent(config.stateDir, domain);
-    if ((latest?.id ?? null) !== after) {
-      throw new UsageError(`${domain} was started (or stopped) while this command waited: its disks may be in use`, {
-        remedy: `shut it down (kss stop ${domain}), wait for its push (kss wait ${domain}), then run the command again`,
-      });
-    }
+    await requireNoEventSince(config.stateDir, domain, after);
     const guarded = underLock(deps, lock);
     const engine = engineDeps(guarded);
     const save = async (state: LocalState) => {

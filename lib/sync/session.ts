@@ -1,12 +1,12 @@
 // What every lifecycle operation does around its work: hold the domain's lock, and look
 // at the NAS (where an unreachable NAS is part of the picture, not a failure).
-import { NasUnreachableError } from '../errors.js';
+import { NasUnreachableError, UsageError } from '../errors.js';
 import { withLock, type HeldLock } from '../lock.js';
 import type { Logger } from '../log.js';
 import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import type { NasView } from './decide.js';
-import { domainLockPath } from './local-state.js';
+import { domainLockPath, readLastEvent } from './local-state.js';
 
 /**
  * Runs `work` holding the domain's lock (waiting up to `waitMs` for it, telling
@@ -34,4 +34,18 @@ export async function lookAtNas(repository: NasRepository, domain: string): Prom
     if (!(error instanceof NasUnreachableError)) throw error;
     return { manifest: undefined, nas: { reachable: false, problem: error.message } };
   }
+}
+
+/**
+ * For CLI work on a shut-off domain, under its lock: refuses when the domain's latest
+ * event is no longer `after`, the one seen while libvirt said the VM was off (the CLI
+ * asks libvirt before it takes the lock): a start came in between, and the VM may be
+ * running on the disks.
+ */
+export async function requireNoEventSince(stateDir: string, domain: string, after: string | null): Promise<void> {
+  const latest = await readLastEvent(stateDir, domain);
+  if ((latest?.id ?? null) === after) return;
+  throw new UsageError(`${domain} was started (or stopped) while this command waited: its disks may be in use; nothing was changed`, {
+    remedy: `shut it down (kss stop ${domain}), wait for its push (kss wait ${domain}), then run the command again`,
+  });
 }

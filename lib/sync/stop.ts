@@ -15,21 +15,27 @@ import { lookAtNas, withDomainLock } from './session.js';
 /** Waits this long for the lock: a start or a `kss` command may hold it. */
 const STOP_LOCK_WAIT_MS = 60 * 60_000;
 
-/** How the work after a stop ended. */
-export type StopResult = { superseded: false; outcome: string } | { superseded: true; latest: string };
+/** Why pending generations stayed on this host after the work (lib/sync/decide.ts decideStop, or a push that lost the race). */
+export type KeptWhy = 'no-push' | 'lease-held-elsewhere' | 'offline' | 'conflict';
+
+/** How the work after a stop ended: its outcome in words, and why it kept anything here. */
+export type StopResult = { superseded: false; outcome: string; kept: KeptWhy | undefined } | { superseded: true; latest: string };
 
 /**
  * Seals, merges and (unless told not to) pushes what the stopped VM wrote, if the
- * domain's latest event is still the one with id `after` (the stop this work is for,
- * or, from `kss push`, the event seen while libvirt said the VM was off; null: none).
+ * domain's latest event is still the one with id `after`: the stop this work is for,
+ * or, `byHand` (kss push), the event seen while libvirt said the VM was off (null: none).
  */
-export async function finishStop(domain: string, deps: SyncDeps, after: string | null): Promise<StopResult> {
+export async function finishStop(domain: string, deps: SyncDeps, after: string | null, { byHand = false }: { byHand?: boolean } = {}): Promise<StopResult> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
   // For kss wait: this stop's work is over once this returns, even failed; a flag that
-  // names another stop (or none) is not ours to take.
-  const takeOwnFlag = async () => {
-    if (after !== null && (await readFlag(config.stateDir, domain, 'stopping')) === after) await takeFlag(config.stateDir, domain, 'stopping');
+  // names another stop (or none) is not ours to take. By hand, with nothing started
+  // since, every stop's work is done: a flag left over (a cut before a start took it)
+  // would keep kss wait waiting for nothing.
+  const takeOwnFlag = async (done: boolean) => {
+    const flag = await readFlag(config.stateDir, domain, 'stopping');
+    if (flag !== undefined && ((after !== null && flag === after) || (byHand && done))) await takeFlag(config.stateDir, domain, 'stopping');
   };
   try {
     return await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async (lock) => {
@@ -43,17 +49,17 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
         lock.assertHeld();
         await writeLocalState(config.stateDir, state);
       };
-      const outcome = await sealAndPush(domain, underLock(deps, lock), save, now);
-      await takeOwnFlag(); // before the line that tests and people wait for
+      const { outcome, kept } = await sealAndPush(domain, underLock(deps, lock), save, now);
+      await takeOwnFlag(true); // before the line that tests and people wait for
       log.info('stop finished', { outcome });
-      return { superseded: false, outcome };
+      return { superseded: false, outcome, kept };
     });
   } finally {
-    await takeOwnFlag();
+    await takeOwnFlag(false);
   }
 }
 
-async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalState) => Promise<void>, now: () => Date): Promise<string> {
+async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalState) => Promise<void>, now: () => Date): Promise<{ outcome: string; kept: KeptWhy | undefined }> {
   const { config, log } = deps;
   const state = await readLocalState(config.stateDir, domain);
   const noPush = await takeFlag(config.stateDir, domain, 'no-push');
@@ -61,23 +67,24 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
   deps.onStep?.('stop:seal');
   const sealed = await sealDisks(state, config.host, now(), { deps: engine, save });
   if (sealed) log.info('sealed', { generation: sealed.generation.id, disks: Object.keys(sealed.layers).length });
-  deps.onStep?.('stop:merge');
-  if (await mergePending(state, config.host, engine)) {
-    log.info('merged pending generations into one', { generation: state.pending[0]?.generation.id });
-    await save(state);
-  }
-
   const repository = noPush ? undefined : deps.openRepository();
   try {
     const { manifest, nas }: Awaited<ReturnType<typeof lookAtNas>> = repository ? await lookAtNas(repository, domain) : { manifest: undefined, nas: { reachable: false, problem: 'not asked' } satisfies NasView };
+    // Before merging: a generation the NAS has must not be merged away into a new one.
     if (adoptPublished(state, manifest, config.host)) {
       log.info('the NAS already has what an interrupted push published', { synced: state.synced?.id });
+      await save(state);
+    }
+    deps.onStep?.('stop:merge');
+    if (await mergePending(state, config.host, engine)) {
+      log.info('merged pending generations into one', { generation: state.pending[0]?.generation.id });
       await save(state);
     }
     const decision = decideStop(config.host, { synced: state.synced?.id ?? null, pending: state.pending.length, leaseHeld: state.leaseHeld }, nas, { noPush });
     log.info('stop', { decision: decision.action, pending: state.pending.length });
 
     let outcome: string;
+    let kept: KeptWhy | undefined;
     if (decision.action === 'push' && repository) {
       deps.onStep?.('stop:push');
       await pushPending(state, repository, log, deps.progressFor);
@@ -92,13 +99,18 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
       } catch (error) {
         if (!(error instanceof ConflictError)) throw error;
         outcome = `conflict: ${error.message}`;
+        kept = 'conflict'; // another host pushed between our look and our swap
       }
     } else if (decision.action === 'nothing' && repository) {
-      if (decision.releaseLease) await repository.setLease(domain, 'release', null);
+      if (decision.releaseLease) {
+        deps.onStep?.('stop:release-lease'); // a lost lock stops here: a new start may have just taken the lease
+        await repository.setLease(domain, 'release', null);
+      }
       state.leaseHeld = state.leaseHeld && !decision.releaseLease;
       outcome = 'nothing to push';
     } else {
       outcome = decision.action === 'keep-pending' ? `kept here (${decision.why}: ${decision.detail})` : 'nothing to do';
+      if (decision.action === 'keep-pending') kept = decision.why;
       if (decision.action === 'keep-pending' && decision.why !== 'no-push') log.warn('not pushed', { why: decision.why, detail: decision.detail });
     }
     state.lastSync = { at: now().toISOString(), outcome };
@@ -109,7 +121,7 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
       log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: config.maxChainDepth });
       await save(state);
     }
-    return outcome;
+    return { outcome, kept };
   } finally {
     await repository?.close();
   }

@@ -148,6 +148,24 @@ export class LibvirtHost {
     return this.inside(['/etc/kvm-snapshot-sync/kss', ...args], undefined, env);
   }
 
+  /** kss inside the host, not waited for: for two hosts doing something at the same moment. */
+  kssAsync(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+    const child = spawn('nsenter', [`--mount=${this.mntns}`, `--uts=${this.utsns}`, '--wd=/', 'env', '-i', `PATH=${CLEAN_PATH}`, '/etc/kvm-snapshot-sync/kss', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+    child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 180_000);
+    return new Promise((resolve) =>
+      child.on('close', (status) => {
+        clearTimeout(timer);
+        resolve({ status, stdout, stderr });
+      }),
+    );
+  }
+
   /** A path inside the host as seen from outside (for qemu-img on its disks). */
   outside(insidePath: string): string {
     for (const [inside, sub] of Object.entries(this.binds)) {

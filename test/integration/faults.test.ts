@@ -15,7 +15,9 @@ import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { nasPaths, type Manifest } from '../../lib/nas/format.js';
 import { NasRepository } from '../../lib/nas/repository.js';
 import { enableDisks } from '../../lib/sync/enable.js';
-import { domainLockPath, setFlag } from '../../lib/sync/local-state.js';
+import { openRepository } from '../../lib/nas/open.js';
+import { disableDomain } from '../../lib/sync/disable.js';
+import { domainLockPath, readLastEvent, setFlag } from '../../lib/sync/local-state.js';
 import { MiB, createImage, guestDigest, qemuIo, qemuIoAs } from '../helpers/disks.js';
 import { TestHost, managedDomainXml } from '../helpers/hosts.js';
 import { requireTools } from '../helpers/tools.js';
@@ -28,7 +30,7 @@ after(() => rmSync(root, { recursive: true, force: true }));
 
 let count = 0;
 
-type Phase = 'start' | 'stop';
+type Phase = 'start' | 'stop' | 'disable';
 type Mode = 'kill' | 'throw' | 'trace';
 
 /** Two hosts and a NAS; the desktop has the domain enabled, with a pattern on each disk. */
@@ -197,6 +199,30 @@ const SCENARIOS: Scenario[] = [
         const layers = JSON.parse(spawnSync('qemu-img', ['info', '--backing-chain', '--output=json', '-U', disk], { encoding: 'utf8' }).stdout).length - 1;
         assert.ok(layers <= 2, `and ${disk}'s chain is compacted (${layers} layers)`);
       }
+    },
+    modes: ['kill'],
+  },
+  {
+    name: 'kss disable (every disk made standalone)',
+    phase: 'disable',
+    setUp: async (w) => {
+      w.call(w.desk, 'prepare', 'begin');
+      qemuIo(w.deskDisks.vda, 'write -P 0x24 1M 2M');
+      qemuIo(w.deskDisks.vdb, 'write -P 0x25 5M 1M');
+      w.call(w.desk, 'release', 'end');
+      await w.desk.waitForStop('vm');
+      return { host: w.desk, disks: w.deskDisks, expected: w.digests(w.deskDisks) };
+    },
+    check: async (w, expected) => {
+      const config = await w.desk.config();
+      const after = (await readLastEvent(config.stateDir, 'vm'))?.id ?? null;
+      const done = await disableDomain('vm', { config, log: w.desk.quietLog(), openRepository: () => openRepository(config) }, after);
+      assert.deepEqual(done.disks.sort(), ['vda', 'vdb'], 'run again, it finishes every disk');
+      for (const disk of Object.values(w.deskDisks)) {
+        const files = JSON.parse(spawnSync('qemu-img', ['info', '--backing-chain', '--output=json', '-U', disk], { encoding: 'utf8' }).stdout).length;
+        assert.equal(files, 1, `${disk} is one standalone image`);
+      }
+      assert.deepEqual(w.digests(w.deskDisks), expected, 'every byte of both disks');
     },
     modes: ['kill'],
   },

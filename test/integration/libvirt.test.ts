@@ -191,6 +191,33 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await d.waitForStop('hand');
   });
 
+  it('lets exactly one of two hosts pushing at the same moment win; the other exits 9 and names kss resolve', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    await defineWork(d, 'race', true);
+    await defineWork(l, 'race', false);
+    await d.session('race');
+    await l.session('race');
+    // Both work on the same generation without the NAS, and keep their sessions here.
+    for (const [host, pattern] of [[d, '0xc1'], [l, '0xc2']] as const) {
+      assert.equal(host.kss(['start', 'race', '--no-sync']).status, 0);
+      host.guestIo('race', `write -P ${pattern} 2M 1M`);
+      assert.equal(host.kss(['stop', 'race', '--no-push', '--force']).status, 0);
+      await host.waitForStop('race');
+    }
+    const [fromDesk, fromLaptop] = await Promise.all([d.kssAsync(['push', 'race']), l.kssAsync(['push', 'race'])]);
+    const results = [fromDesk, fromLaptop];
+    assert.deepEqual(results.map((r) => r.status).sort(), [0, 9], `one wins, the other is told it is a conflict: ${results.map((r) => r.stderr).join('\n---\n')}`);
+    const loser = results.find((r) => r.status === 9) as { stderr: string };
+    assert.match(loser.stderr, /kss: error: 1 generation\(s\) of race are still not on the NAS: .*conflict.*\nTo fix: .*kss resolve race --keep local, or kss resolve race --keep remote/su);
+    const winner = results.indexOf(results.find((r) => r.status === 0) as (typeof results)[number]);
+    const [won, lost] = winner === 0 ? [d, l] : [l, d];
+    const refused = lost.virsh('start', 'race'); // the loser keeps its day here, for kss resolve
+    assert.match(refused.stderr, /race changed both here and on the NAS/u);
+    await lost.waitForStop('race');
+    await won.session('race', [`read -P ${winner === 0 ? '0xc1' : '0xc2'} 2M 1M`]);
+  });
+
   it('takes a VM out of management losing nothing (kss disable), and back in (kss enable)', async (t) => {
     if (!ready(t)) return;
     const d = desk as LibvirtHost;
@@ -290,6 +317,15 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(chainLength(), 3, 'top, the newest layer, base');
     assert.deepEqual(digests(d, disks), before, 'the same bytes');
 
+    d.mustVirsh('start', 'snap');
+    for (const command of [['rollback', 'snap', '--to', 'before-upgrade'], ['resolve', 'snap', '--keep', 'local']]) {
+      const refused = d.kss(command);
+      assert.equal(refused.status, 2, `kss ${command[0]} is refused while the VM runs: ${refused.stderr}`);
+      assert.match(refused.stderr, /snap is running: its disks are in use\nTo fix: shut it down first \(kss stop snap\)/u);
+    }
+    d.mustVirsh('destroy', 'snap');
+    await d.waitForStop('snap');
+    assert.deepEqual(digests(d, disks), before, 'the refusals changed nothing');
     const back = d.kss(['rollback', 'snap', '--to', 'before-upgrade']);
     assert.equal(back.status, 0, back.stderr);
     await d.session('snap', ['read -P 0x61 1M 1M', 'read -P 0x11 0 1M']);
@@ -331,7 +367,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.mustVirsh('start', 'leased');
     const refused = l.virsh('start', 'leased');
     assert.notEqual(refused.status, 0);
-    assert.match(refused.stderr, /Hook script execution failed.*kvm-snapshot-sync: leased is in use on host desk since /su);
+    assert.match(refused.stderr, /Hook script execution failed.*kss: error: leased is in use on host desk since /su);
     assert.match(refused.stderr, /kss start leased --steal-lease/u);
     assert.match(l.virsh('domstate', 'leased').stdout, /shut off/u);
     await l.waitForStop('leased'); // a refused start is a stop too
@@ -430,7 +466,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(statSync(d.outside(vda)).ino, top, 'the top is not sealed');
     d.mustVirsh('start', 'saved'); // restores the saved memory image onto the same disks
     assert.equal(statSync(d.outside(vda)).ino, top, 'nor replaced at the restore');
-    assert.match(d.hookLog('saved'), /restoring a saved image/u);
+    assert.match(d.hookLog('saved'), /restoring a managed-save image: the next start leaves the disks as they are/u);
     d.guestIo('saved', 'read -P 0x91 8M 1M');
     d.mustVirsh('destroy', 'saved');
     await d.waitForStop('saved');

@@ -2,7 +2,7 @@
 // with SIGKILL does not block the next one forever.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
@@ -17,7 +17,49 @@ const holder = `
   setInterval(() => {}, 1000);
 `;
 
+/** Holds the lock, then stalls (as a suspended laptop does) past its staleness, then looks whether it still holds it. */
+const staller = `
+  import { acquireLock } from './lib/lock.ts';
+  const release = await acquireLock(process.argv[1], { waitMs: 0, staleMs: 2000 });
+  process.stdout.write('held\\n');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 4000); // no timer runs meanwhile
+  try {
+    release.assertHeld();
+    process.stdout.write('still held\\n');
+  } catch (error) {
+    process.stdout.write(\`lost: \${error.message}\\n\`);
+  }
+  process.exit(0);
+`;
+
 describe('domain lock', () => {
+  it('tells a holder that stalled past the stale limit it lost the lock, and its exit leaves the new holder\'s lock alone', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kss-lock-'));
+    const path = join(dir, 'lock');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', staller, path], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let said = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (said += text));
+    while (!said.includes('held')) await new Promise((resolve) => setTimeout(resolve, 50));
+    const taken = await acquireLock(path, { waitMs: 10_000, staleMs: 2000 }); // taken over while the holder stalls
+    await once(child, 'exit');
+    assert.match(said, /lost: lost the lock .* \(not refreshed for \d+ s, and taken over\); stopped before the next step/u);
+    assert.ok(existsSync(`${path}.lock`), "the stalled holder's exit did not remove the new holder's lock");
+    taken.assertHeld();
+    await taken();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('tells a holder that stalled, when nobody took the lock over, that it still holds it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kss-lock-'));
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', staller, join(dir, 'lock')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let said = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (said += text));
+    await once(child, 'exit');
+    assert.match(said, /still held/u);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('lets one holder in at a time, and frees on release', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'kss-lock-'));
     const path = join(dir, 'vm', 'lock');

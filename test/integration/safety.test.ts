@@ -18,7 +18,8 @@ import { openRepository } from '../../lib/nas/open.js';
 import { runCommand, type Runner } from '../../lib/runner.js';
 import { disableDomain } from '../../lib/sync/disable.js';
 import { enableDisks } from '../../lib/sync/enable.js';
-import { domainLockPath, readLastEvent, setFlag } from '../../lib/sync/local-state.js';
+import { mergePending, sealDisks } from '../../lib/sync/disks.js';
+import { domainLockPath, readLastEvent, readLocalState, setFlag, writeLocalState, type LocalState } from '../../lib/sync/local-state.js';
 import { finishStop } from '../../lib/sync/stop.js';
 import { MiB, createImage, guestDigest, qemuIo } from '../helpers/disks.js';
 import { TestHost, managedDomainXml } from '../helpers/hosts.js';
@@ -160,6 +161,48 @@ describe('the work after a stop', () => {
   });
 });
 
+describe('a seal that resumes', () => {
+  it('takes only the layers the interrupted seal made, not a top that another step moved', async (t) => {
+    const s = await twoHosts(t, 'moved');
+    if (!s) return;
+    const config = await s.desk.config();
+    const save = (state: LocalState) => writeLocalState(config.stateDir, state);
+    const engine = { run: runCommand };
+    // Two sessions kept here, then a merge cut off after it moved vda's top onto the
+    // merged layer (the state still names the two sessions' layers).
+    for (const pattern of ['0x91', '0x92']) {
+      qemuIo(s.deskDisks.vda, `write -P ${pattern} 1M 64k`);
+      qemuIo(s.deskDisks.vdb, `write -P ${pattern} 1M 64k`);
+      await sealDisks(await readLocalState(config.stateDir, 'moved'), 'desk', new Date(), { save, deps: engine });
+    }
+    let merges = 0;
+    const cut = { run: runCommand, onStep: (step: string) => { if (step === 'merge:copy' && ++merges === 2) throw new Error('cut'); } };
+    await assert.rejects(mergePending(await readLocalState(config.stateDir, 'moved'), 'desk', cut), /cut/u);
+    // A session that wrote vdb only; its seal is cut after vdb was sealed, before the generation was recorded.
+    qemuIo(s.deskDisks.vdb, 'write -P 0x93 2M 64k');
+    const expected = s.digests(s.deskDisks);
+    let saves = 0;
+    const failing = async (state: LocalState) => {
+      if (++saves === 2) throw new Error('power cut');
+      await save(state);
+    };
+    await assert.rejects(sealDisks(await readLocalState(config.stateDir, 'moved'), 'desk', new Date(), { save: failing, deps: engine }), /power cut/u);
+    const state = await readLocalState(config.stateDir, 'moved');
+    const before = state.pending.at(-1)!.generation.disks;
+    const sealed = await sealDisks(state, 'desk', new Date(), { save, deps: engine });
+    assert.ok(sealed, 'the interrupted seal is finished');
+    assert.equal(sealed.generation.disks.vda, before.vda, "vda's moved top is not taken for a seal of its own");
+    assert.notEqual(sealed.generation.disks.vdb, before.vdb, "vdb's seal is taken");
+    assert.deepEqual(s.digests(s.deskDisks), expected);
+    s.ok(s.desk, 'prepare'); // merges, pushes, fresh tops
+    assert.deepEqual(s.digests(s.deskDisks), expected);
+    s.ok(s.desk, 'release');
+    await s.desk.waitForStop('moved');
+    s.ok(s.laptop, 'prepare');
+    assert.deepEqual(s.digests(s.laptopDisks), expected, 'every byte on the other host');
+  });
+});
+
 describe('kss disable', () => {
   it('after an interrupted seal makes every disk whole and standalone, skipping none', async (t) => {
     const s = await twoHosts(t, 'half');
@@ -176,11 +219,62 @@ describe('kss disable', () => {
     assert.ok(!existsSync(s.deskDisks.vdb), 'the second disk is in its layers directory only');
     rmSync(`${domainLockPath(config.stateDir, 'half')}.lock`, { recursive: true, force: true });
 
-    const done = await disableDomain('half', { config, log: s.desk.quietLog(), openRepository: () => openRepository(config) });
+    const after = (await readLastEvent(config.stateDir, 'half'))?.id ?? null;
+    const done = await disableDomain('half', { config, log: s.desk.quietLog(), openRepository: () => openRepository(config) }, after);
     assert.deepEqual(done.disks.sort(), ['vda', 'vdb'], 'no disk skipped');
     assert.equal(done.unpushed, 1, 'the interrupted session counts as not pushed');
     for (const disk of [s.deskDisks.vda, s.deskDisks.vdb]) assert.equal(chainLength(disk), 1, `${disk} is one standalone image`);
     assert.deepEqual(s.digests(s.deskDisks), expected, 'every byte of both disks, so the layers directories really are left over');
+  });
+  it('that was interrupted finishes when run again, and a start meanwhile is refused, changing nothing', async (t) => {
+    const s = await twoHosts(t, 'undone');
+    if (!s) return;
+    await s.session(s.desk, (disks) => (qemuIo(disks.vda, 'write -P 0x43 1M 1M'), qemuIo(disks.vdb, 'write -P 0x44 1M 1M')));
+    await s.session(s.desk, (disks) => (qemuIo(disks.vda, 'write -P 0x45 3M 1M'), qemuIo(disks.vdb, 'write -P 0x46 3M 1M')));
+    const expected = s.digests(s.deskDisks);
+    const config = await s.desk.config();
+    // Killed with the first disk made standalone, the second not yet.
+    const job = JSON.stringify({ configFile: s.desk.configFile, domain: 'undone', phase: 'disable', step: 'disable:flatten', occurrence: 2, mode: 'kill', disks: s.deskDisks });
+    const child = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/lifecycle-until.ts', job], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(child.signal, 'SIGKILL', child.stderr);
+    rmSync(`${domainLockPath(config.stateDir, 'undone')}.lock`, { recursive: true, force: true });
+    assert.equal(chainLength(s.deskDisks.vda), 1);
+
+    const refused = s.call(s.desk, 'prepare');
+    assert.equal(refused.status, 5, refused.stderr);
+    assert.match(refused.stderr, /disk vda \(.*\) is an image of its own, not a top on its layers: a kss disable did not finish.*\nTo fix: run kss disable again/su);
+    assert.deepEqual(s.digests(s.deskDisks), expected, 'the refused start changed nothing');
+    s.ok(s.desk, 'release'); // libvirt's release after the refused start
+    const after = (await readLastEvent(config.stateDir, 'undone'))?.id ?? null;
+    const done = await disableDomain('undone', { config, log: s.desk.quietLog(), openRepository: () => openRepository(config) }, after);
+    assert.deepEqual(done.disks.sort(), ['vda', 'vdb']);
+    for (const disk of [s.deskDisks.vda, s.deskDisks.vdb]) assert.equal(chainLength(disk), 1, `${disk} is one standalone image`);
+    assert.deepEqual(s.digests(s.deskDisks), expected, 'every byte');
+  });
+
+  it('takes out a domain a disk was added to, with every byte of every disk (the remedy for that refusal)', async (t) => {
+    const s = await twoHosts(t, 'added');
+    if (!s) return;
+    const vdc = s.desk.disk('added-extra.qcow2');
+    createImage(vdc, 8 * MiB);
+    const all = { ...s.deskDisks, vdc };
+    const xml = managedDomainXml('added', all);
+    assert.equal(s.desk.call('added', 'prepare', 'begin', xml).status, 0, 'the new disk is not synced, the start goes ahead');
+    qemuIo(s.deskDisks.vda, 'write -P 0x47 1M 1M');
+    qemuIo(vdc, 'write -P 0x48 1M 1M');
+    const expected = s.digests(all);
+    assert.equal(s.desk.call('added', 'release', 'end', xml).status, 0);
+    await assert.rejects(s.desk.waitForStop('added'), /has no sealed layer and nothing to seal/u);
+    const refused = s.desk.call('added', 'prepare', 'begin', xml);
+    assert.equal(refused.status, 5, refused.stderr);
+    assert.match(refused.stderr, /disk vdc \(.*\) has no sealed layer and nothing to seal\nTo fix: a disk was added to the domain: kss disable, then kss enable/su);
+    assert.equal(s.desk.call('added', 'release', 'end', xml).status, 0);
+    const config = await s.desk.config();
+    const after = (await readLastEvent(config.stateDir, 'added'))?.id ?? null;
+    const done = await disableDomain('added', { config, log: s.desk.quietLog(), openRepository: () => openRepository(config) }, after);
+    assert.deepEqual(done.disks.sort(), ['vda', 'vdb', 'vdc']);
+    assert.deepEqual(s.digests(all), expected, 'every byte of every disk, the unsealed writes included');
+    for (const disk of Object.values(all)) assert.equal(chainLength(disk), 1, `${disk} is one standalone image`);
   });
 });
 

@@ -19,9 +19,9 @@ describe('kss config set', () => {
   it('creates the file with the keys given', async () => {
     const file = join(dir, 'new', 'config.json');
     const { out, said } = output();
-    await setConfig({ file, settings: ['host=desk', 'nas=/srv/nas', 'maxChainDepth=6'] }, out as never);
-    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { host: 'desk', nas: '/srv/nas', maxChainDepth: 6 });
-    assert.match(said(), /created .*\(host, nas, maxChainDepth\)/u);
+    await setConfig({ file, settings: ['host=desk', 'nas=/srv/nas', 'maxChainDepth=6', 'stallSeconds=10'] }, out as never);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { host: 'desk', nas: '/srv/nas', maxChainDepth: 6, stallSeconds: 10 });
+    assert.match(said(), /created .*\(host, nas, maxChainDepth, stallSeconds\)/u);
   });
 
   it('changes only the keys named, keeping the others as they are', async () => {

@@ -60,13 +60,14 @@ describe('decideStop', () => {
 });
 
 describe('publishedPending', () => {
-  const rows: Array<[string, string[], string | null, number]> = [
-    ['nothing pending', [], 'g1', 0],
-    ['the NAS has none of them', ['p1', 'p2'], 'g1', 0],
-    ['an empty NAS', ['p1'], null, 0],
-    ['a push that went through before its recording was interrupted', ['p1'], 'p1', 1],
-    ['the older of two', ['p1', 'p2'], 'p1', 1],
-    ['both', ['p1', 'p2'], 'p2', 2],
+  const rows: Array<[string, string[], string[], number]> = [
+    ['nothing pending', [], ['g1'], 0],
+    ['the NAS has none of them', ['p1', 'p2'], ['g1', 'g0'], 0],
+    ['an empty NAS', ['p1'], [], 0],
+    ['a push that went through before its recording was interrupted', ['p1'], ['p1', 'g1'], 1],
+    ['the older of two', ['p1', 'p2'], ['p1', 'g1'], 1],
+    ['both', ['p1', 'p2'], ['p2', 'p1', 'g1'], 2],
+    ['and the other host built on it since', ['p1'], ['g3', 'g2', 'p1', 'g1'], 1],
   ];
-  for (const [name, pending, head, count] of rows) it(name, () => assert.equal(publishedPending(pending, head), count));
+  for (const [name, pending, headLine, count] of rows) it(name, () => assert.equal(publishedPending(pending, new Set(headLine)), count));
 });

@@ -103,6 +103,27 @@ async function world(config: Record<string, unknown> = {}) {
 }
 type World = Awaited<ReturnType<typeof world>>;
 
+/**
+ * A session on the desktop: a start, the guest's `writes` (disk: qemu-io command), and,
+ * unless `until` is 'running' (the host went down with the VM running), its stop and
+ * the stop's work (kept here when 'no-push'); a start without the NAS when `noSync`.
+ */
+async function deskSession(w: World, writes: Array<['vda' | 'vdb', string]>, { until = 'pushed', noSync = false }: { until?: 'pushed' | 'no-push' | 'running'; noSync?: boolean } = {}) {
+  const stateDir = (await w.desk.config()).stateDir;
+  if (noSync) await setFlag(stateDir, 'vm', 'skip-sync');
+  w.call(w.desk, 'prepare', 'begin');
+  for (const [disk, command] of writes) qemuIo(w.deskDisks[disk], command);
+  if (until === 'running') return;
+  if (until === 'no-push') await setFlag(stateDir, 'vm', 'no-push');
+  w.call(w.desk, 'release', 'end');
+  await w.desk.waitForStop('vm');
+}
+
+/** What the desktop's guest sees now, and the interrupted work to run on `host` (the desktop unless given). */
+function at(w: World, host: TestHost = w.desk) {
+  return { host, disks: host === w.desk ? w.deskDisks : w.laptopDisks, expected: w.digests(w.deskDisks) };
+}
+
 /** Each step of a traced run with the time it comes: [step, occurrence]. */
 function occurrences(trace: string[]): Array<[string, number]> {
   const seen = new Map<string, number>();
@@ -128,17 +149,9 @@ interface Scenario {
 
 /** Both disks written in two sessions, the first kept here (no push), the second started without the NAS: the stop seals both disks, merges and pushes. */
 async function twoSessionsToStop(w: World) {
-  w.call(w.desk, 'prepare', 'begin');
-  qemuIo(w.deskDisks.vda, 'write -P 0x22 1M 2M');
-  const stateDir = (await w.desk.config()).stateDir;
-  await setFlag(stateDir, 'vm', 'no-push');
-  w.call(w.desk, 'release', 'end');
-  await w.desk.waitForStop('vm');
-  await setFlag(stateDir, 'vm', 'skip-sync');
-  w.call(w.desk, 'prepare', 'begin');
-  qemuIo(w.deskDisks.vdb, 'write -P 0x33 4M 1M');
-  qemuIo(w.deskDisks.vda, 'write -z 0 64k', 'write -P 0x34 12M 1M');
-  return { host: w.desk, disks: w.deskDisks, expected: w.digests(w.deskDisks) };
+  await deskSession(w, [['vda', 'write -P 0x22 1M 2M']], { until: 'no-push' });
+  await deskSession(w, [['vdb', 'write -P 0x33 4M 1M'], ['vda', 'write -z 0 64k'], ['vda', 'write -P 0x34 12M 1M']], { until: 'running', noSync: true });
+  return at(w);
 }
 
 /** After the recovery on the desktop: the stop's work is done and the laptop gets exactly that. */
@@ -181,15 +194,9 @@ const SCENARIOS: Scenario[] = [
     config: { maxChainDepth: 2 },
     setUp: async (w) => {
       // Day one pushed; day two makes both chains three layers deep: its stop compacts.
-      w.call(w.desk, 'prepare', 'begin');
-      qemuIo(w.deskDisks.vda, 'write -P 0x22 1M 2M');
-      qemuIo(w.deskDisks.vdb, 'write -P 0x23 1M 2M');
-      w.call(w.desk, 'release', 'end');
-      await w.desk.waitForStop('vm');
-      w.call(w.desk, 'prepare', 'begin');
-      qemuIo(w.deskDisks.vda, 'write -P 0x33 2M 2M');
-      qemuIo(w.deskDisks.vdb, 'write -P 0x35 3M 2M');
-      return { host: w.desk, disks: w.deskDisks, expected: w.digests(w.deskDisks) };
+      await deskSession(w, [['vda', 'write -P 0x22 1M 2M'], ['vdb', 'write -P 0x23 1M 2M']]);
+      await deskSession(w, [['vda', 'write -P 0x33 2M 2M'], ['vdb', 'write -P 0x35 3M 2M']], { until: 'running' });
+      return at(w);
     },
     check: async (w, expected) => {
       // Interrupted while compacting (the tops are there: a seal moves them aside), the disks read the same.
@@ -206,12 +213,8 @@ const SCENARIOS: Scenario[] = [
     name: 'kss disable (every disk made standalone)',
     phase: 'disable',
     setUp: async (w) => {
-      w.call(w.desk, 'prepare', 'begin');
-      qemuIo(w.deskDisks.vda, 'write -P 0x24 1M 2M');
-      qemuIo(w.deskDisks.vdb, 'write -P 0x25 5M 1M');
-      w.call(w.desk, 'release', 'end');
-      await w.desk.waitForStop('vm');
-      return { host: w.desk, disks: w.deskDisks, expected: w.digests(w.deskDisks) };
+      await deskSession(w, [['vda', 'write -P 0x24 1M 2M'], ['vdb', 'write -P 0x25 5M 1M']]);
+      return at(w);
     },
     check: async (w, expected) => {
       const config = await w.desk.config();
@@ -230,11 +233,9 @@ const SCENARIOS: Scenario[] = [
     name: 'a start that seals what a crash left in both disks, then pushes',
     phase: 'start',
     setUp: async (w) => {
-      w.call(w.desk, 'prepare', 'begin');
-      qemuIo(w.deskDisks.vda, 'write -P 0x44 3M 1M');
-      qemuIo(w.deskDisks.vdb, 'write -P 0x45 5M 1M');
       // The desktop "went down" with the VM running; no release ever came.
-      return { host: w.desk, disks: w.deskDisks, expected: w.digests(w.deskDisks) };
+      await deskSession(w, [['vda', 'write -P 0x44 3M 1M'], ['vdb', 'write -P 0x45 5M 1M']], { until: 'running' });
+      return at(w);
     },
     check: recoveredStart,
     modes: ['kill', 'throw'],
@@ -243,13 +244,8 @@ const SCENARIOS: Scenario[] = [
     name: 'a start that pushes what a stop kept here',
     phase: 'start',
     setUp: async (w) => {
-      w.call(w.desk, 'prepare', 'begin');
-      qemuIo(w.deskDisks.vda, 'write -P 0x44 3M 1M');
-      qemuIo(w.deskDisks.vdb, 'write -P 0x46 6M 1M');
-      await setFlag((await w.desk.config()).stateDir, 'vm', 'no-push');
-      w.call(w.desk, 'release', 'end');
-      await w.desk.waitForStop('vm');
-      return { host: w.desk, disks: w.deskDisks, expected: w.digests(w.deskDisks) };
+      await deskSession(w, [['vda', 'write -P 0x44 3M 1M'], ['vdb', 'write -P 0x46 6M 1M']], { until: 'no-push' });
+      return at(w);
     },
     check: recoveredStart,
     modes: ['kill'],
@@ -258,12 +254,8 @@ const SCENARIOS: Scenario[] = [
     name: 'a start that pulls both disks on the other host',
     phase: 'start',
     setUp: async (w) => {
-      w.call(w.desk, 'prepare', 'begin');
-      qemuIo(w.deskDisks.vda, 'write -P 0x44 3M 1M');
-      qemuIo(w.deskDisks.vdb, 'write -P 0x47 7M 1M');
-      w.call(w.desk, 'release', 'end');
-      await w.desk.waitForStop('vm');
-      return { host: w.laptop, disks: w.laptopDisks, expected: w.digests(w.deskDisks) };
+      await deskSession(w, [['vda', 'write -P 0x44 3M 1M'], ['vdb', 'write -P 0x47 7M 1M']]);
+      return at(w, w.laptop);
     },
     check: recoveredStart,
     modes: ['kill'],

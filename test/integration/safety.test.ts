@@ -62,8 +62,15 @@ async function twoHosts(t: TestContext, domain: string) {
   const manifest = async () =>
     (await new NasRepository(new DirTransport({ root: nas, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'test' }).readManifest(domain)) as Manifest;
   const digests = (disks: Record<string, string>) => Object.fromEntries(Object.entries(disks).map(([target, path]) => [target, guestDigest(path)]));
+  /** The desktop stops (its work finished) and the laptop starts: it must read exactly `expected`. */
+  const handOver = async (expected: Record<string, string>) => {
+    ok(desk, 'release');
+    await desk.waitForStop(domain);
+    ok(laptop, 'prepare');
+    assert.deepEqual(digests(laptopDisks), expected, 'every byte reached the other host');
+  };
   await session(desk);
-  return { domain, nas, desk, laptop, deskDisks, laptopDisks, call, ok, session, manifest, digests };
+  return { domain, nas, desk, laptop, deskDisks, laptopDisks, call, ok, session, manifest, digests, handOver };
 }
 
 /** How many files the disk's chain has (the top and its layers). */
@@ -110,10 +117,7 @@ describe('the work after a stop', () => {
     assert.equal(chainLength(s.deskDisks.vda), depth, 'the running top was not sealed under the VM');
     assert.deepEqual(s.digests(s.deskDisks), running);
     assert.equal((await s.desk.state('late')).pending.length, 0, 'nothing was sealed by the late worker');
-    s.ok(s.desk, 'release');
-    await s.desk.waitForStop('late');
-    s.ok(s.laptop, 'prepare');
-    assert.deepEqual(s.digests(s.laptopDisks), running, 'the running session reached the other host');
+    await s.handOver(running);
   });
 
   it('stops at its next step when it lost the domain lock, and the next run finishes the work', async (t) => {
@@ -153,11 +157,8 @@ describe('the work after a stop', () => {
     });
     assert.ok(!steps.includes('stop:push'), `it stopped before pushing (steps: ${steps.join(' ')})`);
     assert.deepEqual(await s.manifest(), nasBefore, 'nothing changed on the NAS');
-    s.ok(s.desk, 'release');
-    await s.desk.waitForStop('lost');
+    await s.handOver(expected);
     assert.deepEqual(s.digests(s.deskDisks), expected);
-    s.ok(s.laptop, 'prepare');
-    assert.deepEqual(s.digests(s.laptopDisks), expected, 'every byte reached the other host');
   });
 });
 
@@ -196,10 +197,7 @@ describe('a seal that resumes', () => {
     assert.deepEqual(s.digests(s.deskDisks), expected);
     s.ok(s.desk, 'prepare'); // merges, pushes, fresh tops
     assert.deepEqual(s.digests(s.deskDisks), expected);
-    s.ok(s.desk, 'release');
-    await s.desk.waitForStop('moved');
-    s.ok(s.laptop, 'prepare');
-    assert.deepEqual(s.digests(s.laptopDisks), expected, 'every byte on the other host');
+    await s.handOver(expected);
   });
 });
 

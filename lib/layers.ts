@@ -91,7 +91,11 @@ export async function readImageInfo(path: string, deps: EngineDeps = defaultDeps
 
 /** The layer hashes below a top, nearest first (the top itself excluded). */
 export async function readLayerHashes(topPath: string, deps: EngineDeps = defaultDeps): Promise<string[]> {
-  const chain = await readChain(topPath, deps);
+  return layerHashesOf(topPath, await readChain(topPath, deps));
+}
+
+/** The layer hashes of a top's chain as read (readChain), nearest first; throws on a file that is not a sealed layer. */
+export function layerHashesOf(topPath: string, chain: readonly ChainEntry[]): string[] {
   return chain.slice(1).map((entry) => {
     const hash = hashOfLayerFileName(basename(entry.path));
     if (hash === undefined) {

@@ -8,6 +8,7 @@ import type { NasRepository } from '../nas/repository.js';
 import { runCommand, type Runner } from '../runner.js';
 import type { ClientEnvResult } from './client-env.js';
 import type { ProgressFor } from './disks.js';
+import { writeLocalState, type LocalState } from './local-state.js';
 
 export interface SyncDeps {
   config: Config;
@@ -41,5 +42,13 @@ export function underLock<D extends Pick<SyncDeps, 'onStep'>>(deps: D, lock: Hel
       lock.assertHeld();
       deps.onStep?.(step);
     },
+  };
+}
+
+/** Saves the local state under the domain lock, only while the lock is still held (see underLock). */
+export function stateSaver(stateDir: string, lock: HeldLock): (state: LocalState) => Promise<void> {
+  return async (state) => {
+    lock.assertHeld();
+    await writeLocalState(stateDir, state);
   };
 }

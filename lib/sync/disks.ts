@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
-import { compactLayer, createTop, hasOwnData, incomingPathOf, layerFileName, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
+import { compactLayer, createTop, hasOwnData, incomingPathOf, layerFileName, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { ancestry, generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import type { LeaseChange, NasRepository } from '../nas/repository.js';
@@ -149,7 +149,7 @@ async function lookAtTop(target: string, top: string, before: string | undefined
       remedy: 'run kss disable again (it finishes, losing nothing); or put back the top that kss chain showed',
     });
   }
-  const [layer, parent] = await readLayerHashes(top, deps);
+  const [layer, parent] = layerHashesOf(top, chain);
   if (await hasOwnData(top, deps)) return { kind: 'writes', layer };
   if (intentTop === before && before !== undefined && layer !== before && layer !== undefined) {
     if (parent !== before) {

@@ -10,9 +10,9 @@
 import { ConflictError, DiskStateError, LeaseHeldError } from '../errors.js';
 import { generationId, type Generation, type Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
-import { engineDeps, underLock, type SyncDeps } from './deps.js';
+import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
-import { localHead, readLocalState, writeLocalState, type LocalState } from './local-state.js';
+import { localHead, readLocalState, type LocalState } from './local-state.js';
 import { requireNoEventSince, withDomainLock } from './session.js';
 
 export type Keep = 'local' | 'remote';
@@ -126,10 +126,7 @@ async function changeHead<T>(domain: string, deps: SyncDeps, after: string | nul
     await requireNoEventSince(config.stateDir, domain, after);
     const guarded = underLock(deps, lock);
     const engine = engineDeps(guarded);
-    const save = async (state: LocalState) => {
-      lock.assertHeld();
-      await writeLocalState(config.stateDir, state);
-    };
+    const save = stateSaver(config.stateDir, lock);
     const state = await readLocalState(config.stateDir, domain);
     const repository = deps.openRepository();
     try {

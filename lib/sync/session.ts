@@ -37,14 +37,23 @@ export async function lookAtNas(repository: NasRepository, domain: string): Prom
 }
 
 /**
+ * What came since the domain's event `after` (null: none recorded), in words ("a start
+ * at …"), or undefined while `after` is still its latest event.
+ */
+export async function movedOnSince(stateDir: string, domain: string, after: string | null): Promise<string | undefined> {
+  const latest = await readLastEvent(stateDir, domain);
+  if ((latest?.id ?? null) === after) return undefined;
+  return latest ? `a ${latest.kind} at ${latest.at}` : 'nothing';
+}
+
+/**
  * For CLI work on a shut-off domain, under its lock: refuses when the domain's latest
  * event is no longer `after`, the one seen while libvirt said the VM was off (the CLI
  * asks libvirt before it takes the lock): a start came in between, and the VM may be
  * running on the disks.
  */
 export async function requireNoEventSince(stateDir: string, domain: string, after: string | null): Promise<void> {
-  const latest = await readLastEvent(stateDir, domain);
-  if ((latest?.id ?? null) === after) return;
+  if ((await movedOnSince(stateDir, domain, after)) === undefined) return;
   throw new UsageError(`${domain} was started (or stopped) while this command waited: its disks may be in use; nothing was changed`, {
     remedy: `shut it down (kss stop ${domain}), wait for its push (kss wait ${domain}), then run the command again`,
   });

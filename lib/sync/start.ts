@@ -10,9 +10,9 @@ import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
-import { engineDeps, underLock, type SyncDeps } from './deps.js';
+import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
-import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, writeLocalState, type LocalState } from './local-state.js';
+import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, type LocalState } from './local-state.js';
 import { managedSaveIdentity } from './managed-save.js';
 import { lookAtNas, withDomainLock } from './session.js';
 
@@ -47,10 +47,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         // From here on, the work of any earlier stop is this start's (lib/sync/stop.ts).
         await recordEvent(config.stateDir, domain, 'start', now());
         const guarded = underLock(deps, lock);
-        const save = async (s: LocalState) => {
-          lock.assertHeld();
-          await writeLocalState(config.stateDir, s);
-        };
+        const save = stateSaver(config.stateDir, lock);
         const state = await readLocalState(config.stateDir, domain);
         state.disks = disks;
         // One-shot flags are consumed by this start whatever else asks the same.

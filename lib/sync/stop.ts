@@ -7,10 +7,10 @@
 // the VM may be running on the tops again.
 import { ConflictError } from '../errors.js';
 import { decideStop, type NasView } from './decide.js';
-import { engineDeps, underLock, type SyncDeps } from './deps.js';
+import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
-import { readFlag, readLastEvent, readLocalState, takeFlag, writeLocalState, type LocalState } from './local-state.js';
-import { lookAtNas, withDomainLock } from './session.js';
+import { readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
+import { lookAtNas, movedOnSince, withDomainLock } from './session.js';
 
 /** Waits this long for the lock: a start or a `kss` command may hold it. */
 const STOP_LOCK_WAIT_MS = 60 * 60_000;
@@ -39,17 +39,12 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
   };
   try {
     return await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async (lock) => {
-      const latest = await readLastEvent(config.stateDir, domain);
-      if ((latest?.id ?? null) !== after) {
-        const what = latest ? `a ${latest.kind} at ${latest.at}` : 'nothing';
-        log.info('not sealing: the domain moved on since this stop', { latest: what });
-        return { superseded: true, latest: what };
+      const latest = await movedOnSince(config.stateDir, domain, after);
+      if (latest !== undefined) {
+        log.info('not sealing: the domain moved on since this stop', { latest });
+        return { superseded: true, latest };
       }
-      const save = async (state: LocalState) => {
-        lock.assertHeld();
-        await writeLocalState(config.stateDir, state);
-      };
-      const { outcome, kept } = await sealAndPush(domain, underLock(deps, lock), save, now);
+      const { outcome, kept } = await sealAndPush(domain, underLock(deps, lock), stateSaver(config.stateDir, lock), now);
       await takeOwnFlag(true); // before the line that tests and people wait for
       log.info('stop finished', { outcome });
       return { superseded: false, outcome, kept };

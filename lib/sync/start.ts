@@ -68,12 +68,12 @@ export async function prepareStart(domain: string, disks: Record<string, string>
           repository ??= deps.openRepository();
           looking = quietly(lookAtNas(repository, domain));
         }
-        if (flags.restoring) await save(state);
-        else {
+        if (!flags.restoring) {
           guarded.onStep?.('start:seal');
           const sealed = await sealDisks(state, config.host, now(), { deps: engineDeps(guarded), save });
           if (sealed) log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
         }
+        await save(state); // the disks as this start's XML names them, whatever follows
         await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
       },
       () => (waited = true),

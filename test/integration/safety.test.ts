@@ -276,6 +276,22 @@ describe('kss disable', () => {
   });
 });
 
+describe('a start without the NAS', () => {
+  it('records the disks its definition names, so that a disk added since is noticed at the stop', async (t) => {
+    const s = await twoHosts(t, 'offside');
+    if (!s) return;
+    const vdc = s.desk.disk('offside-extra.qcow2');
+    createImage(vdc, 8 * MiB);
+    const xml = managedDomainXml('offside', { ...s.deskDisks, vdc });
+    await setFlag((await s.desk.config()).stateDir, 'offside', 'skip-sync');
+    assert.equal(s.desk.call('offside', 'prepare', 'begin', xml).status, 0);
+    assert.deepEqual(Object.keys((await s.desk.state('offside')).disks).sort(), ['vda', 'vdb', 'vdc']);
+    qemuIo(s.deskDisks.vda, 'write -P 0x49 1M 1M');
+    assert.equal(s.desk.call('offside', 'release', 'end', xml).status, 0);
+    await assert.rejects(s.desk.waitForStop('offside'), /disk vdc .* has no sealed layer and nothing to seal/u, 'not a generation that silently leaves vdc out');
+  });
+});
+
 describe('kss resolve and kss rollback', () => {
   it('refuse while the VM runs or another host has it, changing nothing', async (t) => {
     const s = await twoHosts(t, 'busy');

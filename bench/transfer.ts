@@ -173,7 +173,7 @@ export async function benchTransfer(): Promise<void> {
       const nasLayer = join(n.root, nasPaths.layer('bench', hash));
       const localLayers = join(work, 'local-layers');
       const worker = (op: 'push' | 'pull') =>
-        runTracked(pinnedNode, [workerBundle, JSON.stringify({ op, target: n.target, root: n.root, domain: 'bench', file, dir: localLayers, hash })]).then(
+        runTracked(pinnedNode, [workerBundle, JSON.stringify({ op, target: n.target, root: n.root, domain: 'bench', file, dir: localLayers, hash, size })]).then(
           ({ peakKiB }) => ({ peakKiB }),
         );
 

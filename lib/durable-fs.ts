@@ -1,8 +1,8 @@
 // File operations that survive a crash or kill -9 at any point: a file is either its
 // old complete self or its new complete self, never half-written.
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { chmod, mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
 
 /** Whether a path exists; only "no such file" means no (other errors are thrown). */
 export async function pathExists(path: string): Promise<boolean> {
@@ -57,5 +57,21 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   } catch (error) {
     await rm(temp, { force: true });
     throw error;
+  }
+}
+
+/**
+ * Creates a directory (and its missing parents) that QEMU's user must be able to
+ * traverse, mode 0755 whatever the umask (the executable's is private: lib/main.ts).
+ * The files in it carry their own, private modes.
+ */
+export async function mkdirShared(dir: string): Promise<void> {
+  const first = await mkdir(dir, { recursive: true, mode: 0o755 });
+  if (first === undefined) return;
+  let at = first;
+  await chmod(at, 0o755);
+  for (const part of relative(first, dir).split('/').filter(Boolean)) {
+    at = join(at, part);
+    await chmod(at, 0o755);
   }
 }

@@ -11,10 +11,10 @@
 // Every operation here is a real qemu-img call built by lib/qemu-img.ts and run by an
 // injected runner. Operations that change files are sequences of named steps; a kill
 // at any step leaves files from which the next call recovers without losing a byte.
-import { chmod, link, mkdir, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, link, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { DiskStateError, IntegrityError } from './errors.js';
-import { fsyncDir, fsyncFile, pathExists, renameDurably, tempPathBeside } from './durable-fs.js';
+import { fsyncDir, fsyncFile, mkdirShared, pathExists, renameDurably, tempPathBeside } from './durable-fs.js';
 import { isSha256, sha256File, type ProgressCallback } from './hash.js';
 import {
   checkCommand,
@@ -44,6 +44,13 @@ export interface EngineDeps {
 const defaultDeps: EngineDeps = { run: runCommand };
 
 const LAYER_SUFFIX = '.qcow2';
+/**
+ * A sealed layer holds guest data: read-only, and readable by its owner and group only
+ * (root, then libvirt's QEMU user once libvirt labels the chain at start).
+ */
+export const LAYER_MODE = 0o440;
+/** A top: the guest's own, writable by its owner only. */
+const TOP_MODE = 0o600;
 /** A sealed top that is not yet published under its hash (see sealTop). */
 const INCOMING = 'incoming.qcow2';
 /** Prefix of a merge's temporary output. */
@@ -133,6 +140,7 @@ export async function createTop(topPath: string, hash: string, deps: EngineDeps 
   deps.onStep?.('create-top:overlay');
   try {
     await deps.run(createOverlayCommand(temp, topBackingRef(topPath, hash), { nocow: true }));
+    await chmod(temp, TOP_MODE);
     await fsyncFile(temp);
     deps.onStep?.('create-top:rename');
     await renameDurably(temp, topPath);
@@ -178,7 +186,7 @@ export async function sealTop(
       remedy: 'this disk is not managed by kvm-snapshot-sync, or its chain was changed by hand',
     });
   }
-  await mkdir(layersDir, { recursive: true, mode: 0o755 });
+  await mkdirShared(layersDir);
   deps.onStep?.('seal:move-aside');
   await renameDurably(topPath, incomingPathOf(topPath));
   return finishSeal(topPath, deps);
@@ -229,7 +237,7 @@ async function finishSeal(topPath: string, deps: EngineDeps): Promise<SealResult
   const hash = await sha256File(incoming, deps.onProgress);
 
   deps.onStep?.('seal:publish');
-  await chmod(incoming, 0o444);
+  await chmod(incoming, LAYER_MODE);
   await fsyncFile(incoming);
   await linkIfAbsent(incoming, join(layersDir, layerFileName(hash)));
   await fsyncDir(layersDir);
@@ -254,7 +262,7 @@ export async function stageRawImage(topPath: string, deps: EngineDeps = defaultD
   const layersDir = layersDirOf(topPath);
   const incoming = incomingPathOf(topPath);
   if (await pathExists(incoming)) return;
-  await mkdir(layersDir, { recursive: true, mode: 0o755 });
+  await mkdirShared(layersDir);
   await removeLeftovers(layersDir, CONVERTING_PREFIX);
   const temp = tempLayerPath(layersDir, CONVERTING_PREFIX);
   try {
@@ -329,7 +337,7 @@ export async function mergeLayers(
     else await copyOnto(temp, top, onto, deps);
     const hash = await sha256File(temp, deps.onProgress);
     deps.onStep?.('merge:publish');
-    await chmod(temp, 0o444);
+    await chmod(temp, LAYER_MODE);
     await fsyncFile(temp);
     await linkIfAbsent(temp, join(layersDir, layerFileName(hash)));
     await fsyncDir(layersDir);
@@ -374,7 +382,7 @@ export async function compactLayer(layersDir: string, layer: string, onto: strin
   try {
     deps.onStep?.('compact:copy');
     await copyOnto(temp, layer, onto, deps);
-    await chmod(temp, 0o444);
+    await chmod(temp, LAYER_MODE);
     await fsyncFile(temp);
     deps.onStep?.('compact:replace');
     await renameDurably(temp, join(layersDir, layerFileName(layer)));

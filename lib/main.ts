@@ -8,7 +8,15 @@ import { chooseFace } from './face.js';
 /** The hook's PATH: system tools only (AppArmor lets libvirt's hook run nothing under /usr/local). */
 const HOOK_PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 
+/**
+ * Guest data on this host is root's: every file either face or a tool it runs creates
+ * (a top, a merge in progress) is private from its first byte. Directories that QEMU's
+ * user must traverse are opened up explicitly (mkdirShared), files named by mode.
+ */
+const PRIVATE_UMASK = 0o077;
+
 async function main(): Promise<number> {
+  process.umask(PRIVATE_UMASK);
   const face = chooseFace(process.argv[1] ?? '', process.argv.slice(2));
   if (face.face === 'hook') {
     guardStdout();

@@ -5,7 +5,7 @@ import { statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { readConfig, type Config } from '../config.js';
 import { ConfigError, KssError, describeError } from '../errors.js';
-import { nasPaths } from '../nas/format.js';
+import { MARKER_MAX_BYTES, nasPaths } from '../nas/format.js';
 import { openTransport } from '../nas/open.js';
 import { NAMESPACE_URI } from '../namespace.js';
 import { BTRFS_MAGIC, hasNoCow } from '../nocow.js';
@@ -42,7 +42,7 @@ async function checkTools(): Promise<Verdict[]> {
 async function checkNas(config: Config): Promise<Verdict> {
   const transport = openTransport(config);
   try {
-    const marker = await transport.readFile(nasPaths.marker);
+    const marker = await transport.readFile(nasPaths.marker, MARKER_MAX_BYTES);
     return { level: 'ok', what: 'nas', detail: `${transport.where} answers${marker ? '' : ' (nothing published yet)'}` };
   } catch (error) {
     return { level: 'fail', what: 'nas', detail: describeError(error).split('\n')[0] ?? '', fix: (error as KssError).remedy, error: error as KssError };

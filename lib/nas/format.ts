@@ -83,6 +83,17 @@ export const nasPaths = {
   lock: (domain: string) => `${nasPaths.domainDir(domain)}/lock`,
 };
 
+/** The hash a file name in layers/ stands for, or undefined when no layer has that name. */
+export function layerHashOfName(name: string): string | undefined {
+  const hash = name.endsWith('.qcow2') ? name.slice(0, -'.qcow2'.length) : '';
+  return isSha256(hash) ? hash : undefined;
+}
+
+/** Whether a file name in uploads/ is one an upload makes (`nasPaths.upload`, over SSH with an attempt's token after it). */
+export function isUploadName(name: string): boolean {
+  return /^[0-9a-f]{64}\.[A-Za-z0-9._%-]+\.part(\.[0-9a-f]+)?$/u.test(name);
+}
+
 /** A manifest for a domain that has nothing on the NAS yet. */
 export function emptyManifest(domain: string): Manifest {
   return { format: NAS_FORMAT, domain, revision: 0, head: null, generations: {}, layers: {}, branches: {}, lease: null };
@@ -102,20 +113,43 @@ export function serializeManifest(manifest: Manifest): Buffer {
   return Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
 }
 
-/** Parses and validates a manifest; `where` names it in errors. Throws Error with the problem. */
-export function parseManifest(text: string, where: string): Manifest {
+/**
+ * The largest manifest a host reads. A year of generations is well under 1 MiB; a
+ * bigger file is damage or an attack, refused before it is parsed.
+ */
+export const MANIFEST_MAX_BYTES = 16 * 2 ** 20;
+
+/** The largest format marker (`{"format": 1}`) a host reads. */
+export const MARKER_MAX_BYTES = 4096;
+
+/** The largest domain definition a host reads from the NAS. */
+export const DOMAIN_XML_MAX_BYTES = 2 ** 20;
+
+/**
+ * Parses and validates a manifest; `where` names it in errors, and `domain` is the one
+ * asked for: a manifest that names another is refused. Throws Error with the problem.
+ */
+export function parseManifest(text: string, where: string, domain: string): Manifest {
+  if (Buffer.byteLength(text) > MANIFEST_MAX_BYTES) throw new Error(`${where} is larger than ${MANIFEST_MAX_BYTES} bytes`);
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (error) {
     throw new Error(`${where} is not valid JSON: ${(error as Error).message}`);
   }
-  const problem = manifestProblem(raw);
+  const problem = manifestProblem(raw) ?? (isObject(raw) && raw.domain !== domain ? `it is the manifest of domain ${JSON.stringify(raw.domain)}, not of ${domain}` : undefined);
   if (problem) throw new Error(`${where}: ${problem}`);
   return raw as Manifest;
 }
 
-/** What is wrong with a parsed manifest, or undefined when it is valid. */
+/**
+ * What is wrong with a parsed manifest, or undefined when it is valid. Anything that
+ * can write to the NAS can write this file, so all of it is checked: every id is the
+ * hash of what it names (a generation's parents cannot loop without breaking SHA-256),
+ * every reference resolves, the layers' parents do not loop, sizes and times are what
+ * they claim. A generation's parent may be missing: retention drops old generations,
+ * and their history ends there.
+ */
 export function manifestProblem(raw: unknown): string | undefined {
   if (!isObject(raw)) return 'not a JSON object';
   if (typeof raw.format !== 'number') return 'no format version';
@@ -123,46 +157,90 @@ export function manifestProblem(raw: unknown): string | undefined {
     return `format ${raw.format} was written by a newer kvm-snapshot-sync (this one reads ${NAS_FORMAT}): upgrade it`;
   }
   if (raw.format !== NAS_FORMAT) return `unknown format ${raw.format}`;
-  if (typeof raw.domain !== 'string') return 'no domain name';
-  if (!Number.isInteger(raw.revision) || (raw.revision as number) < 0) return 'bad revision';
+  if (!isName(raw.domain)) return 'no domain name';
+  if (!isCount(raw.revision)) return 'bad revision';
   if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
 
   const layers = raw.layers as Record<string, unknown>;
   for (const [hash, info] of Object.entries(layers)) {
-    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${hash}`;
+    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${hash.slice(0, 80)}`;
     if (info.parent !== null && !(typeof info.parent === 'string' && Object.hasOwn(layers, info.parent))) {
       return `layer ${hash} names a parent that is not listed`;
     }
-    if (!Number.isInteger(info.size)) return `layer ${hash} has no size`;
+    if (!isCount(info.size)) return `layer ${hash} has no size`;
   }
+  const loop = layerLoop(layers as Record<string, LayerInfo>);
+  if (loop) return `the parents of layer ${loop} loop`;
   const generations = raw.generations as Record<string, unknown>;
   for (const [id, generation] of Object.entries(generations)) {
-    if (!isObject(generation) || generation.id !== id) return `bad generation entry ${id}`;
-    if (generation.parent !== null && typeof generation.parent !== 'string') return `generation ${id}: bad parent`;
-    if (typeof generation.host !== 'string' || typeof generation.created !== 'string') return `generation ${id}: bad host or time`;
-    if (!isObject(generation.disks) || Object.keys(generation.disks).length === 0) return `generation ${id}: no disks`;
-    for (const [target, layer] of Object.entries(generation.disks)) {
-      if (typeof layer !== 'string' || !Object.hasOwn(layers, layer)) return `generation ${id}: disk ${target} names an unlisted layer`;
-    }
+    const problem = generationProblem(id, generation, layers);
+    if (problem) return `generation ${id.slice(0, 80)}: ${problem}`;
   }
   if (raw.head !== null && !(typeof raw.head === 'string' && Object.hasOwn(generations, raw.head))) {
     return 'the head is not a listed generation';
   }
   for (const [name, branch] of Object.entries(raw.branches as Record<string, unknown>)) {
     if (!isObject(branch) || typeof branch.head !== 'string' || !Object.hasOwn(generations, branch.head)) {
-      return `branch ${name} does not name a listed generation`;
+      return `branch ${name.slice(0, 80)} does not name a listed generation`;
     }
+    if (!isName(branch.host) || !isTime(branch.created) || typeof branch.reason !== 'string') return `branch ${name.slice(0, 80)}: bad host, time or reason`;
   }
   if (raw.snapshots !== undefined && !isObject(raw.snapshots)) return 'bad snapshots table';
   for (const [name, snapshot] of Object.entries((raw.snapshots ?? {}) as Record<string, unknown>)) {
     if (!isObject(snapshot) || typeof snapshot.generation !== 'string' || !Object.hasOwn(generations, snapshot.generation)) {
-      return `snapshot ${name} does not name a listed generation`;
+      return `snapshot ${name.slice(0, 80)} does not name a listed generation`;
     }
+    if (!isName(snapshot.host) || !isTime(snapshot.created)) return `snapshot ${name.slice(0, 80)}: bad host or time`;
   }
-  if (raw.lease !== null && !(isObject(raw.lease) && typeof raw.lease.host === 'string' && typeof raw.lease.since === 'string')) {
+  if (raw.lease !== null && !(isObject(raw.lease) && isName(raw.lease.host) && isTime(raw.lease.since))) {
     return 'bad lease';
   }
   return undefined;
+}
+
+/** A guest device name as libvirt writes it (vda, sdb, nvme0n1): safe in messages and file names. */
+const DISK_TARGET = /^[A-Za-z0-9_-]{1,64}$/u;
+
+function generationProblem(id: string, generation: unknown, layers: Record<string, unknown>): string | undefined {
+  if (!isObject(generation) || generation.id !== id || !isSha256(id)) return 'bad entry';
+  if (generation.parent !== null && !(typeof generation.parent === 'string' && isSha256(generation.parent))) return 'bad parent';
+  if (!isName(generation.host) || !isTime(generation.created)) return 'bad host or time';
+  if (!isObject(generation.disks) || Object.keys(generation.disks).length === 0) return 'no disks';
+  for (const [target, layer] of Object.entries(generation.disks)) {
+    if (!DISK_TARGET.test(target)) return `bad disk name ${JSON.stringify(target.slice(0, 80))}`;
+    if (typeof layer !== 'string' || !Object.hasOwn(layers, layer)) return `disk ${target} names an unlisted layer`;
+  }
+  const made = { parent: generation.parent, host: generation.host, created: generation.created, disks: generation.disks as Record<string, string> };
+  if (generationId(made) !== id) return 'its id is not the hash of its content';
+  return undefined;
+}
+
+/** A layer whose parents loop, or undefined. Each layer is walked once. */
+function layerLoop(layers: Record<string, LayerInfo>): string | undefined {
+  const done = new Set<string>();
+  for (const start of Object.keys(layers)) {
+    const path = new Set<string>();
+    for (let current: string | null = start; current !== null && !done.has(current); current = layers[current]?.parent ?? null) {
+      if (path.has(current)) return current;
+      path.add(current);
+    }
+    for (const hash of path) done.add(hash);
+  }
+  return undefined;
+}
+
+function isCount(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+/** A host or domain name: a non-empty string of bounded length. */
+function isName(value: unknown): value is string {
+  return typeof value === 'string' && value.length > 0 && value.length <= 256;
+}
+
+/** A time as toISOString writes it. */
+function isTime(value: unknown): value is string {
+  return typeof value === 'string' && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/u.test(value) && !Number.isNaN(Date.parse(value));
 }
 
 /** The layers a disk needs, from `hash` down to its base. Throws an IntegrityError when the manifest's parents loop. */

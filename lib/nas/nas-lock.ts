@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { LockedError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { LockBusy, LockClaim, NasTransport } from './transport.js';
+import { OWNER_MAX_BYTES, type LockBusy, type LockClaim, type NasTransport } from './transport.js';
 
 const OWNER = 'owner.json';
 
@@ -62,6 +62,7 @@ export class NasLockWaiter {
       await this.breakLock(holder);
       return;
     }
+    if (this.attempt === 0) this.options.log?.info('waiting for the NAS lock', { lock: this.path, holder: holder?.host, waitSeconds: Math.round((this.deadline - Date.now()) / 1000) });
     if (Date.now() >= this.deadline) {
       const who = holder ? `host ${holder.host} (pid ${holder.pid}) since ${holder.since}` : 'another process';
       throw new LockedError(`the NAS is being updated for this domain by ${who}`, {
@@ -75,7 +76,7 @@ export class NasLockWaiter {
   private async breakLock(stale: NasLockOwner | undefined): Promise<void> {
     const aside = `${this.path}.broken-${randomBytes(4).toString('hex')}`;
     if (!(await this.transport.rename(this.path, aside))) return; // someone else broke it first
-    const moved = parseOwner(await this.transport.readFile(`${aside}/${OWNER}`));
+    const moved = parseOwner(await this.transport.readFile(`${aside}/${OWNER}`, OWNER_MAX_BYTES));
     if (moved?.token !== stale?.token) {
       // We took a lock that was just made by a live holder: give it back if we can.
       await this.transport.mkdirExclusive(this.path, OWNER, Buffer.from(JSON.stringify(moved ?? {})));

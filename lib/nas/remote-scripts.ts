@@ -6,6 +6,7 @@
 // Exit statuses the transport reads: 0 done, 3 "no such file", 4 "the NAS root is
 // missing"; anything else is a failure whose stderr is shown.
 import { shellQuote as q } from '../shell-quote.js';
+import { OWNER_MAX_BYTES } from './transport.js';
 
 export const MISSING = 3;
 export const NO_ROOT = 4;
@@ -37,10 +38,11 @@ function parentOf(path: string): string {
   return slash > 0 ? path.slice(0, slash) : '.';
 }
 
-/** Prints a file, or exits MISSING. */
-export function readFileScript(root: string, path: string): string {
-  return inRoot(root, `[ -f ${q(path)} ] || exit ${MISSING}\ncat -- ${q(path)}`);
+/** Prints a file's first `maxBytes` + 1 bytes (more tells the reader it is too large), or exits MISSING. */
+export function readFileScript(root: string, path: string, maxBytes: number): string {
+  return inRoot(root, `[ -f ${q(path)} ] || exit ${MISSING}\nhead -c ${maxBytes + 1} -- ${q(path)}`);
 }
+
 
 /** Writes stdin to a file atomically and durably. */
 export function writeFileScript(root: string, path: string, temp: string): string {
@@ -91,7 +93,7 @@ function takeLockLines(path: string, ownerName: string, then: string[]): string[
     // Gone again in between: a holder just released it (age 0: try again soon).
     `  m=$(stat -c %Y -- ${owner} 2>/dev/null || stat -c %Y -- ${q(path)} 2>/dev/null || date +%s) || exit 1`,
     '  echo "exists $(( $(date +%s) - m ))"',
-    `  cat -- ${owner} 2>/dev/null`,
+    `  head -c ${OWNER_MAX_BYTES} -- ${owner} 2>/dev/null`,
     '  exit 0',
     'fi',
     ...then,
@@ -206,7 +208,7 @@ export function receiveUploadScript(
       `got=$(stat -c %s -- ${mine}) || exit 1`,
       `if [ "$got" -lt ${opts.size} ]; then echo "short $got"; exit 0; fi`,
       `if [ "$got" -ne ${opts.size} ] || [ "$sum" != ${q(opts.hash)} ]; then rm -f -- ${mine}; echo "mismatch $sum $got"; exit 0; fi`,
-      `chmod 444 -- ${mine}`,
+      `chmod 440 -- ${mine}`,
       `ln -- ${mine} ${target} 2>/dev/null || [ -e ${target} ] || mv -T -- ${mine} ${target} || exit 1`,
       `rm -f -- ${q(opts.partPrefix)} ${q(opts.partPrefix)}.*`,
       `sync -- ${q(parentOf(opts.target))}`,

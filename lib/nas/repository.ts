@@ -2,15 +2,21 @@
 // place that knows the order that keeps the NAS whole: layers are published complete
 // and verified first; the manifest that names them is written after, atomically, under
 // the domain's NAS lock, and only if its head is still the one the writer started from.
-import { chmod, link, mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, link, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDir } from '../durable-fs.js';
+import { fsyncDir, mkdirShared } from '../durable-fs.js';
 import { sha256Of } from '../hash.js';
 import { ConflictError, DiskStateError, IntegrityError, LockedError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { layerHeaderProblem, parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
 import {
+  DOMAIN_XML_MAX_BYTES,
+  MANIFEST_MAX_BYTES,
+  MARKER_MAX_BYTES,
   NAS_FORMAT,
   emptyManifest,
+  isUploadName,
+  layerHashOfName,
   generationId,
   manifestProblem,
   nasPaths,
@@ -51,6 +57,9 @@ export interface GcResult {
   removedLayers: string[];
 }
 
+/** A pulled layer here holds guest data: readable by root (and libvirt's QEMU user, once libvirt labels it) only. */
+const LOCAL_LAYER_MODE = 0o440;
+
 /** Unreferenced layer files younger than this are left alone: a push may be about to name them. */
 const GC_GRACE_MS = 24 * 3600_000;
 
@@ -82,10 +91,10 @@ export class NasRepository {
 
   private async readManifestAndHash(domain: string): Promise<ReadManifest> {
     const path = nasPaths.manifest(domain);
-    const data = await this.transport.readFile(path);
+    const data = await this.transport.readFile(path, MANIFEST_MAX_BYTES);
     if (data === undefined) return this.seen(domain, { manifest: undefined, sha256: null });
     try {
-      const manifest = parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`);
+      const manifest = parseManifest(data.toString('utf8'), `${this.transport.where}/${path}`, domain);
       return this.seen(domain, { manifest, sha256: sha256Of(data) });
     } catch (error) {
       throw new IntegrityError((error as Error).message, {
@@ -106,16 +115,30 @@ export class NasRepository {
   }
 
   /**
-   * Downloads a layer into `localDir` as `<hash>.qcow2` (read-only), resumable, verified
-   * before it gets its name: a layer that does not verify changes nothing local.
+   * Downloads a layer into `localDir` as `<hash>.qcow2` (read-only to its owner and
+   * group), resumable, verified before it gets its name: no more bytes than `info.size`,
+   * hashing to its name, and a qcow2 header that names nothing but its parent layer
+   * (lib/qcow2-header.ts). A layer that fails any of that changes nothing local.
    */
-  async pullLayer(domain: string, hash: string, localDir: string, onProgress?: TransferProgress): Promise<{ path: string; result: TransferResult }> {
+  async pullLayer(domain: string, hash: string, info: LayerInfo, localDir: string, onProgress?: TransferProgress): Promise<{ path: string; result: TransferResult }> {
     const path = join(localDir, `${hash}.qcow2`);
     if (await stat(path).catch(() => undefined)) return { path, result: { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 } };
-    await mkdir(localDir, { recursive: true, mode: 0o755 });
+    await mkdirShared(localDir);
     const part = join(localDir, `.pull-${hash}.part`);
-    const result = await this.transport.getLayer(nasPaths.layer(domain, hash), hash, part, { onProgress });
-    await chmod(part, 0o444);
+    const result = await this.transport.getLayer(nasPaths.layer(domain, hash), hash, info.size, part, { onProgress });
+    let problem: string | undefined;
+    try {
+      problem = layerHeaderProblem(parseQcow2Header(await readLayerHeader(part)), info.parent === null ? undefined : `${info.parent}.qcow2`);
+    } catch (error) {
+      problem = (error as Error).message;
+    }
+    if (problem !== undefined) {
+      await rm(part, { force: true });
+      throw new IntegrityError(`layer ${hash} of ${domain} from ${this.transport.where} was refused: ${problem}`, {
+        remedy: 'nothing local was changed; whatever wrote it to the NAS is not kvm-snapshot-sync: check who can write to the NAS, and push the VM again from the host that has it',
+      });
+    }
+    await chmod(part, LOCAL_LAYER_MODE);
     try {
       await link(part, path);
     } catch (error) {
@@ -272,7 +295,7 @@ export class NasRepository {
   }
 
   async readDomainXml(domain: string): Promise<string | undefined> {
-    return (await this.transport.readFile(nasPaths.domainXml(domain)))?.toString('utf8');
+    return (await this.transport.readFile(nasPaths.domainXml(domain), DOMAIN_XML_MAX_BYTES))?.toString('utf8');
   }
 
   /**
@@ -288,13 +311,16 @@ export class NasRepository {
       return applyRetention(current, plan);
     });
     const removedLayers: string[] = [];
+    // Only files whose names this tool makes: anything else there is someone else's.
     for (const entry of await this.transport.list(nasPaths.layersDir(domain))) {
-      const hash = entry.name.replace(/\.qcow2$/u, '');
+      const hash = layerHashOfName(entry.name);
+      if (!entry.isFile || hash === undefined) continue;
       if (Object.hasOwn(manifest.layers, hash) || now.getTime() - entry.mtimeMs < GC_GRACE_MS) continue;
       await this.transport.remove(`${nasPaths.layersDir(domain)}/${entry.name}`);
       removedLayers.push(hash);
     }
     for (const entry of await this.transport.list(nasPaths.uploadsDir(domain))) {
+      if (!entry.isFile || !isUploadName(entry.name)) continue;
       if (now.getTime() - entry.mtimeMs >= 7 * GC_GRACE_MS) await this.transport.remove(`${nasPaths.uploadsDir(domain)}/${entry.name}`);
     }
     this.options.log?.info('garbage collected', { domain, layers: removedLayers.length });
@@ -304,7 +330,7 @@ export class NasRepository {
   /** The root's format marker: written on first use, and a newer format is refused. */
   private async checkMarker(): Promise<void> {
     if (this.markerChecked) return;
-    const data = await this.transport.readFile(nasPaths.marker);
+    const data = await this.transport.readFile(nasPaths.marker, MARKER_MAX_BYTES);
     if (data === undefined) {
       await this.transport.writeFileAtomic(nasPaths.marker, Buffer.from(`${JSON.stringify({ format: NAS_FORMAT })}\n`));
     } else {

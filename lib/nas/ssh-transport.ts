@@ -19,7 +19,7 @@ import { shellQuote } from '../shell-quote.js';
 import * as scripts from './remote-scripts.js';
 import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, sshFailureCause, type SshMultiplex, type SshTarget } from './ssh-command.js';
 import { busyLimitMs, stallError, streamVerdict, type StreamVerdict } from './stall.js';
-import type { ExclusiveResult, LockBusy, LockClaim, NasEntry, NasTransport, ReplaceResult, TransferOptions, TransferResult } from './transport.js';
+import { tooLargeError, type ExclusiveResult, type LockBusy, type LockClaim, type NasEntry, type NasTransport, type ReplaceResult, type TransferOptions, type TransferResult } from './transport.js';
 
 export interface SshTransportOptions {
   target: SshTarget;
@@ -93,9 +93,11 @@ export class SshTransport implements NasTransport {
     this.where = `ssh ${user === undefined ? '' : `${user}@`}${host}:${port} ${options.root}`;
   }
 
-  async readFile(path: string): Promise<Buffer | undefined> {
-    const result = await this.run(scripts.readFileScript(this.options.root, path));
-    return result.exitCode === scripts.MISSING ? undefined : result.stdoutBuffer;
+  async readFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
+    const result = await this.run(scripts.readFileScript(this.options.root, path, maxBytes));
+    if (result.exitCode === scripts.MISSING) return undefined;
+    if (result.stdoutBuffer.length > maxBytes) throw tooLargeError(this.where, path, maxBytes);
+    return result.stdoutBuffer;
   }
 
   async writeFileAtomic(path: string, data: Buffer): Promise<void> {
@@ -242,12 +244,14 @@ export class SshTransport implements NasTransport {
   }
 
   /**
-   * Downloads through `ssh | zstd -d | tee -a PART | openssl dgst`: the bytes never pass
-   * through Node, and are hashed as they are written. A resumed download is hashed whole
-   * afterwards (a local re-read, only then); if it does not verify, the kept prefix may
-   * be what is wrong, so it starts over once from nothing.
+   * Downloads through `ssh | zstd -d | head -c SIZE | tee -a PART | openssl dgst`: the
+   * bytes never pass through Node, are hashed as they are written, and never exceed the
+   * size the manifest names (head cuts a stream that decompresses to more: no zstd bomb
+   * fills the disk before the hash fails). A resumed download is hashed whole afterwards
+   * (a local re-read, only then); if it does not verify, the kept prefix may be what is
+   * wrong, so it starts over once from nothing.
    */
-  async getLayer(source: string, hash: string, localPart: string, options: TransferOptions = {}): Promise<TransferResult> {
+  async getLayer(source: string, hash: string, size: number, localPart: string, options: TransferOptions = {}): Promise<TransferResult> {
     const prepared = await this.run(scripts.prepareDownloadScript(this.options.root, source));
     if (prepared.exitCode === scripts.MISSING) {
       throw new IntegrityError(`layer ${hash} is missing on ${this.where} (${source})`, {
@@ -256,7 +260,11 @@ export class SshTransport implements NasTransport {
     }
     const match = /^size (\d+) zstd=([01])$/u.exec(prepared.stdout.trim());
     if (!match) throw this.protocolError('prepare download', prepared.stdout);
-    const size = Number(match[1]);
+    if (Number(match[1]) !== size) {
+      throw new IntegrityError(`layer ${hash} on ${this.where} is ${match[1]} bytes, but its manifest says ${size}; nothing was read`, {
+        remedy: 'nothing local was changed; the copy on the NAS is damaged or was replaced: push it again from the host that made it',
+      });
+    }
     const compressed = this.options.compress && match[2] === '1' && (await this.hasLocalZstd());
     const kept = (await localStat(localPart).catch(() => undefined))?.size ?? 0;
     const offset = kept <= size ? kept : 0;
@@ -279,9 +287,13 @@ export class SshTransport implements NasTransport {
     await handle.truncate(job.offset);
     await handle.close();
     const hasher = await this.localHasher();
-    const stages: Command[] = [
+    const upstream: Command[] = [
       this.ssh(scripts.sendDownloadScript(this.options.root, source, job.offset, job.compressed), 0),
       ...(job.compressed ? [{ file: 'zstd', args: ['-dcq'] }] : []),
+    ];
+    const stages: Command[] = [
+      ...upstream,
+      { file: 'head', args: ['-c', String(job.size - job.offset)] },
       { file: 'tee', args: ['-a', '--', localPart] },
       ...(job.offset === 0 ? [hasher] : []),
     ];
@@ -300,16 +312,20 @@ export class SshTransport implements NasTransport {
         }
       },
     });
-    this.throwIfSshFailed(results[0] as StageResult, logMark);
-    for (const stage of results) if (stage.exitCode !== 0) throw stageError(stage, this.where);
+    const got = (await localStat(localPart)).size;
+    // With every byte here, what fed head does not matter (it is cut off when it sends more): the hash decides.
+    const complete = got === job.size;
+    if (!complete) this.throwIfSshFailed(results[0] as StageResult, logMark);
+    for (const [index, stage] of results.entries()) {
+      if (stage.exitCode !== 0 && !(complete && index < upstream.length)) throw stageError(stage, this.where);
+    }
 
     const synced = await open(localPart, 'r');
     await synced.sync();
     await synced.close();
-    const got = (await localStat(localPart)).size;
     const actual = job.offset === 0 ? (results.at(-1) as StageResult).stdout : (await runCommand({ ...hasher, args: [...hasher.args, localPart] })).stdout;
     const sum = actual.trim().split(/\s/u)[0];
-    if (got !== job.size || sum !== hash) {
+    if (!complete || sum !== hash) {
       await rm(localPart, { force: true });
       throw new IntegrityError(`layer ${hash} from ${this.where} is corrupt: ${got} bytes hashing to ${sum}, expected ${job.size} bytes`, {
         remedy: 'nothing local was changed; if this repeats, the copy on the NAS is damaged',
@@ -509,6 +525,6 @@ export function parseEntries(text: string): NasEntry[] {
     .filter((record) => record !== '')
     .map((record) => {
       const [size, mtime, type, ...name] = record.split(' ');
-      return { name: name.join(' '), size: Number(size), mtimeMs: Math.round(Number(mtime) * 1000), isDirectory: type === 'd' };
+      return { name: name.join(' '), size: Number(size), mtimeMs: Math.round(Number(mtime) * 1000), isDirectory: type === 'd', isFile: type === 'f' };
     });
 }

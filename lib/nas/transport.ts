@@ -24,6 +24,14 @@
 // the SHA-256 of the complete file against the expected hash; putLayer publishes the
 // file under its final name only after that check, getLayer leaves the local file
 // complete and verified or fails (the caller publishes it locally).
+//
+// Trust. Anything that can write to the NAS can put any file under any name there:
+// every read is bounded, only regular files are read, and a directory NAS follows no
+// symbolic link (a share's link could point into this host's own files).
+import { IntegrityError } from '../errors.js';
+
+/** The most of a lock's owner file anything reads (it holds a few hundred bytes). */
+export const OWNER_MAX_BYTES = 64 * 1024;
 
 /** Sizes and times of a file or directory on the NAS. */
 export interface NasEntry {
@@ -32,6 +40,8 @@ export interface NasEntry {
   /** Modification time by the NAS's own clock, ms since the epoch. */
   mtimeMs: number;
   isDirectory: boolean;
+  /** A regular file (not a directory, symbolic link, FIFO or device). */
+  isFile: boolean;
 }
 
 /** Progress of one transfer: bytes of the layer file done so far out of its size. */
@@ -81,8 +91,12 @@ export interface NasTransport {
   /** Where the NAS is, for messages: `/mnt/nas/kss` or `ssh kss@nas:22 /volume1/kss`. */
   readonly where: string;
 
-  /** A small file's content, or undefined when it does not exist. */
-  readFile(path: string): Promise<Buffer | undefined>;
+  /**
+   * A small file's content, or undefined when it does not exist. Fails with an
+   * IntegrityError when it is larger than `maxBytes` or not a regular file: nothing
+   * read from the NAS is unbounded.
+   */
+  readFile(path: string, maxBytes: number): Promise<Buffer | undefined>;
 
   /** Replaces a small file atomically and durably (temp file, fsync, rename, fsync dir). */
   writeFileAtomic(path: string, data: Buffer): Promise<void>;
@@ -131,12 +145,29 @@ export interface NasTransport {
   putLayer(localPath: string, hash: string, partPath: string, target: string, options?: TransferOptions): Promise<TransferResult>;
 
   /**
-   * Downloads `source` into the local file `localPart`, continuing a partial file left
-   * by an interrupted call; fails with an IntegrityError when the complete file does
-   * not hash to `hash` (after removing `localPart`). Throws when `source` is missing.
+   * Downloads `source`, which the manifest says is `size` bytes, into the local file
+   * `localPart`, continuing a partial file left by an interrupted call. It never writes
+   * more than `size` bytes (a NAS file of another size is refused before a byte moves,
+   * and a stream that decompresses to more is cut there); fails with an IntegrityError
+   * when the complete file does not hash to `hash` (after removing `localPart`). Throws
+   * when `source` is missing.
    */
-  getLayer(source: string, hash: string, localPart: string, options?: TransferOptions): Promise<TransferResult>;
+  getLayer(source: string, hash: string, size: number, localPart: string, options?: TransferOptions): Promise<TransferResult>;
 
   /** Releases what the transport holds (connections); the transport is unusable after. */
   close(): Promise<void>;
+}
+
+/** The refusal of a NAS file larger than a reader allows. */
+export function tooLargeError(where: string, path: string, maxBytes: number): IntegrityError {
+  return new IntegrityError(`${where}/${path} is larger than ${maxBytes} bytes, more than a kvm-snapshot-sync file can be; it was not read`, {
+    remedy: 'the file on the NAS was damaged or replaced: restore it from a backup, or move the domain directory aside and push again from the host that has the VM',
+  });
+}
+
+/** The refusal of a NAS path that is not a regular file where one must be. */
+export function notRegularError(where: string, path: string): IntegrityError {
+  return new IntegrityError(`${where}/${path} is not a regular file; kvm-snapshot-sync reads only regular files from the NAS`, {
+    remedy: 'remove it from the NAS (nothing of kvm-snapshot-sync makes such a file)',
+  });
 }

@@ -1,9 +1,8 @@
 // Setting a domain up on a host from the NAS (`kss clone` on the second machine): the
 // layers of the NAS's newest generation are fetched and verified, and each disk gets a
 // fresh top on them, so that the first `virsh start` here is in step with the NAS.
-import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { pathExists } from '../durable-fs.js';
+import { mkdirShared, pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { layersDirOf } from '../layers.js';
 import type { Generation, Manifest } from '../nas/format.js';
@@ -45,7 +44,7 @@ export async function cloneDisks(
     }
     for (const path of Object.values(disks)) {
       for (const dir of [dirname(path), layersDirOf(path)]) {
-        await mkdir(dir, { recursive: true, mode: 0o755 });
+        await mkdirShared(dir);
         if (await markNoCowIfEmpty(dir)) log.info('set NOCOW (btrfs) on a new directory', { dir });
       }
     }

@@ -247,7 +247,7 @@ export async function pullGeneration(
   }
   for (const { target, top, hash } of await missingLayers(state, manifest, generation)) {
     log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
-    const { result } = await repository.pullLayer(state.domain, hash, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
+    const { result } = await repository.pullLayer(state.domain, hash, manifest.layers[hash] as LayerInfo, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
     log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
   }
 }

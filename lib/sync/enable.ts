@@ -6,9 +6,8 @@
 //
 // Every step can be killed: running it again finishes the work, and a domain whose
 // first generation is already sealed here is not sealed again.
-import { mkdir } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import { pathExists } from '../durable-fs.js';
+import { mkdirShared, pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { adoptStagedRaw, hasOwnData, hashOfLayerFileName, incomingPathOf, layersDirOf, readChain, sealTop, stageRawImage, type EngineDeps, type SealResult } from '../layers.js';
 import { markNoCowIfEmpty } from '../nocow.js';
@@ -57,7 +56,7 @@ export async function enableDisks(
     const raw: string[] = [];
     for (const [target, { path, format }] of Object.entries(all)) {
       const layersDir = layersDirOf(path);
-      await mkdir(layersDir, { recursive: true, mode: 0o755 });
+      await mkdirShared(layersDir);
       if (await markNoCowIfEmpty(layersDir)) nocow.push(layersDir);
       const base = await sealedBase(path, engine);
       if (base) bases[target] = base;

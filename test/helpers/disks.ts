@@ -1,8 +1,8 @@
 // Guest-visible disk content, through real qemu-img and qemu-io: write patterns into an
 // image (as a guest would, through its chain) and read the whole content back.
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -26,6 +26,22 @@ export function qemuIoAs(format: 'qcow2' | 'raw', image: string, ...commands: st
 /** Creates a standalone qcow2 image. */
 export function createImage(path: string, size: number): void {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(size)]);
+}
+
+/**
+ * A standalone qcow2 image holding `size` random bytes (a pulled layer must be a qcow2
+ * image with a sound header); returns the SHA-256 of its file.
+ */
+export function randomQcow2(path: string, size: number): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kss-random-'));
+  try {
+    const raw = join(dir, 'random.raw');
+    writeFileSync(raw, randomBytes(size));
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, path]);
+    return createHash('sha256').update(readFileSync(path)).digest('hex');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** SHA-256 of everything a guest would read from the disk: the chain flattened to raw. */

@@ -59,7 +59,7 @@ describe('layer engine on real qemu-img', () => {
     assert.ok(r0, 'a top with data is sealed');
     assert.equal(r0.parent, undefined, 'the first layer is a base');
     assert.equal(await sha256File(layerPath(r0.hash)), r0.hash, 'a layer is named by the SHA-256 of its bytes');
-    assert.equal(statSync(layerPath(r0.hash)).mode & 0o777, 0o444, 'a sealed layer is read-only');
+    assert.equal(statSync(layerPath(r0.hash)).mode & 0o777, 0o440, 'a sealed layer is read-only, and not world-readable');
     assert.equal(await hasOwnData(top), false, 'the new top is empty');
     assert.deepEqual(await readLayerHashes(top), [r0.hash]);
     assert.equal(guestDigest(top), base);

@@ -10,10 +10,11 @@ import type { Readable } from 'node:stream';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { ConflictError, IntegrityError, LockedError, NasFullError, NasUnreachableError } from '../../lib/errors.js';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
-import { nasPaths, type Manifest } from '../../lib/nas/format.js';
+import { generationId, nasPaths, type Manifest } from '../../lib/nas/format.js';
 import { NasRepository } from '../../lib/nas/repository.js';
 import { SshTransport } from '../../lib/nas/ssh-transport.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
+import { randomQcow2 } from '../helpers/disks.js';
 import { requireTools } from '../helpers/tools.js';
 
 const MiB = 2 ** 20;
@@ -116,24 +117,36 @@ describe('manifest updates (directory NAS)', () => {
       await desk.pushLayer('vm', join(work, `gc-${name}`), files[name] as string);
     }
     const L = (name: string) => files[name] as string;
+    let branchId = '';
     const g0 = await desk.publishGeneration('vm', { parent: null, created: day(90), disks: { vda: L('base') }, layers: { [L('base')]: { parent: null, size: 1 } } });
     const g1 = await desk.publishGeneration('vm', { parent: g0.id, created: day(60), disks: { vda: L('a') }, layers: { [L('a')]: { parent: L('base'), size: 1 } } });
     const g2 = await desk.publishGeneration('vm', { parent: g1.id, created: day(1), disks: { vda: L('b') }, layers: { [L('b')]: { parent: L('a'), size: 1 } } });
     await desk.updateManifest('vm', (m) => {
       m.layers[L('x')] = { parent: L('base'), size: 1 };
-      const id = 'f'.repeat(64);
-      m.generations[id] = { id, parent: g0.id, host: 'laptop', created: day(40), disks: { vda: L('x') } };
+      const made = { parent: g0.id, host: 'laptop', created: day(40), disks: { vda: L('x') } };
+      const id = generationId(made);
+      branchId = id;
+      m.generations[id] = { id, ...made };
       m.branches['conflict-1'] = { head: id, host: 'laptop', created: day(40), reason: 'kept remote' };
       return m;
     });
-    // Files older than the grace period.
-    for (const name of Object.keys(files)) {
-      const path = join(root, nasPaths.layer('vm', L(name)));
-      utimesSync(path, new Date(now.getTime() - 3 * 86_400_000), new Date(now.getTime() - 3 * 86_400_000));
-    }
+    // Files that are not ours, under names gc must not take for its own.
+    const layersDir = join(root, nasPaths.layersDir('vm'));
+    const uploadsDir = join(root, nasPaths.uploadsDir('vm'));
+    mkdirSync(uploadsDir, { recursive: true });
+    const foreign = [join(layersDir, 'README.txt'), join(layersDir, `${'e'.repeat(64)}.qcow2.bak`), join(uploadsDir, 'notes')];
+    for (const path of foreign) writeFileSync(path, 'not a layer');
+    mkdirSync(join(layersDir, `${'d'.repeat(64)}.qcow2`));
+    writeFileSync(join(layersDir, `${'d'.repeat(64)}.qcow2`, 'inside'), 'kept');
+    foreign.push(join(layersDir, `${'d'.repeat(64)}.qcow2`));
+    // Files older than the grace period (and uploads older than theirs).
+    const old = (path: string, days: number) => utimesSync(path, new Date(now.getTime() - days * 86_400_000), new Date(now.getTime() - days * 86_400_000));
+    for (const name of Object.keys(files)) old(join(root, nasPaths.layer('vm', L(name))), 3);
+    for (const path of foreign) old(path, 30);
     const result = await desk.collectGarbage('vm', { keepDays: 30, keepGenerations: 2 });
+    for (const path of foreign) assert.ok(existsSync(path), `gc left ${path}, whose name it does not make`);
     assert.deepEqual(result.droppedBranches, ['conflict-1']);
-    assert.deepEqual(new Set(result.droppedGenerations), new Set([g0.id, 'f'.repeat(64)]));
+    assert.deepEqual(new Set(result.droppedGenerations), new Set([g0.id, branchId]));
     // g1 and g2 are kept (the two newest), and b's chain still runs through a and base.
     assert.deepEqual(new Set(result.removedLayers), new Set([L('x'), L('orphan')]));
     const manifest = (await desk.readManifest('vm')) as Manifest;
@@ -286,10 +299,11 @@ describe('repository over SSH on a 1 Gbit link', () => {
     if (!ready(t)) return;
     const repository = new NasRepository(transport(), { host: 'laptop' });
     const file = join(work, 'pull-src');
-    const hash = await randomFile(file, 8 * MiB);
+    const hash = randomQcow2(file, 8 * MiB);
+    const info = { parent: null, size: statSync(file).size };
     await repository.pushLayer('pull', file, hash);
     const into = join(work, 'pulled layers');
-    const { path } = await repository.pullLayer('pull', hash, into);
+    const { path } = await repository.pullLayer('pull', hash, info, into);
     assert.ok(readFileSync(path).equals(readFileSync(file)));
 
     const nasFile = join((nas as SshNas).root, nasPaths.layer('pull', hash));
@@ -298,7 +312,7 @@ describe('repository over SSH on a 1 Gbit link', () => {
     rmSync(nasFile);
     writeFileSync(nasFile, bytes);
     const elsewhere = join(work, 'other layers');
-    await assert.rejects(repository.pullLayer('pull', hash, elsewhere), IntegrityError);
+    await assert.rejects(repository.pullLayer('pull', hash, info, elsewhere), IntegrityError);
     assert.deepEqual(readdirSync(elsewhere), [], 'no layer and no partial file');
   });
 

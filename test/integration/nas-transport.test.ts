@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -77,11 +77,11 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       const s = ready(t);
       if (!s) return;
       const path = `domains/${ODD}/manifest.json`;
-      assert.equal(await s.transport.readFile(path), undefined);
+      assert.equal(await s.transport.readFile(path, 1024), undefined);
       assert.equal(await s.transport.stat(path), undefined);
       await s.transport.writeFileAtomic(path, Buffer.from('first'));
       await s.transport.writeFileAtomic(path, Buffer.from('second\n\0binary'));
-      assert.deepEqual(await s.transport.readFile(path), Buffer.from('second\n\0binary'));
+      assert.deepEqual(await s.transport.readFile(path, 1024), Buffer.from('second\n\0binary'));
       assert.equal(readFileSync(join(s.root, path), 'utf8'), 'second\n\0binary', 'it is where the path says');
       const entry = await s.transport.stat(path);
       assert.equal(entry?.size, 14);
@@ -175,13 +175,13 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       assert.equal(existsSync(join(s.root, part)), false);
       assert.equal((await s.transport.putLayer(file, hash, part, target)).alreadyThere, true);
 
-      const got = await s.transport.getLayer(target, hash, join(local, 'pulled.part'));
+      const got = await s.transport.getLayer(target, hash, data.length, join(local, 'pulled.part'));
       assert.equal(got.resumedFrom, 0);
       assert.ok(readFileSync(join(local, 'pulled.part')).equals(data));
 
       // A partial download is continued.
       writeFileSync(join(local, 'again.part'), data.subarray(0, 5 * 2 ** 20));
-      const resumed = await s.transport.getLayer(target, hash, join(local, 'again.part'));
+      const resumed = await s.transport.getLayer(target, hash, data.length, join(local, 'again.part'));
       assert.equal(resumed.resumedFrom, 5 * 2 ** 20);
       assert.ok(readFileSync(join(local, 'again.part')).equals(data));
     });
@@ -213,7 +213,7 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       writeFileSync(join(s.root, path), data);
       chmodSync(join(s.root, path), 0o444);
       const part = join(local, 'corrupt.part');
-      await assert.rejects(s.transport.getLayer(path, hash, part), IntegrityError);
+      await assert.rejects(s.transport.getLayer(path, hash, data.length, part), IntegrityError);
       assert.equal(existsSync(part), false, 'the bad download is not kept');
 
       // Uploading a local file whose bytes are not its name publishes nothing.
@@ -231,6 +231,30 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       }
     };
 
+    it('reads nothing unbounded: a file over the limit, and a layer of another size than the manifest says, are refused', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      mkdirSync(join(s.root, 'domains/big/layers'), { recursive: true });
+      writeFileSync(join(s.root, 'domains/big/manifest.json'), Buffer.alloc(4097, 0x20));
+      await assert.rejects(s.transport.readFile('domains/big/manifest.json', 4096), (error: unknown) => {
+        assert.ok(error instanceof IntegrityError, String(error));
+        assert.match(error.message, /manifest\.json is larger than 4096 bytes/u);
+        return true;
+      });
+      assert.equal((await s.transport.readFile('domains/big/manifest.json', 4097))?.length, 4097);
+      const data = randomBytes(2 * 2 ** 20);
+      const hash = sha256(data);
+      const path = `domains/big/layers/${hash}.qcow2`;
+      writeFileSync(join(s.root, path), Buffer.concat([data, Buffer.alloc(2 ** 20)]));
+      const part = join(local, 'bigger.part');
+      await assert.rejects(s.transport.getLayer(path, hash, data.length, part), (error: unknown) => {
+        assert.ok(error instanceof IntegrityError, String(error));
+        assert.match(error.message, new RegExp(`is ${data.length + 2 ** 20} bytes, but its manifest says ${data.length}; nothing was read`, 'u'));
+        return true;
+      });
+      assert.equal(existsSync(part), false, 'nothing was written here');
+    });
+
     it('says so when the NAS directory does not exist', async (t) => {
       const s = ready(t);
       if (!s) return;
@@ -239,7 +263,7 @@ for (const [kind, setUp] of Object.entries(kinds)) {
         s.transport instanceof DirTransport
           ? new DirTransport({ root: gone, opTimeoutMs: 5000, stallTimeoutMs: 5000 })
           : new SshTransport({ ...(s.transport as unknown as { options: ConstructorParameters<typeof SshTransport>[0] }).options, root: gone });
-      await assert.rejects(missing.readFile('x'), (error: unknown) => {
+      await assert.rejects(missing.readFile('x', 1024), (error: unknown) => {
         assert.ok(error instanceof NasUnreachableError);
         assert.ok(error.message.includes(`${gone} does not exist`), error.message);
         return true;
@@ -249,6 +273,91 @@ for (const [kind, setUp] of Object.entries(kinds)) {
     });
   });
 }
+
+// A share is written by others too: a symbolic link or a FIFO planted there must not
+// reach this host's own files, nor hang it.
+describe('dir transport on a share others can write', () => {
+  let base: string;
+  let root: string;
+  let host: string;
+  let transport: DirTransport;
+  before(() => {
+    base = mkdtempSync(join(tmpdir(), 'kss-share-'));
+    root = join(base, 'nas');
+    host = join(base, 'host files');
+    mkdirSync(root);
+    mkdirSync(host);
+    transport = new DirTransport({ root, opTimeoutMs: 5000, stallTimeoutMs: 5000 });
+  });
+  after(() => rmSync(base, { recursive: true, force: true }));
+
+  const refusesLink = (error: unknown) => {
+    assert.ok(error instanceof IntegrityError, String(error));
+    assert.match(error.message, /symbolic link; kvm-snapshot-sync follows none on a NAS share/u);
+    return true;
+  };
+  const hostFile = (name: string, content: string) => {
+    writeFileSync(join(host, name), content);
+    return join(host, name);
+  };
+
+  it('follows no symbolic link in a path: a domain directory that points at this host is never read, written or emptied through', async () => {
+    const data = randomBytes(2 ** 20);
+    const hash = sha256(data);
+    const kept = hostFile(`${hash}.qcow2`, 'a host file');
+    mkdirSync(join(root, 'domains'), { recursive: true });
+    symlinkSync(host, join(root, 'domains/linked'));
+    const local = join(base, 'layer');
+    writeFileSync(local, data);
+    await assert.rejects(transport.readFile('domains/linked/manifest.json', 4096), refusesLink);
+    await assert.rejects(transport.writeFileAtomic('domains/linked/manifest.json', Buffer.from('{}')), refusesLink);
+    await assert.rejects(transport.list('domains/linked/layers'), refusesLink);
+    await assert.rejects(transport.getLayer(`domains/linked/${hash}.qcow2`, hash, data.length, join(base, 'pulled.part')), refusesLink);
+    await assert.rejects(transport.putLayer(local, hash, 'domains/linked/up.part', `domains/linked/${hash}.qcow2`), refusesLink);
+    await assert.rejects(transport.remove(`domains/linked/${hash}.qcow2`), refusesLink);
+    await assert.rejects(transport.rename(`domains/linked/${hash}.qcow2`, 'domains/moved'), refusesLink);
+    assert.deepEqual(readdirSync(host), [`${hash}.qcow2`], 'nothing was made in the host directory');
+    assert.equal(readFileSync(kept, 'utf8'), 'a host file');
+  });
+
+  it('opens no file through a link: a manifest, an upload or the clock file that points at a host file leaves it untouched', async () => {
+    mkdirSync(join(root, 'domains/d/uploads'), { recursive: true });
+    const secret = hostFile('secret', 'root only');
+    symlinkSync(secret, join(root, 'domains/d/manifest.json'));
+    await assert.rejects(transport.readFile('domains/d/manifest.json', 4096), refusesLink);
+
+    const data = randomBytes(2 ** 20);
+    const hash = sha256(data);
+    const local = join(base, 'layer-2');
+    writeFileSync(local, data);
+    const victim = hostFile('victim', 'must stay');
+    symlinkSync(victim, join(root, `domains/d/uploads/${hash}.h.part`));
+    await assert.rejects(transport.putLayer(local, hash, `domains/d/uploads/${hash}.h.part`, `domains/d/layers/${hash}.qcow2`), refusesLink);
+    assert.equal(readFileSync(victim, 'utf8'), 'must stay', 'an upload did not write through the link');
+
+    // A held lock makes the next taker read the NAS clock by writing a probe file.
+    symlinkSync(victim, join(root, '.kss-clock'));
+    assert.deepEqual(await transport.mkdirExclusive('domains/d/lock', 'owner.json', Buffer.from('{}')), { created: true });
+    await assert.rejects(transport.mkdirExclusive('domains/d/lock', 'owner.json', Buffer.from('{}')), refusesLink);
+    assert.equal(readFileSync(victim, 'utf8'), 'must stay', 'the clock probe did not truncate it');
+  });
+
+  it('reads only regular files: a FIFO for a manifest or a layer is refused at once', async () => {
+    mkdirSync(join(root, 'domains/f/layers'), { recursive: true });
+    execFileSync('mkfifo', [join(root, 'domains/f/manifest.json')]);
+    const hash = 'c'.repeat(64);
+    execFileSync('mkfifo', [join(root, `domains/f/layers/${hash}.qcow2`)]);
+    const began = Date.now();
+    const notRegular = (error: unknown) => {
+      assert.ok(error instanceof IntegrityError, String(error));
+      assert.match(error.message, /is not a regular file/u);
+      return true;
+    };
+    await assert.rejects(transport.readFile('domains/f/manifest.json', 4096), notRegular);
+    await assert.rejects(transport.getLayer(`domains/f/layers/${hash}.qcow2`, hash, 1000, join(base, 'fifo.part')), notRegular);
+    assert.ok(Date.now() - began < 2000, `refused after ${Date.now() - began} ms (the deadline is 5000)`);
+  });
+});
 
 // A NAS whose commands stop in the middle of a stream while its sshd, and so the link's
 // keep-alives, go on answering: only the stall deadline can tell.
@@ -340,21 +449,21 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
   it('stops a small operation the NAS does not finish, and ends its NAS side', async (t) => {
     if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
     const s = nas as SshNas;
-    // A "small" file that takes seconds to read: its cat runs long enough to be caught.
+    // A "small" file that takes seconds to read: its head runs long enough to be caught.
     execFileSync('truncate', ['-s', '1G', join(root, 'huge')]);
     const quick = new SshTransport({ root, target: s.target, opTimeoutMs: 3000, stallTimeoutMs: STALL_MS, compress: true });
     const stop = { at: 0, pids: [] as number[] };
     const catching = setInterval(() => {
       if (stop.at !== 0) return;
       const pids = s.commands();
-      if (!pids.some((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'cat')) return;
+      if (!pids.some((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'head')) return;
       for (const pid of pids) process.kill(pid, 'SIGSTOP');
       Object.assign(stop, { at: Date.now(), pids });
     }, 20);
     let timer: NodeJS.Timeout | undefined;
     const began = Date.now();
     const outcome = await Promise.race([
-      quick.readFile('huge').then(() => 'it succeeded', (error: unknown) => error),
+      quick.readFile('huge', 2 ** 30).then(() => 'it succeeded', (error: unknown) => error),
       new Promise((resolve) => (timer = setTimeout(() => resolve('still running'), 60_000))),
     ]).finally(() => {
       clearTimeout(timer);
@@ -362,7 +471,7 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     });
     const tookMs = Date.now() - began;
     try {
-      assert.ok(stop.at > 0, 'the NAS-side cat was stopped');
+      assert.ok(stop.at > 0, 'the NAS-side head was stopped');
       assert.ok(outcome instanceof NasUnreachableError, String(outcome));
       assert.ok(outcome.message.includes(`did not answer within 3 s (${quick.where})`), outcome.message);
       assert.ok(tookMs < 3000 + MARGIN_MS, `refused ${tookMs} ms after it began`);
@@ -419,13 +528,37 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     }
   });
 
+  it('cuts a download at the size the manifest names: a stream that decompresses to far more fills nothing here', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    const source = 'domains/z/layers/bomb.qcow2';
+    mkdirSync(join(root, 'domains/z/layers'), { recursive: true });
+    const size = 4 * MiB;
+    const hash = randomFile(join(root, source), size);
+    // Between the size check and the stream, the file grows by 1 GiB of zeros: a few
+    // kilobytes compressed, 1 GiB once decompressed here.
+    s.setShellStartup(`case "$BASH_EXECUTION_STRING" in *"tail -c"*) truncate -s +1G -- ${shellQuote(join(root, source))};; esac\n`);
+    const part = join(base, 'bomb.part');
+    let most = 0;
+    try {
+      const result = await transport.getLayer(source, hash, size, part, { onProgress: (done) => (most = Math.max(most, done)) });
+      assert.equal(result.bytesMoved, size);
+    } finally {
+      s.setShellStartup(undefined);
+    }
+    assert.equal(statSync(join(root, source)).size, size + 1024 * MiB, 'the NAS did send more');
+    assert.equal(statSync(part).size, size, 'exactly the layer was written here');
+    assert.ok(most <= size, `progress never passed the size (${most})`);
+    assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side ended');
+  });
+
   it('stops a pull whose NAS sends nothing, ends the NAS side, and resumes it afterwards', async (t) => {
     if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
     const source = `domains/p/layers/big.qcow2`;
     mkdirSync(join(root, 'domains/p/layers'), { recursive: true });
     const hash = randomFile(join(root, source), 192 * MiB);
     const part = join(base, 'pulled.part');
-    const { outcome, tookMs, stop } = await stopMidStream((onProgress) => transport.getLayer(source, hash, part, { onProgress }), 32 * MiB);
+    const { outcome, tookMs, stop } = await stopMidStream((onProgress) => transport.getLayer(source, hash, 192 * MiB, part, { onProgress }), 32 * MiB);
     try {
       assert.ok(stop.pids.length > 0, 'NAS-side commands were stopped mid-stream');
       assertStalled(outcome, 'pull', hash, tookMs);
@@ -435,7 +568,7 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
       cont(stop.pids);
     }
     const kept = existsSync(part) ? statSync(part).size : 0;
-    const again = await transport.getLayer(source, hash, part);
+    const again = await transport.getLayer(source, hash, 192 * MiB, part);
     assert.equal(again.resumedFrom, kept, 'it resumes from what it had');
     assert.ok(kept > 0 && kept < 192 * MiB, `kept ${kept} bytes`);
     assert.equal(createHash('sha256').update(readFileSync(part)).digest('hex'), hash, 'byte for byte');
@@ -482,7 +615,7 @@ describe('ssh transport, a connection refused', () => {
   const refusal = async (t: TestContext, change: (target: SshNas['target']) => SshNas['target']) => {
     const transport = new SshTransport({ root: (nas as SshNas).root, target: change((nas as SshNas).target), opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
     try {
-      const error = await transport.readFile('kss-nas.json').then(() => undefined, (e: unknown) => e);
+      const error = await transport.readFile('kss-nas.json', 4096).then(() => undefined, (e: unknown) => e);
       assert.ok(error instanceof NasUnreachableError, String(error));
       t.diagnostic(`${error.message} / ${error.remedy ?? ''}`);
       return error;

@@ -11,19 +11,16 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { LockedError } from '../../lib/errors.js';
 import { acquireLock } from '../../lib/lock.js';
-import { DirTransport } from '../../lib/nas/dir-transport.js';
-import { nasPaths, type Manifest } from '../../lib/nas/format.js';
-import { NasRepository } from '../../lib/nas/repository.js';
+import { nasPaths } from '../../lib/nas/format.js';
 import { openRepository } from '../../lib/nas/open.js';
 import { runCommand, type Runner } from '../../lib/runner.js';
 import { disableDomain } from '../../lib/sync/disable.js';
-import { enableDisks } from '../../lib/sync/enable.js';
 import { mergePending, sealDisks } from '../../lib/sync/disks.js';
 import { domainLockPath, readLastEvent, readLocalState, setFlag, writeLocalState, type LocalState } from '../../lib/sync/local-state.js';
 import { finishStop } from '../../lib/sync/stop.js';
-import { MiB, createImage, guestDigest, qemuIo } from '../helpers/disks.js';
+import { MiB, createImage, qemuIo } from '../helpers/disks.js';
 import { TestHost, managedDomainXml } from '../helpers/hosts.js';
-import { requireTools } from '../helpers/tools.js';
+import { twoHosts as twoHostsIn } from '../helpers/two-hosts.js';
 
 let root: string;
 before(() => {
@@ -31,47 +28,8 @@ before(() => {
 });
 after(() => rmSync(root, { recursive: true, force: true }));
 
-/** A two-disk domain on two hosts, enabled on the desktop and pushed by one session. */
-async function twoHosts(t: TestContext, domain: string) {
-  if (!requireTools(t, 'qemu-img', 'qemu-io')) return undefined;
-  const nas = join(root, `${domain}-nas`);
-  mkdirSync(nas);
-  const desk = new TestHost('desk', join(root, `${domain}-desk`), nas);
-  const laptop = new TestHost('laptop', join(root, `${domain}-laptop`), nas);
-  const deskDisks = { vda: desk.disk(`${domain}.qcow2`), vdb: desk.disk(`${domain}-home.qcow2`) };
-  const laptopDisks = { vda: laptop.disk(`${domain}.qcow2`), vdb: laptop.disk(`${domain}-home.qcow2`) };
-  createImage(deskDisks.vda, 16 * MiB);
-  createImage(deskDisks.vdb, 16 * MiB);
-  qemuIo(deskDisks.vda, 'write -P 0x11 0 2M');
-  qemuIo(deskDisks.vdb, 'write -P 0x12 4M 1M');
-  await enableDisks(domain, deskDisks, { config: await desk.config(), log: desk.quietLog() });
-  const xmlOf = (host: TestHost) => managedDomainXml(domain, host === desk ? deskDisks : laptopDisks);
-  const call = (host: TestHost, op: string, subop = op === 'release' ? 'end' : 'begin') => host.call(domain, op, subop, xmlOf(host));
-  const ok = (host: TestHost, op: string) => {
-    const run = call(host, op);
-    assert.equal(run.status, 0, `${host.name} ${op}: ${run.stderr}`);
-    assert.equal(run.stdout, '', `${host.name} ${op} wrote to stdout`);
-  };
-  /** One session on a host: start, `writes`, stop, and the stop's work finished. */
-  const session = async (host: TestHost, writes: (disks: { vda: string; vdb: string }) => void = () => undefined) => {
-    ok(host, 'prepare');
-    writes(host === desk ? deskDisks : laptopDisks);
-    ok(host, 'release');
-    await host.waitForStop(domain);
-  };
-  const manifest = async () =>
-    (await new NasRepository(new DirTransport({ root: nas, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'test' }).readManifest(domain)) as Manifest;
-  const digests = (disks: Record<string, string>) => Object.fromEntries(Object.entries(disks).map(([target, path]) => [target, guestDigest(path)]));
-  /** The desktop stops (its work finished) and the laptop starts: it must read exactly `expected`. */
-  const handOver = async (expected: Record<string, string>) => {
-    ok(desk, 'release');
-    await desk.waitForStop(domain);
-    ok(laptop, 'prepare');
-    assert.deepEqual(digests(laptopDisks), expected, 'every byte reached the other host');
-  };
-  await session(desk);
-  return { domain, nas, desk, laptop, deskDisks, laptopDisks, call, ok, session, manifest, digests, handOver };
-}
+/** A two-disk domain on two hosts (test/helpers/two-hosts.ts), under this file's directory. */
+const twoHosts = (t: TestContext, domain: string) => twoHostsIn(t, root, domain);
 
 /** How many files the disk's chain has (the top and its layers). */
 function chainLength(disk: string): number {
@@ -373,30 +331,29 @@ describe('a restore that did not happen', () => {
 });
 
 describe('bounded work', () => {
-  it('kss gc refuses a manifest whose history loops, at once', async (t) => {
+  it('kss gc refuses a manifest whose head is its own parent, with a time of "junk", at once', async (t) => {
     const s = await twoHosts(t, 'loop');
     if (!s) return;
     const manifest = await s.manifest();
     const head = manifest.generations[manifest.head as string]!;
     // Anything that can write the NAS can write this: the head is its own parent.
-    manifest.generations[head.id] = { ...head, parent: head.id };
+    manifest.generations[head.id] = { ...head, parent: head.id, created: 'junk' };
     writeFileSync(join(s.nas, nasPaths.manifest('loop')), JSON.stringify(manifest));
     const started = Date.now();
     const gc = spawnSync(join(s.desk.dir, 'kss'), ['gc', 'loop'], { encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL', env: { PATH: '/usr/bin:/bin', KSS_CONFIG: s.desk.configFile } });
     assert.equal(gc.signal, null, `it ended by itself (after ${Date.now() - started} ms)`);
     assert.equal(gc.status, 6, gc.stderr);
-    assert.match(gc.stderr, /^kss: error: the NAS manifest is damaged: its generation parents loop at [0-9a-f]{64}\nTo fix: nothing was changed/u);
+    assert.match(gc.stderr, /^kss: error: \S+manifest\.json: generation [0-9a-f]{64}: bad host or time\nTo fix: the manifest on the NAS is damaged/u);
   });
 
   it('SIGTERM ends a hook blocked on the NAS within seconds, giving its lock back', async (t) => {
     const s = await twoHosts(t, 'term');
     if (!s) return;
     await s.session(s.desk, (disks) => qemuIo(disks.vda, 'write -P 0x81 1M 1M'));
-    // A layer the laptop must pull is a FIFO nobody writes: reading it blocks, as a hung share does.
-    const manifest = await s.manifest();
-    const layer = join(s.nas, nasPaths.layer('term', manifest.generations[manifest.head as string]?.disks.vda as string));
-    renameSync(layer, `${layer}.real`);
-    execFileSync('mkfifo', [layer]);
+    // The NAS lock is held by a live holder (its owner file stays fresh): the laptop's start waits for it.
+    const nasLock = join(s.nas, nasPaths.lock('term'));
+    mkdirSync(nasLock);
+    writeFileSync(join(nasLock, 'owner.json'), JSON.stringify({ host: 'desk', pid: 1, token: 'held', since: new Date().toISOString() }));
     const laptopConfig = await s.laptop.config();
     const hook = spawn(join(s.laptop.dir, 'hooks', 'qemu'), ['term', 'prepare', 'begin', '-'], {
       stdio: ['pipe', 'ignore', 'pipe'],
@@ -404,8 +361,8 @@ describe('bounded work', () => {
     });
     hook.stdin.end(managedDomainXml('term', s.laptopDisks));
     const ended = new Promise<{ code: number | null; signal: string | null }>((resolve) => hook.on('exit', (code, signal) => resolve({ code, signal })));
-    for (const deadline = Date.now() + 30_000; !new RegExp(`pulling layer .*layer=${manifest.generations[manifest.head as string]?.disks.vda}`, 'u').test(s.laptop.log('term')); ) {
-      assert.ok(Date.now() < deadline, `the laptop's start reached the pull:\n${s.laptop.log('term')}`);
+    for (const deadline = Date.now() + 30_000; !/waiting for the NAS lock/u.test(s.laptop.log('term')); ) {
+      assert.ok(Date.now() < deadline, `the laptop's start reached the NAS lock:\n${s.laptop.log('term')}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
@@ -419,8 +376,7 @@ describe('bounded work', () => {
     assert.ok(Date.now() - sent < 10_000);
     assert.ok(!existsSync(lockDir), 'and gave the domain lock back');
 
-    rmSync(layer);
-    renameSync(`${layer}.real`, layer);
+    rmSync(nasLock, { recursive: true });
     s.ok(s.laptop, 'prepare');
     assert.deepEqual(s.digests(s.laptopDisks), s.digests(s.deskDisks));
   });

@@ -116,7 +116,7 @@ describe('a start pulling from a NAS that stops answering mid-stream', () => {
       assert.ok(arriving().length > 0, 'the partial layer is kept for the next try');
       // The link and sshd were up all along: a new command is answered at once.
       const probe = new SshTransport({ target: s.target, root: s.root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true });
-      assert.ok(await probe.readFile('kss-nas.json'), 'the NAS answers a new command');
+      assert.ok(await probe.readFile('kss-nas.json', 4096), 'the NAS answers a new command');
       await probe.close();
     } finally {
       for (const pid of stop.pids) {

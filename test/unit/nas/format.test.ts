@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { IntegrityError } from '../../../lib/errors.js';
-import { ancestry, emptyManifest, generationId, layerChain, manifestProblem, nasPaths, parseManifest, serializeManifest, type Generation, type Manifest } from '../../../lib/nas/format.js';
+import { MANIFEST_MAX_BYTES, ancestry, emptyManifest, generationId, layerChain, manifestProblem, nasPaths, parseManifest, serializeManifest, type Generation, type Manifest } from '../../../lib/nas/format.js';
 
 const A = 'a'.repeat(64);
 const B = 'b'.repeat(64);
@@ -23,7 +23,7 @@ describe('manifest validation', () => {
   it('accepts a valid manifest and round-trips it', () => {
     const manifest = valid();
     assert.equal(manifestProblem(manifest), undefined);
-    assert.deepEqual(parseManifest(serializeManifest(manifest).toString(), 'm'), manifest);
+    assert.deepEqual(parseManifest(serializeManifest(manifest).toString(), 'm', 'vm'), manifest);
   });
 
   const broken: Array<[string, (m: Record<string, any>) => void, RegExp]> = [
@@ -36,6 +36,20 @@ describe('manifest validation', () => {
     ['a branch to nowhere', (m) => (m.branches.x = { head: 'c'.repeat(64), host: 'h', created: 't', reason: 'r' }), /branch x/],
     ['a negative revision', (m) => (m.revision = -1), /bad revision/],
     ['a bad lease', (m) => (m.lease = { host: 1 }), /bad lease/],
+    ['a lease whose time is not a time', (m) => (m.lease.since = 'junk'), /bad lease/],
+    ['a generation whose id is not the hash of its content', (m) => ((Object.values(m.generations)[0] as any).host = 'laptop'), /its id is not the hash of its content/],
+    ['a head that is its own parent', (m) => ((Object.values(m.generations)[0] as any).parent = m.head), /its id is not the hash of its content/],
+    ['a generation id that is not hex', (m) => { const g = Object.values(m.generations)[0] as any; delete m.generations[g.id]; g.id = 'G'.repeat(64); m.generations[g.id] = g; m.head = g.id; }, /generation G{64}: bad entry/],
+    ['a parent that is not an id', (m) => ((Object.values(m.generations)[0] as any).parent = '../x'), /bad parent/],
+    ['a time of "junk"', (m) => ((Object.values(m.generations)[0] as any).created = 'junk'), /bad host or time/],
+    ['a negative layer size', (m) => (m.layers[A].size = -1), /layer a{64} has no size/],
+    ['a fractional layer size', (m) => (m.layers[A].size = 1.5), /layer a{64} has no size/],
+    ['a layer size as text', (m) => (m.layers[A].size = '10'), /layer a{64} has no size/],
+    ['layer parents that loop', (m) => (m.layers[A].parent = B), /the parents of layer [ab]{64} loop/],
+    ['a disk name that is a path', (m) => { (Object.values(m.generations)[0] as any).disks = { '../vda': A }; }, /bad disk name "\.\.\/vda"/],
+    ['a branch whose time is not a time', (m) => (m.branches.x = { head: m.head, host: 'h', created: 'junk', reason: 'r' }), /branch x: bad host, time or reason/],
+    ['a snapshot without a host', (m) => (m.snapshots = { s: { generation: m.head, created: '2026-11-21T10:00:00.000Z' } }), /snapshot s: bad host or time/],
+    ['an empty domain name', (m) => (m.domain = ''), /no domain name/],
   ];
   for (const [name, damage, message] of broken) {
     it(`rejects ${name}`, () => {
@@ -44,7 +58,22 @@ describe('manifest validation', () => {
       assert.match(manifestProblem(manifest) ?? '', message);
     });
   }
-  it('says where bad JSON is', () => assert.throws(() => parseManifest('{', 'nas/manifest.json'), /^Error: nas\/manifest.json is not valid JSON/));
+  it('says where bad JSON is', () => assert.throws(() => parseManifest('{', 'nas/manifest.json', 'vm'), /^Error: nas\/manifest.json is not valid JSON/));
+  it('refuses the manifest of another domain than the one asked for', () => {
+    assert.throws(() => parseManifest(serializeManifest(valid()).toString(), 'nas/work.json', 'work'), /^Error: nas\/work.json: it is the manifest of domain "vm", not of work$/);
+  });
+  it('refuses a manifest larger than its cap before parsing it', () => {
+    const huge = `${serializeManifest(valid()).toString()}${' '.repeat(MANIFEST_MAX_BYTES)}`;
+    assert.throws(() => parseManifest(huge, 'm', 'vm'), new RegExp(`^Error: m is larger than ${MANIFEST_MAX_BYTES} bytes$`));
+  });
+  it('accepts a generation whose parent retention has dropped', () => {
+    const manifest = valid();
+    const g = { parent: 'd'.repeat(64), host: 'desk', created: '2026-11-22T10:00:00.000Z', disks: { vda: B } };
+    const id = generationId(g);
+    manifest.generations[id] = { id, ...g };
+    manifest.head = id;
+    assert.equal(manifestProblem(manifest), undefined);
+  });
 });
 
 describe('generation ids', () => {

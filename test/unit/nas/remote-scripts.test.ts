@@ -22,10 +22,10 @@ function run(script: string, input?: Buffer) {
 describe('remote scripts', () => {
   it('write, read, stat, list, rename and remove', () => {
     const path = `d/odd $(name) 'x'.json`;
-    assert.equal(run(scripts.readFileScript(root, path)).status, scripts.MISSING);
+    assert.equal(run(scripts.readFileScript(root, path, 64)).status, scripts.MISSING);
     assert.equal(run(scripts.writeFileScript(root, path, `${path}.tmp`), Buffer.from('data')).status, 0);
     assert.equal(readFileSync(join(root, path), 'utf8'), 'data');
-    assert.equal(run(scripts.readFileScript(root, path)).stdout.toString(), 'data');
+    assert.equal(run(scripts.readFileScript(root, path, 64)).stdout.toString(), 'data');
     const [entry] = parseEntries(run(scripts.statScript(root, path)).stdout.toString());
     assert.equal(entry?.name, `odd $(name) 'x'.json`);
     assert.equal(entry?.size, 4);
@@ -41,7 +41,7 @@ describe('remote scripts', () => {
 
   it('exits NO_ROOT when the NAS root is missing, naming it without running it', () => {
     const gone = join(base, `gone $(touch pwned) 'q"`);
-    const result = run(scripts.readFileScript(gone, 'x'));
+    const result = run(scripts.readFileScript(gone, 'x', 64));
     assert.equal(result.status, scripts.NO_ROOT);
     assert.equal(result.stderr.toString(), `the NAS directory ${gone} does not exist\n`);
     assert.equal(existsSync(join(base, 'pwned')), false);
@@ -63,7 +63,7 @@ describe('remote scripts', () => {
     const done = upload({ claim: `${prefix}.a`, token: 'b', offset: 100_000, compressed: true }, rest);
     assert.equal(done.stdout.toString().trim(), 'published', done.stderr.toString());
     assert.ok(readFileSync(join(root, target)).equals(data));
-    assert.equal(statSync(join(root, target)).mode & 0o777, 0o444);
+    assert.equal(statSync(join(root, target)).mode & 0o777, 0o440, 'guest data is not world-readable on the NAS either');
     assert.deepEqual(readdirSync(join(root, 'u')), [], 'no partial upload is left');
     assert.equal(run(scripts.prepareUploadScript(root, prefix, target)).stdout.toString().trim(), 'published');
 

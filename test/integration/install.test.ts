@@ -1,13 +1,14 @@
 // install.sh, run for real as root inside a simulated host (its own /etc, /var, /run and
 // /usr/local; a real libvirtd): a fresh install that a person then uses with
 // `kss enable` and `virsh start`, a second run, later flags, a foreign qemu hook kept,
-// --uninstall, a copy that fails (the installed hook stays), and one copy of our hook
+// kss doctor on what QEMU's user needs, --uninstall, a copy that fails (the installed hook stays), and one copy of our hook
 // whichever of the two places it moves between.
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
+import { readGroups } from '../../lib/accounts.js';
 import { NAMESPACE_URI } from '../../lib/namespace.js';
 import { MiB, createImage } from '../helpers/disks.js';
 import { BINARY } from '../helpers/hosts.js';
@@ -96,6 +97,33 @@ describe('install.sh in a simulated host', () => {
     assert.equal(healthy.status, 0, healthy.stdout + healthy.stderr);
     for (const what of ['config', 'qemu-img', 'ssh', 'zstd', 'openssl', 'nas', 'hook', 'space']) assert.match(healthy.stdout, new RegExp(`^OK    ${what} `, 'mu'));
     assert.match(healthy.stdout, /^OK    hook      \/etc\/libvirt\/hooks\/qemu$/mu);
+    assert.doesNotMatch(healthy.stdout, /^WARN  images/mu);
+
+    // What QEMU's user (libvirt-qemu) needs to reach the disks, for that user alone; never x for everyone.
+    const kvm = (await readGroups()).find((group) => group.name === 'kvm')?.gid;
+    assert.ok(kvm !== undefined, 'libvirt-qemu is in the group kvm');
+    const images = '/var/lib/libvirt/images';
+    const layers = `${images}/vm.qcow2.layers`;
+    const imagesWarning = () => {
+      const run = h.inside(['kss', 'doctor']);
+      assert.equal(run.status, 0, `a warning only: ${run.stdout}`);
+      assert.doesNotMatch(run.stdout, /o\+x/u);
+      return run.stdout.split('\n').filter((line, i, all) => line.startsWith('WARN  images') || all[i - 1]?.startsWith('WARN  images')).join('\n');
+    };
+    try {
+      chmodSync(h.outside(images), 0o700);
+      assert.equal(imagesWarning(), `WARN  images    ${images} cannot be traversed by libvirt-qemu, the user QEMU runs as: it cannot open the disks below it\n      fix: setfacl -m u:libvirt-qemu:x ${images} (package acl)`);
+      chownSync(h.outside(images), 0, kvm); // a group QEMU's user holds
+      assert.equal(imagesWarning(), `WARN  images    ${images} cannot be traversed by libvirt-qemu, the user QEMU runs as: it cannot open the disks below it\n      fix: chmod g+x ${images}`);
+      chmodSync(h.outside(images), 0o710);
+      assert.equal(imagesWarning(), '', 'traversable by libvirt-qemu through its group, by nobody else: nothing to fix');
+      chmodSync(h.outside(layers), 0o700); // where QEMU opens the backing files
+      assert.equal(imagesWarning(), `WARN  images    ${layers} cannot be traversed by libvirt-qemu, the user QEMU runs as: it cannot open the disks below it\n      fix: setfacl -m u:libvirt-qemu:x ${layers} (package acl)`);
+    } finally {
+      chownSync(h.outside(images), 0, 0);
+      chmodSync(h.outside(images), 0o711);
+      chmodSync(h.outside(layers), 0o755);
+    }
 
     const nasGone = h.inside(['kss', 'doctor'], undefined, { KSS_CONFIG: '/etc/kvm-snapshot-sync/elsewhere.json' });
     assert.equal(nasGone.status, 3, 'a missing config file is a configuration error');

@@ -67,6 +67,15 @@ export function remoteCommand(script: string, wallClockSec: number): string {
   return shellJoin(['timeout', '-s', 'KILL', String(wallClockSec), 'sh', '-c', `echo ${PGID_NOTE} $PPID >&2\n${script}`]);
 }
 
+/**
+ * Pure: does a remote command's failure say the NAS has no `timeout` to run it under
+ * (remoteCommand)? Then the login shell could not start it: status 127, and the shell's
+ * "not found" for `timeout` (bash, dash, busybox ash and zsh word it differently).
+ */
+export function missingRemoteTimeout(exitCode: number | null | undefined, stderr: string): boolean {
+  return exitCode === 127 && /\btimeout: (command )?not found|command not found: timeout\b/u.test(stderr);
+}
+
 const PGID_LINE = new RegExp(`^${PGID_NOTE} (\\d{1,10})$`, 'u');
 
 /** What a line of the NAS side's stderr tells, if it is one of our notes (see remoteCommand, ALIVE_NOTE). */

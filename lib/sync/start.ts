@@ -61,6 +61,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
           stealLease: (await takeFlag(config.stateDir, domain, 'steal-lease')) || client.stealLease,
         };
         if (client.skipSync || client.stealLease) log.info('asked by the client environment', { note: client.note, noSync: client.skipSync, stealLease: client.stealLease });
+        else if (client.ignored) log.info('ignored the environment of a local virsh start client', { note: client.note });
         const useNas = !flags.restoring && !flags.skipSync;
         if (!useNas) await repository?.close(); // stops the question under way
         else if (waited || !repository) {

@@ -1,12 +1,15 @@
 // install.sh, run for real as root inside a simulated host (its own /etc, /var, /run and
 // /usr/local; a real libvirtd): a fresh install that a person then uses with
 // `kss enable` and `virsh start`, a second run, later flags, a foreign qemu hook kept,
-// and --uninstall.
+// kss doctor on what QEMU's user needs, --uninstall, a copy that fails (the installed hook stays), and one copy of our hook
+// whichever of the two places it moves between.
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
+import { readGroups } from '../../lib/accounts.js';
+import { NAMESPACE_URI } from '../../lib/namespace.js';
 import { MiB, createImage } from '../helpers/disks.js';
 import { BINARY } from '../helpers/hosts.js';
 import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
@@ -42,6 +45,24 @@ function install(h: LibvirtHost, ...args: string[]): string {
 }
 
 const sameBytes = (a: string, b: string) => readFileSync(a).equals(readFileSync(b));
+const HOOK_DIRS = ['/etc/libvirt/hooks', '/etc/libvirt/hooks/qemu.d'];
+const LIB = '/usr/local/lib/kvm-snapshot-sync/kvm-snapshot-sync';
+
+/** Every copy of our hook in hooks/ and hooks/qemu.d/ (an executable holding our namespace), by inside path. */
+function copiesOfOurHook(h: LibvirtHost): string[] {
+  return HOOK_DIRS.flatMap((dir) =>
+    existsSync(h.outside(dir))
+      ? readdirSync(h.outside(dir))
+          .map((name) => `${dir}/${name}`)
+          .filter((path) => statSync(h.outside(path)).isFile() && readFileSync(h.outside(path)).includes(NAMESPACE_URI) && readFileSync(h.outside(path)).subarray(0, 4).toString('latin1') === '\x7fELF')
+      : [],
+  );
+}
+
+/** Temporary files of install.sh's left in the hook directories or beside the executable. */
+function leftovers(h: LibvirtHost): string[] {
+  return [...HOOK_DIRS, '/usr/local/lib/kvm-snapshot-sync'].flatMap((dir) => (existsSync(h.outside(dir)) ? readdirSync(h.outside(dir)).filter((name) => name.includes('kss-new')) : []));
+}
 const mtimes = (h: LibvirtHost, ...paths: string[]) => paths.map((p) => statSync(h.outside(p)).mtimeMs);
 
 describe('install.sh in a simulated host', () => {
@@ -76,6 +97,33 @@ describe('install.sh in a simulated host', () => {
     assert.equal(healthy.status, 0, healthy.stdout + healthy.stderr);
     for (const what of ['config', 'qemu-img', 'ssh', 'zstd', 'openssl', 'nas', 'hook', 'space']) assert.match(healthy.stdout, new RegExp(`^OK    ${what} `, 'mu'));
     assert.match(healthy.stdout, /^OK    hook      \/etc\/libvirt\/hooks\/qemu$/mu);
+    assert.doesNotMatch(healthy.stdout, /^WARN  images/mu);
+
+    // What QEMU's user (libvirt-qemu) needs to reach the disks, for that user alone; never x for everyone.
+    const kvm = (await readGroups()).find((group) => group.name === 'kvm')?.gid;
+    assert.ok(kvm !== undefined, 'libvirt-qemu is in the group kvm');
+    const images = '/var/lib/libvirt/images';
+    const layers = `${images}/vm.qcow2.layers`;
+    const imagesWarning = () => {
+      const run = h.inside(['kss', 'doctor']);
+      assert.equal(run.status, 0, `a warning only: ${run.stdout}`);
+      assert.doesNotMatch(run.stdout, /o\+x/u);
+      return run.stdout.split('\n').filter((line, i, all) => line.startsWith('WARN  images') || all[i - 1]?.startsWith('WARN  images')).join('\n');
+    };
+    try {
+      chmodSync(h.outside(images), 0o700);
+      assert.equal(imagesWarning(), `WARN  images    ${images} cannot be traversed by libvirt-qemu, the user QEMU runs as: it cannot open the disks below it\n      fix: setfacl -m u:libvirt-qemu:x ${images} (package acl)`);
+      chownSync(h.outside(images), 0, kvm); // a group QEMU's user holds
+      assert.equal(imagesWarning(), `WARN  images    ${images} cannot be traversed by libvirt-qemu, the user QEMU runs as: it cannot open the disks below it\n      fix: chmod g+x ${images}`);
+      chmodSync(h.outside(images), 0o710);
+      assert.equal(imagesWarning(), '', 'traversable by libvirt-qemu through its group, by nobody else: nothing to fix');
+      chmodSync(h.outside(layers), 0o700); // where QEMU opens the backing files
+      assert.equal(imagesWarning(), `WARN  images    ${layers} cannot be traversed by libvirt-qemu, the user QEMU runs as: it cannot open the disks below it\n      fix: setfacl -m u:libvirt-qemu:x ${layers} (package acl)`);
+    } finally {
+      chownSync(h.outside(images), 0, 0);
+      chmodSync(h.outside(images), 0o711);
+      chmodSync(h.outside(layers), 0o755);
+    }
 
     const nasGone = h.inside(['kss', 'doctor'], undefined, { KSS_CONFIG: '/etc/kvm-snapshot-sync/elsewhere.json' });
     assert.equal(nasGone.status, 3, 'a missing config file is a configuration error');
@@ -128,5 +176,81 @@ describe('install.sh in a simulated host', () => {
     install(h, '--uninstall');
     assert.ok(!existsSync(h.outside(BESIDE)));
     assert.equal(readFileSync(h.outside(HOOK), 'utf8'), foreign, 'and is still there after --uninstall');
+  });
+  it('leaves the installed executable and hook as they were, and fails, when the new copy does not run or cannot be made', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    assert.match(readFileSync(INSTALL, 'utf8'), /^set -euo pipefail$/mu, 'install.sh stops at the first failure');
+    for (const hook of [HOOK, BESIDE]) rmSync(h.outside(hook), { force: true }); // the other program's hook is gone
+    install(h);
+    assert.deepEqual(copiesOfOurHook(h), [HOOK]);
+
+    // A build that fails, and one whose injection failed (a plain node that prints its own version).
+    for (const [name, body] of [['fails', 'echo "broken" >&2; exit 1'], ['plain-node', 'echo v24.21.0']] as const) {
+      const clone = join(work, `clone-${name}`);
+      mkdirSync(join(clone, 'dist'), { recursive: true });
+      copyFileSync(INSTALL, join(clone, 'install.sh'));
+      writeFileSync(join(clone, 'dist', 'kvm-snapshot-sync'), `#!/bin/sh\n# ${NAMESPACE_URI}\n${body}\n`, { mode: 0o755 });
+      const run = h.inside([join(clone, 'install.sh')]);
+      for (const path of [LIB, HOOK]) assert.ok(sameBytes(h.outside(path), BINARY), `${name}: ${path} is as it was`);
+      assert.notEqual(run.status, 0, `${name}: install.sh failed`);
+      assert.match(run.stderr, /does not run \(--version said .*\): \/usr\/local\/lib\/kvm-snapshot-sync\/kvm-snapshot-sync is left as it was/u, name);
+      assert.deepEqual(leftovers(h), [], `${name}: no temporary file is left`);
+    }
+
+    // An older hook that must be replaced, in a hooks directory that cannot be written.
+    const older = Buffer.concat([readFileSync(BINARY), Buffer.from('an older version')]);
+    writeFileSync(h.outside(HOOK), older);
+    const mounted = h.inside(['mount', '--bind', '-o', 'ro', '/etc/libvirt/hooks', '/etc/libvirt/hooks']);
+    assert.equal(mounted.status, 0, mounted.stderr);
+    let run;
+    try {
+      run = h.inside([INSTALL]);
+    } finally {
+      h.inside(['umount', '/etc/libvirt/hooks']);
+    }
+    assert.ok(readFileSync(h.outside(HOOK)).equals(older), 'the older hook is intact');
+    assert.notEqual(run.status, 0, `install.sh failed: ${run.stderr}`);
+    assert.match(run.stderr, /cannot create a temporary file in \/etc\/libvirt\/hooks: \/etc\/libvirt\/hooks\/qemu is left as it was/u);
+    assert.match(install(h), /installed the libvirt hook \/etc\/libvirt\/hooks\/qemu/u, 'and is replaced once it can be');
+    assert.ok(sameBytes(h.outside(HOOK), BINARY));
+  });
+
+  it('keeps exactly one copy of its hook when it moves between hooks/qemu and hooks/qemu.d, and never removes another program\'s', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    for (const hook of [HOOK, BESIDE]) rmSync(h.outside(hook), { force: true });
+    install(h);
+    assert.deepEqual(copiesOfOurHook(h), [HOOK]);
+    // Another program's hook comes (over ours): ours goes beside it.
+    const foreign = '#!/bin/sh\nexit 0\n';
+    writeFileSync(h.outside(HOOK), foreign, { mode: 0o755 });
+    assert.match(install(h), /belongs to another program/u);
+    assert.deepEqual(copiesOfOurHook(h), [BESIDE]);
+    // It goes away again: ours moves back to hooks/qemu, and the copy beside is removed.
+    rmSync(h.outside(HOOK));
+    const said = install(h);
+    assert.deepEqual(copiesOfOurHook(h), [HOOK], 'one copy: libvirt would run both');
+    assert.match(said, /installed the libvirt hook \/etc\/libvirt\/hooks\/qemu\n/u);
+    assert.match(said, /removed our old copy of the hook \/etc\/libvirt\/hooks\/qemu.d\/kvm-snapshot-sync/u);
+
+    // A copy of ours in qemu.d, and the temporary copy an older install.sh could leave there (libvirt runs it too).
+    mkdirSync(h.outside('/etc/libvirt/hooks/qemu.d'), { recursive: true });
+    copyFileSync(BINARY, h.outside(BESIDE));
+    copyFileSync(BINARY, h.outside(`${BESIDE}.kss-new`));
+    chmodSync(h.outside(`${BESIDE}.kss-new`), 0o755);
+    install(h);
+    assert.deepEqual(copiesOfOurHook(h), [HOOK]);
+
+    // Another program's hook that mentions our namespace is still not ours: it is kept, and so is its place.
+    const mentioning = `#!/bin/sh\n# leaves the domains of kvm-snapshot-sync (${NAMESPACE_URI}) to it\ngrep -q '${NAMESPACE_URI}' && exit 0\nexit 0\n`;
+    writeFileSync(h.outside(HOOK), mentioning, { mode: 0o755 });
+    assert.match(install(h), /belongs to another program/u);
+    assert.equal(readFileSync(h.outside(HOOK), 'utf8'), mentioning);
+    assert.deepEqual(copiesOfOurHook(h), [BESIDE]);
+    install(h, '--uninstall');
+    assert.equal(readFileSync(h.outside(HOOK), 'utf8'), mentioning, 'and --uninstall keeps it');
+    assert.deepEqual(copiesOfOurHook(h), []);
+    assert.deepEqual(leftovers(h), []);
   });
 });

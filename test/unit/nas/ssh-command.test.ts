@@ -1,9 +1,19 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ALIVE_NOTE } from '../../../lib/nas/remote-scripts.js';
-import { buildRemoteKillCommand, buildSshCommand, classifySshFailure, remoteCommand, remoteNote, sshConfigPath, sshFailureCause, type SshTarget } from '../../../lib/nas/ssh-command.js';
+import {
+  buildRemoteKillCommand,
+  buildSshCommand,
+  classifySshFailure,
+  missingRemoteTimeout,
+  remoteCommand,
+  remoteNote,
+  sshConfigPath,
+  sshFailureCause,
+  type SshTarget,
+} from '../../../lib/nas/ssh-command.js';
 
 const target: SshTarget = {
   user: 'kss',
@@ -158,4 +168,27 @@ describe('classifySshFailure', () => {
   for (const [code, stderr, expected] of cases) {
     it(`${code} "${stderr}" -> ${expected}`, () => assert.equal(classifySshFailure(code, stderr), expected));
   }
+});
+
+describe('missingRemoteTimeout', () => {
+  const cases: Array<[number | null, string, boolean]> = [
+    [127, 'bash: line 1: timeout: command not found', true],
+    [127, 'sh: 1: timeout: not found', true],
+    [127, 'sh: timeout: not found', true], // busybox ash
+    [127, 'zsh:1: command not found: timeout', true],
+    [127, 'sh: 1: zstd: not found', false], // a tool a script runs, not the wrapper
+    [1, 'bash: line 1: timeout: command not found', false],
+    [137, '', false], // timeout itself ended the command
+    [null, '', false],
+  ];
+  for (const [code, stderr, expected] of cases) {
+    it(`${code} "${stderr}" -> ${expected}`, () => assert.equal(missingRemoteTimeout(code, stderr), expected));
+  }
+
+  it("recognises this machine's own shells' words for remoteCommand without timeout", () => {
+    for (const shell of ['/bin/bash', '/bin/dash']) {
+      const run = spawnSync(shell, ['-c', remoteCommand('true', 5)], { env: { PATH: '/nonexistent' }, encoding: 'utf8' });
+      assert.ok(missingRemoteTimeout(run.status, run.stderr), `${shell}: ${run.status} ${run.stderr}`);
+    }
+  });
 });

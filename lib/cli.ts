@@ -67,7 +67,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       (y) =>
         y
           .positional('domain', { type: 'string', demandOption: true })
-          .option('dir', { type: 'string', describe: 'put the disks in this directory (default: the paths of the host that enabled it)' }),
+          .option('dir', { type: 'string', describe: "put the disks in this directory (default: the paths of the host that enabled it, which must be in one of this host's storage pools)" }),
       async (argv) => (await import('./commands/clone.js')).cloneCommand({ domain: argv.domain, dir: argv.dir }, context(argv.config)),
     )
     .command(

@@ -27,87 +27,132 @@ export interface DomainRecord {
   disks: DiskRecord[];
 }
 
-// xml2js with `xmlns: true`: element values are arrays of nodes, attributes under `$`
-// as {name, value, prefix, local, uri}, and each element's own namespace under `$ns`.
-interface XmlAttr {
+/**
+ * An element of an XML document as parsed, for code that looks at every element (the
+ * checks of a definition from the NAS) and for the records below.
+ */
+export interface XmlElement {
+  /** The name as written, prefix included (`disk`, `qemu:commandline`). */
+  qualifiedName: string;
+  /** The local name (`commandline` for `<qemu:commandline>`). */
+  name: string;
+  /** The element's namespace URI: '' for libvirt's own elements. */
+  uri: string;
+  /** In document order; namespace declarations (`xmlns`, `xmlns:p`) included, with uri XMLNS_URI. */
+  attributes: XmlAttribute[];
+  children: XmlElement[];
+  /** The element's own character data (CDATA included), as written; '' when it has none. */
+  text: string;
+}
+
+export interface XmlAttribute {
+  /** The name as written, prefix included. */
+  qualifiedName: string;
+  /** The attribute's namespace URI: '' for an unprefixed one. */
+  uri: string;
   value: string;
 }
+
+/** The namespace of namespace declarations (`xmlns:p="…"` attributes). */
+export const XMLNS_URI = 'http://www.w3.org/2000/xmlns/';
+
+// xml2js with `xmlns: true` and `explicitChildren`: each element is {#name, $ns: {local,
+// uri}, $: {name: {value, uri, …}}, _: text, $$: [children in document order]}.
 interface XmlNode {
-  $?: Record<string, XmlAttr>;
+  '#name'?: string;
+  $?: Record<string, { value: string; uri: string }>;
   $ns?: { local: string; uri: string };
   _?: string;
-  [child: string]: unknown;
+  $$?: Array<XmlNode | string>;
+}
+
+/** Parses any XML document (libvirt's domain, pool or capabilities XML) into its root element. */
+export async function parseXmlTree(xml: string): Promise<XmlElement> {
+  let doc: Record<string, XmlNode | string> | null;
+  try {
+    doc = (await parseStringPromise(xml, { xmlns: true, explicitChildren: true, preserveChildrenOrder: true })) as Record<string, XmlNode | string> | null;
+  } catch (error) {
+    throw new DiskStateError(`the XML cannot be parsed: ${(error as Error).message}`, { cause: error });
+  }
+  const [name, root] = Object.entries(doc ?? {})[0] ?? [];
+  if (name === undefined || root === undefined) throw new DiskStateError('the XML has no root element');
+  return toElement(name, root);
+}
+
+function toElement(qualifiedName: string, node: XmlNode | string): XmlElement {
+  if (typeof node === 'string') {
+    const local = qualifiedName.slice(qualifiedName.indexOf(':') + 1);
+    return { qualifiedName, name: local, uri: '', attributes: [], children: [], text: node };
+  }
+  return {
+    qualifiedName,
+    name: node.$ns?.local ?? qualifiedName,
+    uri: node.$ns?.uri ?? '',
+    attributes: Object.entries(node.$ ?? {}).map(([attrName, a]) => ({ qualifiedName: attrName, uri: a.uri, value: a.value })),
+    children: (node.$$ ?? []).filter((child): child is XmlNode => typeof child !== 'string').map((child) => toElement(child['#name'] ?? '', child)),
+    text: node._ ?? '',
+  };
+}
+
+/** The children of an element with that name as written (libvirt's own elements have no prefix). */
+export function childrenNamed(element: XmlElement | undefined, qualifiedName: string): XmlElement[] {
+  return element?.children.filter((child) => child.qualifiedName === qualifiedName) ?? [];
+}
+
+/** The first child of that name, as libvirt reads most elements. */
+export function firstChild(element: XmlElement | undefined, qualifiedName: string): XmlElement | undefined {
+  return childrenNamed(element, qualifiedName)[0];
+}
+
+/** An attribute's value by its name as written. */
+export function attributeOf(element: XmlElement | undefined, qualifiedName: string): string | undefined {
+  return element?.attributes.find((a) => a.qualifiedName === qualifiedName)?.value;
 }
 
 /** Parses domain XML (as libvirt passes it to hooks or `virsh dumpxml` prints it). */
 export async function parseDomainXml(xml: string): Promise<DomainRecord> {
-  let doc: Record<string, unknown>;
-  try {
-    doc = (await parseStringPromise(xml, { xmlns: true, explicitArray: true })) as Record<string, unknown>;
-  } catch (error) {
-    throw new DiskStateError(`the domain XML cannot be parsed: ${(error as Error).message}`, { cause: error });
-  }
-  const domain = doc.domain as XmlNode | undefined;
-  if (!domain) throw new DiskStateError('the XML is not a libvirt <domain> definition');
+  return domainRecordOf(await parseXmlTree(xml));
+}
 
-  const name = text(first(domain, 'name'));
+/** The record of a parsed <domain> element. */
+export function domainRecordOf(domain: XmlElement): DomainRecord {
+  if (domain.qualifiedName !== 'domain') throw new DiskStateError('the XML is not a libvirt <domain> definition');
+  const name = firstChild(domain, 'name')?.text.trim();
   if (!name) throw new DiskStateError('the domain XML has no <name>');
-
   return {
     name,
-    uuid: text(first(domain, 'uuid')),
-    managed: isManaged(first(domain, 'metadata')),
-    disks: children(first(domain, 'devices'), 'disk').map(toDisk),
+    uuid: firstChild(domain, 'uuid')?.text.trim(),
+    managed: isManaged(firstChild(domain, 'metadata')),
+    disks: childrenNamed(firstChild(domain, 'devices'), 'disk').map(diskRecordOf),
   };
 }
 
-function isManaged(metadata: XmlNode | undefined): boolean {
-  if (!metadata) return false;
-  return Object.entries(metadata).some(
-    ([key, value]) =>
-      key !== '$' &&
-      key !== '$ns' &&
-      Array.isArray(value) &&
-      (value as XmlNode[]).some((node) => node.$ns?.uri === NAMESPACE_URI && node.$ns.local === METADATA_ELEMENT),
-  );
+function isManaged(metadata: XmlElement | undefined): boolean {
+  return metadata?.children.some((node) => node.uri === NAMESPACE_URI && node.name === METADATA_ELEMENT) ?? false;
 }
 
-function toDisk(disk: XmlNode): DiskRecord {
-  const source = first(disk, 'source');
+/** The record of one <disk> element. */
+export function diskRecordOf(disk: XmlElement): DiskRecord {
+  const source = firstChild(disk, 'source');
   return {
-    target: attr(first(disk, 'target'), 'dev') ?? '',
-    type: attr(disk, 'type') ?? 'file',
-    device: attr(disk, 'device') ?? 'disk',
-    path: attr(source, 'file'),
-    format: attr(first(disk, 'driver'), 'type'),
-    readonly: first(disk, 'readonly') !== undefined,
-    shareable: first(disk, 'shareable') !== undefined,
+    target: attributeOf(firstChild(disk, 'target'), 'dev') ?? '',
+    type: attributeOf(disk, 'type') ?? 'file',
+    device: attributeOf(disk, 'device') ?? 'disk',
+    path: attributeOf(source, 'file'),
+    format: attributeOf(firstChild(disk, 'driver'), 'type'),
+    readonly: firstChild(disk, 'readonly') !== undefined,
+    shareable: firstChild(disk, 'shareable') !== undefined,
   };
+}
+
+/** Whether a disk is synced: a writable file-backed disk (not a CD-ROM, not shared). */
+export function isSyncedDisk(disk: DiskRecord): boolean {
+  return disk.device === 'disk' && disk.type === 'file' && disk.path !== undefined && !disk.readonly && !disk.shareable;
 }
 
 /** The disks that are synced: writable file-backed disks (not CD-ROMs, not shared). */
 export function syncedDisks(domain: DomainRecord): DiskRecord[] {
-  return domain.disks.filter(
-    (disk) => disk.device === 'disk' && disk.type === 'file' && disk.path !== undefined && !disk.readonly && !disk.shareable,
-  );
-}
-
-function children(node: XmlNode | undefined, name: string): XmlNode[] {
-  const value = node?.[name];
-  return Array.isArray(value) ? value.map((item) => (typeof item === 'string' ? { _: item } : (item as XmlNode))) : [];
-}
-
-function first(node: XmlNode | undefined, name: string): XmlNode | undefined {
-  return children(node, name)[0];
-}
-
-function attr(node: XmlNode | undefined, name: string): string | undefined {
-  return node?.$?.[name]?.value;
-}
-
-function text(node: XmlNode | undefined): string | undefined {
-  const value = node?._;
-  return value === undefined ? undefined : value.trim();
+  return domain.disks.filter(isSyncedDisk);
 }
 
 /**
@@ -150,4 +195,9 @@ function escapeXml(value: string): string {
 
 function unescapeXml(value: string): string {
   return value.replace(/&(lt|gt|quot|apos|amp);/gu, (_all, name: string) => ({ lt: '<', gt: '>', quot: '"', apos: "'", amp: '&' })[name] as string);
+}
+
+/** Every <emulator> element (libvirt writes it as `<emulator>PATH</emulator>`) names `path` instead. */
+export function setEmulator(xml: string, path: string): string {
+  return xml.replace(/<emulator>[^<]*<\/emulator>/gu, `<emulator>${escapeXml(path)}</emulator>`);
 }

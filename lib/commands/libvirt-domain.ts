@@ -3,8 +3,9 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { HostFacts } from '../definition-check.js';
 import type { DomainRecord } from '../domain-xml.js';
-import { UsageError } from '../errors.js';
+import { ToolError, UsageError } from '../errors.js';
 import { runCommand } from '../runner.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
 
@@ -40,4 +41,42 @@ export async function defineDomain(xml: string, env: NodeJS.ProcessEnv): Promise
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Where libvirt's system daemon keeps each domain's UEFI variables. */
+const NVRAM_DIR = '/var/lib/libvirt/qemu/nvram';
+
+/**
+ * What `kss clone` checks a definition from the NAS against: the domains libvirt knows
+ * here (with their UUIDs and disks), the directories of its storage pools of files, and
+ * the emulator and firmware `virsh domcapabilities` gives for the guest's type, arch and
+ * machine. Reads only.
+ */
+export async function readHostFacts(guest: { type: string | undefined; arch: string | undefined; machine: string | undefined }, env: NodeJS.ProcessEnv): Promise<HostFacts> {
+  const { parseXmlTree, parseDomainXml } = await import('../domain-xml.js');
+  const { poolDirOf, readDomainCapabilities } = await import('../definition-check.js');
+  const uri = libvirtUri(env);
+  const virsh = async (...args: string[]) => (await runCommand(virshCommand(uri, ...args))).stdout;
+  const lines = (text: string) => text.split('\n').map((line) => line.trim()).filter(Boolean);
+
+  const domains: Array<HostFacts['domains'][number]> = [];
+  for (const name of lines(await virsh('list', '--all', '--name'))) {
+    // one undefined meanwhile is gone: it has nothing left to collide with
+    const dumped = await runCommand({ ...virshCommand(uri, 'dumpxml', '--inactive', name), okExitCodes: [0, 1] });
+    if (dumped.exitCode !== 0) continue;
+    const domain = await parseDomainXml(dumped.stdout);
+    domains.push({ name: domain.name, uuid: domain.uuid, disks: domain.disks.filter((d) => d.device === 'disk' && d.path !== undefined).map((d) => d.path as string) });
+  }
+  const poolDirs: string[] = [];
+  for (const pool of lines(await virsh('pool-list', '--all', '--name'))) {
+    const dir = poolDirOf(await parseXmlTree(await virsh('pool-dumpxml', pool)));
+    if (dir !== undefined) poolDirs.push(dir);
+  }
+  // From the NAS: passed as --flag=value and only when a plain name, so that none is taken for an option.
+  const query = Object.entries({ virttype: guest.type === 'kvm' || guest.type === 'qemu' ? guest.type : undefined, arch: guest.arch, machine: guest.machine }).flatMap(([flag, value]) =>
+    value !== undefined && /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/u.test(value) ? [`--${flag}=${value}`] : [],
+  );
+  const caps = readDomainCapabilities(await parseXmlTree(await virsh('domcapabilities', ...query)));
+  if (caps.emulator === undefined) throw new ToolError(`virsh domcapabilities ${query.join(' ')} names no emulator`, 'virsh domcapabilities', 0, '', { remedy: 'apt-get install qemu-system-x86 (or the QEMU for the guest\'s arch)' });
+  return { domains, poolDirs, emulator: caps.emulator, loaders: caps.loaders, nvramDir: NVRAM_DIR };
 }

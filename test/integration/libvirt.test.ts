@@ -3,7 +3,7 @@
 // behind a 1 Gbit link. Guest writes and reads go through the running domain.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -45,6 +45,8 @@ before(async (t) => {
   nas = await startSshNas();
   desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
   laptop = await LibvirtHost.startWithSshNas('laptop', join(work, 'laptop'), nas);
+  // The storage pool virt-manager makes: kss clone puts disks only in a pool's directory (or --dir).
+  for (const host of [desk, laptop]) host.mustVirsh('pool-define-as', 'default', 'dir', '--target', IMAGES);
 });
 after(() => {
   desk?.stop();
@@ -281,7 +283,11 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const cloned = l.kss(['clone', 'win']);
     assert.equal(cloned.status, 0, cloned.stderr);
     assert.match(cloned.stderr, /pull vda [0-9a-f]{12}: .*\(100%\)/u);
-    assert.match(cloned.stdout, /^win: defined here with generation [0-9a-f]{12} from host desk .*; virsh start win\n$/u);
+    assert.match(
+      cloned.stdout,
+      /^win: the definition from the NAS: uuid [0-9a-f-]{36}, 64\.0 MiB, 1 vCPU\n {2}vda → \/var\/lib\/libvirt\/images\/win\.img\n {2}emulator \/usr\/bin\/qemu-system-x86_64\nwin: defined here with generation [0-9a-f]{12} from host desk .*; virsh start win\n$/u,
+      'what it defines, then that it did',
+    );
     assert.match(l.mustVirsh('dumpxml', 'win'), /urn:kvm-snapshot-sync:domain:1/u);
     const inStep = JSON.parse(l.kss(['delta', 'win', '--json']).stdout);
     assert.deepEqual([inStep.push, inStep.pull, inStep.tops], [{ bytes: 0, layers: 0 }, { bytes: 0, layers: 0 }, { bytes: 0 }]);
@@ -295,6 +301,110 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     const again = l.kss(['clone', 'win']);
     assert.equal(again.status, 2, 'a defined domain is not cloned over');
     assert.match(again.stderr, /win is already defined on this host/u);
+  });
+
+  describe('kss clone checks the definition it fetched (anything that can write to the NAS can write it)', () => {
+    const evilDisk = `${IMAGES}/evil.qcow2`;
+    const nasFile = () => join((nas as SshNas).root, 'domains', 'evil', 'domain.xml');
+    let pushed = ''; // the definition of evil as kss enable put it on the NAS
+    before(() => {
+      if (!desk || !laptop) return;
+      createImage(desk.outside(evilDisk), 16 * MiB);
+      desk.define('evil', tinyDomainXml('evil', { vda: evilDisk }, false));
+      const enabled = desk.kss(['enable', 'evil']);
+      assert.equal(enabled.status, 0, enabled.stderr);
+      pushed = readFileSync(nasFile(), 'utf8');
+      createImage(laptop.outside(`${IMAGES}/payroll.qcow2`), 16 * MiB);
+      laptop.define('payroll', tinyDomainXml('payroll', { vda: `${IMAGES}/payroll.qcow2` }, false));
+    });
+
+    /** kss clone evil on the laptop, with this domain.xml on the NAS; it must change nothing there. */
+    function refusedClone(xml: string, status: number): string {
+      const l = laptop as LibvirtHost;
+      writeFileSync(nasFile(), xml);
+      const refused = l.kss(['clone', 'evil']);
+      assert.equal(refused.status, status, `${refused.stdout}${refused.stderr}`);
+      assert.match(refused.stderr, /^kss: error: the definition of evil on the NAS is refused; nothing was changed here:\n/mu);
+      assert.equal(refused.stdout, '', 'nothing to be defined was announced');
+      assert.doesNotMatch(refused.stderr, /pull/u, 'no layer was pulled');
+      assert.ok(!existsSync(l.outside('/var/lib/kvm-snapshot-sync/domains/evil')), 'no state for evil');
+      assert.ok(!existsSync(l.outside(evilDisk)), 'no disk');
+      assert.notEqual(l.virsh('domuuid', 'evil').status, 0, 'evil is not defined');
+      return refused.stderr;
+    }
+
+    it('refuses a definition of evil that names payroll, defined here, and its UUID; payroll stays as it was', (t) => {
+      if (!ready(t)) return;
+      const l = laptop as LibvirtHost;
+      const before = l.mustVirsh('dumpxml', '--inactive', 'payroll');
+      const uuid = l.mustVirsh('domuuid', 'payroll').trim();
+      const stderr = refusedClone(pushed.replace('<name>evil</name>', '<name>payroll</name>').replace(/<uuid>[^<]*<\/uuid>/u, `<uuid>${uuid}</uuid>`), 6);
+      assert.match(stderr, /\n {2}<name>: is "payroll", not evil: the definition of evil may define only evil\n/u);
+      assert.match(stderr, new RegExp(`\n {2}<uuid>: ${uuid} is the UUID of payroll, defined on this host: defining it would replace payroll\n`, 'u'));
+      assert.match(stderr, /To fix: .*virsh edit evil, then kss push evil/u);
+      assert.equal(l.mustVirsh('dumpxml', '--inactive', 'payroll'), before, 'payroll is unchanged');
+
+      // Its own name, payroll's UUID as libvirt reads it too: capitals, no dashes.
+      const spelt = uuid.replace(/-/gu, '').toUpperCase();
+      const again = refusedClone(pushed.replace(/<uuid>[^<]*<\/uuid>/u, `<uuid>${spelt}</uuid>`), 2);
+      assert.match(again, new RegExp(`\n {2}<uuid>: ${spelt} is the UUID of payroll, defined on this host`, 'u'));
+      assert.equal(l.mustVirsh('dumpxml', '--inactive', 'payroll'), before, 'payroll is unchanged');
+    });
+
+    it('refuses a disk outside the storage pools (next to root\'s authorized_keys) before it creates or pulls anything', (t) => {
+      if (!ready(t)) return;
+      const l = laptop as LibvirtHost;
+      const target = '/root/.ssh/evil-disk.qcow2'; // a directory of each simulated host's own
+      const stderr = refusedClone(pushed.replace(`'${evilDisk}'`, `'${target}'`), 2);
+      assert.match(stderr, /\n {2}<disk> vda: \/root\/\.ssh\/evil-disk\.qcow2: outside this host's storage pools \(\/var\/lib\/libvirt\/images\)\nTo fix: kss clone evil --dir DIR puts its disks in DIR/u);
+      assert.deepEqual(readdirSync(l.outside('/root/.ssh')).filter((name) => name.includes('evil')), [], 'no file created');
+
+      const climbing = refusedClone(pushed.replace(`'${evilDisk}'`, `'${IMAGES}/../../../../root/.ssh/evil-disk.qcow2'`), 6);
+      assert.match(climbing, /<disk> vda: \/var\/lib\/libvirt\/images\/\.\.\/\.\.\/\.\.\/\.\.\/root\/\.ssh\/evil-disk\.qcow2 has '\.' or '\.\.' in it/u);
+      assert.deepEqual(readdirSync(l.outside('/root/.ssh')).filter((name) => name.includes('evil')), [], 'no file created');
+    });
+
+    it('refuses QEMU pass-through (<qemu:commandline>)', (t) => {
+      if (!ready(t)) return;
+      const xml = pushed
+        .replace(/^<domain type='(\w+)'>/u, "<domain type='$1' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>")
+        .replace('</domain>', "  <qemu:commandline>\n    <qemu:arg value='-chardev'/>\n    <qemu:arg value='file,id=pwn,path=/root/.ssh/authorized_keys'/>\n  </qemu:commandline>\n</domain>");
+      assert.notEqual(xml, pushed);
+      const stderr = refusedClone(xml, 6);
+      assert.match(stderr, /\n {2}<qemu:commandline>: is QEMU pass-through \(the qemu namespace\)/u);
+    });
+
+    it('clones into --dir: two disks of one file name get names of their own; the emulator is this host\'s', async (t) => {
+      if (!ready(t)) return;
+      const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+      const disks = { vda: `${IMAGES}/a/disk.qcow2`, vdb: `${IMAGES}/b/disk.qcow2` };
+      for (const [target, path] of Object.entries(disks)) {
+        mkdirSync(d.outside(`${IMAGES}/${target === 'vda' ? 'a' : 'b'}`));
+        createImage(d.outside(path), 16 * MiB);
+        qemuIo(d.outside(path), `write -P ${target === 'vda' ? '0xa1' : '0xb2'} 0 1M`);
+      }
+      d.define('twins', tinyDomainXml('twins', disks, false));
+      assert.equal(d.kss(['enable', 'twins']).status, 0);
+      // As a host of another distribution would have it.
+      const twinsFile = join((nas as SshNas).root, 'domains', 'twins', 'domain.xml');
+      writeFileSync(twinsFile, readFileSync(twinsFile, 'utf8').replace(/<emulator>[^<]*<\/emulator>/u, '<emulator>/usr/libexec/qemu-kvm</emulator>'));
+
+      const dir = '/var/lib/libvirt/clones';
+      const cloned = l.kss(['clone', 'twins', '--dir', dir]);
+      assert.equal(cloned.status, 0, cloned.stderr);
+      assert.match(
+        cloned.stdout,
+        /\n {2}vda → \/var\/lib\/libvirt\/clones\/disk-vda\.qcow2\n {2}vdb → \/var\/lib\/libvirt\/clones\/disk-vdb\.qcow2\n {2}emulator \/usr\/bin\/qemu-system-x86_64 \(this host's; the NAS named \/usr\/libexec\/qemu-kvm\)\n/u,
+      );
+      const xml = l.mustVirsh('dumpxml', '--inactive', 'twins');
+      assert.match(xml, /<emulator>\/usr\/bin\/qemu-system-x86_64<\/emulator>/u);
+      assert.match(xml, /<source file='\/var\/lib\/libvirt\/clones\/disk-vda\.qcow2'\/>[\s\S]*<source file='\/var\/lib\/libvirt\/clones\/disk-vdb\.qcow2'\/>/u);
+      l.mustVirsh('start', 'twins');
+      l.guestIo('twins', 'read -P 0xa1 0 1M');
+      l.guestIo('twins', 'read -P 0xb2 0 1M', 'virtio-disk1');
+      l.mustVirsh('destroy', 'twins');
+      await l.waitForStop('twins');
+    });
   });
 
   it('names a generation as a snapshot and rolls back to it; merges the local chain (kss snapshot)', async (t) => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseDomainXml, setDiskFormatQcow2, setDiskPaths, syncedDisks } from '../../lib/domain-xml.js';
+import { XMLNS_URI, parseDomainXml, parseXmlTree, setDiskFormatQcow2, setDiskPaths, setEmulator, syncedDisks } from '../../lib/domain-xml.js';
 import { DiskStateError } from '../../lib/errors.js';
 import { NAMESPACE_URI, mentionsNamespace } from '../../lib/namespace.js';
 
@@ -104,5 +104,33 @@ describe('editing disks in libvirt XML, as text', () => {
     const parsed = await parseDomainXml(edited);
     assert.equal(parsed.disks[0]?.path, "/srv/vm's & <images>/root.qcow2");
     assert.equal(parsed.disks[1]?.path, '/var/lib/libvirt/images/work-home.img');
+  });
+});
+
+describe('parseXmlTree', () => {
+  it('keeps every element in order, with its namespace, attributes and text', async () => {
+    const root = await parseXmlTree("<domain type='kvm' xmlns:q='urn:q'><name>a</name><q:x q:y='1'/><devices/><devices><disk/></devices></domain>");
+    assert.deepEqual(
+      root.children.map((c) => [c.qualifiedName, c.name, c.uri]),
+      [['name', 'name', ''], ['q:x', 'x', 'urn:q'], ['devices', 'devices', ''], ['devices', 'devices', '']],
+    );
+    assert.deepEqual(root.attributes, [{ qualifiedName: 'type', uri: '', value: 'kvm' }, { qualifiedName: 'xmlns:q', uri: XMLNS_URI, value: 'urn:q' }]);
+    assert.deepEqual(root.children[1]?.attributes, [{ qualifiedName: 'q:y', uri: 'urn:q', value: '1' }]);
+    assert.equal(root.children[0]?.text, 'a');
+    assert.equal(root.children[3]?.children[0]?.qualifiedName, 'disk', 'a second <devices> is there too');
+  });
+
+  it('rejects what is not XML', async () => {
+    await assert.rejects(parseXmlTree(''), DiskStateError);
+    await assert.rejects(parseXmlTree('<a><b/>'), DiskStateError);
+    await assert.rejects(parseXmlTree('<!DOCTYPE a [<!ENTITY e "x">]><a v="&e;"/>'), DiskStateError);
+  });
+});
+
+describe('setEmulator', () => {
+  it('names another emulator, escaping what XML needs', async () => {
+    const xml = "<domain type='kvm'><name>a</name><devices><emulator>/usr/libexec/qemu-kvm</emulator></devices></domain>";
+    assert.equal(setEmulator(xml, '/usr/bin/qemu-system-x86_64'), xml.replace('/usr/libexec/qemu-kvm', '/usr/bin/qemu-system-x86_64'));
+    assert.equal((await parseXmlTree(setEmulator(xml, '/opt/a&b'))).children[1]?.children[0]?.text, '/opt/a&b');
   });
 });

@@ -160,6 +160,11 @@ function collectStage(command: Command, child: ChildProcess, captureStdout: bool
     const parts = (partial + text).split('\n');
     partial = parts.pop() as string;
     for (const line of parts) if (!onLine!(line)) keep(`${line}\n`);
+    // A line without end (from a remote side that is not what it should be) is kept bounded.
+    if (partial.length > 16_384) {
+      if (!onLine!(partial)) keep(partial);
+      partial = '';
+    }
   };
   child.stderr?.setEncoding('utf8').on('data', onLine ? lines : keep);
   if (captureStdout) child.stdout?.setEncoding('utf8').on('data', (text: string) => (stdout += text));

@@ -6,16 +6,14 @@
 // (reading it back through a client cache would prove nothing). An interrupted upload
 // resumes only after its kept prefix is read back and found equal to the local one.
 //
-// A share is written by others too, so nothing here follows a symbolic link: every
-// component of a path below the root is checked with lstat before use, a file is
-// opened with O_NOFOLLOW (and O_NONBLOCK, so that a FIFO cannot hang an open), and an
-// opened file must be a regular file that resolves inside the NAS root. Streams on an
-// opened file use its descriptor (`fd`), not the FileHandle's own streams, whose
-// references would keep close() waiting forever.
-import { createHash, type Hash } from 'node:crypto';
+// A share is written by others too: every path is resolved inside the root by
+// lib/nas/share-walk.ts (no symbolic link is followed, no directory swapped in between
+// is used, only regular files are opened, a FIFO or device never is). Streams get
+// descriptors of their own (opened through /proc/self/fd), so that a stream torn down
+// in the middle never closes a descriptor something else still holds.
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { constants, createReadStream, createWriteStream } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, readlink, realpath, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { link, lstat, mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomic, fsyncDir } from '../durable-fs.js';
@@ -23,15 +21,12 @@ import { sha256Of } from '../hash.js';
 import { MANIFEST_MAX_BYTES } from './format.js';
 import { IntegrityError, NasFullError, NasUnreachableError } from '../errors.js';
 import { receiveFile } from './receive-file.js';
+import { atPlace, openPlaceDirectory, openPlaceFile, placeOf, type Place } from './share-walk.js';
 import { stallError, type StallReport } from './stall.js';
 import { notRegularError, OWNER_MAX_BYTES, tooLargeError, type ExclusiveResult, type LockClaim, type NasEntry, type NasTransport, type ReplaceResult, type TransferOptions, type TransferResult } from './transport.js';
 
-/** Opening never follows a final symbolic link, and never waits on a FIFO. */
-const NO_FOLLOW = constants.O_NOFOLLOW | constants.O_NONBLOCK;
 /** Published layers and uploads: readable by their owner and group only (guest data). */
 const LAYER_MODE = 0o440;
-/** The file whose mtime tells the NAS's clock. */
-const CLOCK_PROBE = '.kss-clock';
 
 export interface DirTransportOptions {
   root: string;
@@ -43,54 +38,60 @@ export interface DirTransportOptions {
 
 export class DirTransport implements NasTransport {
   readonly where: string;
-  private realRoot: Promise<string> | undefined;
 
   constructor(private readonly options: DirTransportOptions) {
     this.where = options.root;
   }
 
   readFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
-    return this.small(`read ${path}`, () => this.readBounded(path, maxBytes));
+    return this.small(`read ${path}`, () => this.at(path, false, (place) => this.readBounded(place, maxBytes)));
   }
 
   writeFileAtomic(path: string, data: Buffer): Promise<void> {
-    return this.small(`write ${path}`, async () => {
-      const full = await this.resolve(path);
-      await mkdir(dirname(full), { recursive: true });
-      await writeFileAtomic(full, data);
-    });
+    // A new file under a temporary name (O_EXCL), renamed over the name: nothing is written into an existing file.
+    return this.small(`write ${path}`, async () => void (await this.at(path, true, (place) => writeFileAtomic(place.path, data, 0o600))));
   }
 
   stat(path: string): Promise<NasEntry | undefined> {
-    return this.small(`stat ${path}`, async () => this.entry(await this.resolve(path)));
+    return this.small(`stat ${path}`, () => this.at(path, false, (place) => entryOf(place.path, place.name)));
   }
 
   list(dir: string): Promise<NasEntry[]> {
     return this.small(`list ${dir}`, async () => {
-      const full = await this.resolve(dir);
-      const names = await readdir(full).catch((error: unknown) => {
-        if (isCode(error, 'ENOENT')) return [] as string[];
-        throw error;
+      const entries = await this.at(dir, false, async (place) => {
+        const held = await openPlaceDirectory(place, this.where);
+        if (held === undefined) return [];
+        try {
+          const names = await readdir(`/proc/self/fd/${held.fd}`);
+          const found = await Promise.all(names.map((name) => entryOf(`/proc/self/fd/${held.fd}/${name}`, name)));
+          return found.filter((entry): entry is NasEntry => entry !== undefined);
+        } finally {
+          await held.close();
+        }
       });
-      const entries = await Promise.all(names.map((name) => this.entry(join(full, name))));
-      return entries.filter((entry): entry is NasEntry => entry !== undefined);
+      return entries ?? [];
     });
   }
 
   remove(path: string): Promise<void> {
     // rm removes a symbolic link inside the tree, never what it points to.
-    return this.small(`remove ${path}`, async () => rm(await this.resolve(path), { recursive: true, force: true }));
+    return this.small(`remove ${path}`, async () => void (await this.at(path, false, (place) => rm(place.path, { recursive: true, force: true }))));
   }
 
   rename(from: string, to: string): Promise<boolean> {
     return this.small(`rename ${from}`, async () => {
-      try {
-        await rename(await this.resolve(from), await this.resolve(to));
-        return true;
-      } catch (error) {
-        if (isCode(error, 'ENOENT')) return false;
-        throw error;
-      }
+      const done = await this.at(from, false, (source) =>
+        this.at(to, true, async (target) => {
+          try {
+            await rename(source.path, target.path);
+            return true;
+          } catch (error) {
+            if (isCode(error, 'ENOENT')) return false;
+            throw error;
+          }
+        }),
+      );
+      return done ?? false;
     });
   }
 
@@ -109,118 +110,134 @@ export class DirTransport implements NasTransport {
       if (!taken.created) return { outcome: 'locked', ownerData: taken.ownerData, ageMs: taken.ageMs };
       try {
         for (const required of guard.required) {
-          if (!(await this.entry(await this.resolve(required)))?.isFile) return { outcome: 'missing', path: required };
+          if (!(await this.at(required, false, (place) => entryOf(place.path, place.name)))?.isFile) return { outcome: 'missing', path: required };
         }
-        const full = await this.resolve(path);
-        const current = await this.readBounded(path, MANIFEST_MAX_BYTES);
-        const currentSha256 = current === undefined ? null : sha256Of(current);
-        if (currentSha256 !== guard.expectedSha256) return { outcome: 'changed' };
-        await mkdir(dirname(full), { recursive: true });
-        await writeFileAtomic(full, data);
-        return { outcome: 'replaced' };
+        return (await this.at(path, true, async (place) => {
+          const current = await this.readBounded(place, MANIFEST_MAX_BYTES);
+          const currentSha256 = current === undefined ? null : sha256Of(current);
+          if (currentSha256 !== guard.expectedSha256) return { outcome: 'changed' };
+          await writeFileAtomic(place.path, data, 0o600);
+          return { outcome: 'replaced' };
+        })) as ReplaceResult;
       } finally {
-        const owner = await this.readBounded(`${lock.path}/${lock.ownerName}`, OWNER_MAX_BYTES).catch(() => undefined);
-        if (owner?.equals(lock.ownerData)) await rm(await this.resolve(lock.path), { recursive: true, force: true });
+        const owner = await this.at(`${lock.path}/${lock.ownerName}`, false, (place) => this.readBounded(place, OWNER_MAX_BYTES)).catch(() => undefined);
+        if (owner?.equals(lock.ownerData)) await this.at(lock.path, false, (place) => rm(place.path, { recursive: true, force: true }));
       }
     });
   }
 
-  /** mkdir is atomic: exactly one caller creates `path` and writes the owner file. */
+  /** mkdir is atomic: exactly one caller creates `path` and writes the owner file (through the new directory's own descriptor). */
   private async lockDir(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
-    const full = await this.resolve(path);
-    await mkdir(dirname(full), { recursive: true });
-    try {
-      await mkdir(full);
-    } catch (error) {
-      if (!isCode(error, 'EEXIST')) throw error;
-      const owner = await this.readBounded(`${path}/${ownerName}`, OWNER_MAX_BYTES).catch(() => undefined);
-      const times = await Promise.all([lstat(full).catch(() => undefined), lstat(join(full, ownerName)).catch(() => undefined)]);
-      const now = await this.nasNow();
-      // Gone again in between: a holder just released it (age 0: try again soon).
-      const seen = times.filter((s) => s !== undefined).map((s) => s.mtimeMs);
-      const newest = seen.length > 0 ? Math.max(...seen) : now;
-      return { created: false, ownerData: owner, ageMs: now - newest };
-    }
-    await writeFileAtomic(join(full, ownerName), ownerData);
-    return { created: true };
+    return (await this.at(path, true, async (place) => {
+      try {
+        await mkdir(place.path);
+      } catch (error) {
+        if (!isCode(error, 'EEXIST')) throw error;
+        const owner = await this.at(`${path}/${ownerName}`, false, (inside) => this.readBounded(inside, OWNER_MAX_BYTES)).catch(() => undefined);
+        const times = await Promise.all([entryOf(place.path, place.name), this.at(`${path}/${ownerName}`, false, (inside) => entryOf(inside.path, ownerName)).catch(() => undefined)]);
+        const now = await this.nasNow();
+        // Gone again in between: a holder just released it (age 0: try again soon).
+        const seen = times.filter((entry) => entry !== undefined).map((entry) => entry.mtimeMs);
+        const newest = seen.length > 0 ? Math.max(...seen) : now;
+        return { created: false, ownerData: owner, ageMs: now - newest };
+      }
+      const made = await openPlaceDirectory(place, this.where);
+      if (made === undefined) throw new IntegrityError(`${this.where}/${path} vanished as it was made`, { remedy: 'try again; if it repeats, something else removes files on the NAS' });
+      try {
+        await writeFileAtomic(`/proc/self/fd/${made.fd}/${ownerName}`, ownerData, 0o600);
+      } finally {
+        await made.close();
+      }
+      return { created: true };
+    })) as ExclusiveResult;
   }
 
   async putLayer(localPath: string, hash: string, partPath: string, target: string, options: TransferOptions = {}): Promise<TransferResult> {
     const existing = await this.stat(target);
     if (existing && !existing.isFile) throw notRegularError(this.where, target);
     if (existing) return { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 };
-    const final = await this.resolve(target);
-    const part = await this.resolve(partPath);
-    await this.small('prepare upload', async () => {
-      await mkdir(dirname(part), { recursive: true });
-      await mkdir(dirname(final), { recursive: true });
-    });
     const size = (await stat(localPath)).size;
-    const handle = await this.small(`open ${partPath}`, () => this.openInRoot(partPath, constants.O_RDWR | constants.O_CREAT, 0o600));
+    const [part, final] = await this.small('prepare upload', async () => {
+      const places = await Promise.all([placeOf(this.options.root, this.where, partPath, true), placeOf(this.options.root, this.where, target, true)]);
+      return places as [Place, Place];
+    }, (late) => late.forEach((place) => void place.close()));
     let done = 0;
+    let offset = 0;
     try {
-      const partSize = (await handle.stat()).size;
-      let offset = partSize <= size ? partSize : 0;
-      let digest = createHash('sha256');
-      if (offset > 0) {
-        // Resume only onto a prefix that is byte for byte the local one.
-        await hashRange(createReadStream(localPath, { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), digest);
-        const kept = createHash('sha256');
-        await hashRange(createReadStream('', { fd: handle.fd, start: 0, end: offset - 1, highWaterMark: 2 ** 20, autoClose: false }), kept);
-        if (kept.digest('hex') !== digest.copy().digest('hex')) {
-          offset = 0;
-          digest = createHash('sha256');
-        }
-      }
-      await handle.truncate(offset);
-      done = offset;
-      options.onProgress?.(done, size);
-      const out = createWriteStream('', { fd: handle.fd, start: offset, autoClose: false });
-      const guard = stallGuard(this.options.stallTimeoutMs, (error) => out.destroy(error), () => ({ where: this.where, direction: 'push', hash, done, size }));
-      const hashing = new Transform({
-        transform(chunk: Buffer, _encoding, callback) {
-          digest.update(chunk);
-          guard.tick();
-          done += chunk.length;
-          options.onProgress?.(done, size);
-          callback(null, chunk);
-        },
-      });
+      const handle = await this.small(`open ${partPath}`, () => openPlaceFile(part, this.where, { write: true, create: true }), (late) => void late.close());
       try {
-        await pipeline(createReadStream(localPath, { start: offset, highWaterMark: 2 ** 20 }), hashing, out);
-        await handle.sync();
-      } finally {
-        guard.stop();
-      }
-      const actual = digest.digest('hex');
-      if (actual !== hash) {
-        await rm(part, { force: true });
-        throw new IntegrityError(`local layer ${localPath} is damaged: its bytes hash to ${actual}`, {
-          remedy: 'nothing was published; restore the disk from the NAS or another host',
+        const partSize = (await handle.stat()).size;
+        offset = partSize <= size ? partSize : 0;
+        let digest = createHash('sha256');
+        if (offset > 0) {
+          // Resume only onto a prefix that is byte for byte the local one.
+          await hashRange(createReadStream(localPath, { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), digest);
+          const kept = createHash('sha256');
+          await hashRange(createReadStream(ownFd(handle), { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), kept);
+          if (kept.digest('hex') !== digest.copy().digest('hex')) {
+            offset = 0;
+            digest = createHash('sha256');
+          }
+        }
+        await handle.truncate(offset);
+        done = offset;
+        options.onProgress?.(done, size);
+        const out = createWriteStream(ownFd(handle), { flags: 'r+', start: offset });
+        const guard = stallGuard(this.options.stallTimeoutMs, (error) => out.destroy(error), () => ({ where: this.where, direction: 'push', hash, done, size }));
+        const hashing = new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            digest.update(chunk);
+            guard.tick();
+            done += chunk.length;
+            options.onProgress?.(done, size);
+            callback(null, chunk);
+          },
         });
+        try {
+          await pipeline(createReadStream(localPath, { start: offset, highWaterMark: 2 ** 20 }), hashing, out);
+          await handle.sync();
+        } finally {
+          guard.stop();
+        }
+        const actual = digest.digest('hex');
+        if (actual !== hash) {
+          await rm(part.path, { force: true });
+          throw new IntegrityError(`local layer ${localPath} is damaged: its bytes hash to ${actual}`, {
+            remedy: 'nothing was published; restore the disk from the NAS or another host',
+          });
+        }
+        await handle.chmod(LAYER_MODE);
+      } finally {
+        await handle.close();
       }
-      await handle.chmod(LAYER_MODE);
-      await handle.close();
-      await publishNoReplace(part, final);
-      await fsyncDir(dirname(final));
-      return { bytesMoved: size - offset, alreadyThere: false, resumedFrom: offset };
     } catch (error) {
-      await handle.close().catch(() => undefined);
+      await Promise.all([part.close(), final.close()]);
       if (!isCode(error, 'ENOSPC') && !isCode(error, 'EDQUOT')) throw error;
-      await rm(part, { force: true });
+      await this.remove(partPath);
       throw new NasFullError(`the NAS is full: ${this.where} took ${done} of ${size} bytes of layer ${hash}; nothing was published`, {
         remedy: 'free space on the NAS (kss gc removes what retention allows), then push again',
       });
     }
+    try {
+      await publishNoReplace(part.path, final.path);
+      await fsyncDir(final.dirPath);
+    } finally {
+      await Promise.all([part.close(), final.close()]);
+    }
+    return { bytesMoved: size - offset, alreadyThere: false, resumedFrom: offset };
   }
 
   async getLayer(source: string, hash: string, size: number, localPart: string, options: TransferOptions = {}): Promise<TransferResult> {
-    const handle = await this.small(`open ${source}`, () => this.openInRoot(source, constants.O_RDONLY)).catch((error: unknown) => {
-      if (!isCode(error, 'ENOENT')) throw error;
+    const handle = await this.small(
+      `open ${source}`,
+      async () => (await this.at(source, false, (place) => openPlaceFile(place, this.where).catch(missingAsUndefined))) ?? undefined,
+      (late) => void late?.close(),
+    );
+    if (handle === undefined) {
       throw new IntegrityError(`layer ${hash} is missing on ${this.where} (${source})`, {
         remedy: 'the NAS lacks a layer its manifest names: check the NAS directory; the host that made it may still have it',
       });
-    });
+    }
     try {
       const found = (await handle.stat()).size;
       if (found !== size) {
@@ -236,7 +253,7 @@ export class DirTransport implements NasTransport {
         onProgress: options.onProgress,
         open: async (offset) => {
           // Never past the manifest's size, even if the file grows meanwhile.
-          const stream = offset < size ? createReadStream('', { fd: handle.fd, start: offset, end: size - 1, highWaterMark: 2 ** 20, autoClose: false }) : Readable.from([]);
+          const stream = offset < size ? createReadStream(ownFd(handle), { start: offset, end: size - 1, highWaterMark: 2 ** 20 }) : Readable.from([]);
           let done = offset;
           const guard = stallGuard(this.options.stallTimeoutMs, (error) => stream.destroy(error), () => ({ where: this.where, direction: 'pull', hash, done, size }));
           stream.on('data', (chunk: Buffer) => {
@@ -258,106 +275,64 @@ export class DirTransport implements NasTransport {
 
   async close(): Promise<void> {}
 
-  /** The NAS's clock: the mtime of a file written now (a share's server sets it). */
-  private async nasNow(): Promise<number> {
-    const probe = await this.resolve(CLOCK_PROBE);
-    await writeFile(probe, '', { flag: constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | NO_FOLLOW });
-    return (await lstat(probe)).mtimeMs;
+  /** Runs `work` on the place of a NAS path (lib/nas/share-walk.ts); undefined when a directory on the way is missing. */
+  private at<T>(path: string, create: boolean, work: (place: Place) => Promise<T>): Promise<T | undefined> {
+    return atPlace(this.options.root, this.where, path, create, work);
   }
 
-  /** A small file's content, read through openInRoot and never past `maxBytes`; undefined when it does not exist. */
-  private async readBounded(path: string, maxBytes: number): Promise<Buffer | undefined> {
-    let handle: FileHandle;
-    try {
-      handle = await this.openInRoot(path, constants.O_RDONLY);
-    } catch (error) {
-      if (isCode(error, 'ENOENT')) return undefined;
-      throw error;
-    }
-    try {
-      if ((await handle.stat()).size > maxBytes) throw tooLargeError(this.where, path, maxBytes);
-      const buffer = Buffer.alloc(maxBytes + 1);
-      let length = 0;
-      for (let read = -1; read !== 0 && length < buffer.length; length += read) {
-        ({ bytesRead: read } = await handle.read(buffer, length, buffer.length - length, length));
+  /** The NAS's clock: the mtime of a new file of ours (a share's server sets it), removed again. */
+  private async nasNow(): Promise<number> {
+    const probe = `.kss-clock-${randomBytes(6).toString('hex')}`;
+    return (await this.at(probe, false, async (place) => {
+      const made = await open(place.path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      try {
+        return (await made.stat()).mtimeMs;
+      } finally {
+        await made.close();
+        await unlink(place.path);
       }
-      if (length > maxBytes) throw tooLargeError(this.where, path, maxBytes);
-      return buffer.subarray(0, length);
+    })) as number;
+  }
+
+  /** A small file's content, never read past `maxBytes`; undefined when it does not exist. */
+  private async readBounded(place: Place, maxBytes: number): Promise<Buffer | undefined> {
+    const handle = await openPlaceFile(place, this.where).catch(missingAsUndefined);
+    if (handle === undefined) return undefined;
+    try {
+      if ((await handle.stat()).size > maxBytes) throw tooLargeError(this.where, place.nasPath, maxBytes);
+      // Read to the end (it may have grown since fstat), but never past the limit.
+      const chunks: Buffer[] = [];
+      let length = 0;
+      for (;;) {
+        const chunk = Buffer.alloc(Math.min(2 ** 16, maxBytes + 1 - length));
+        const { bytesRead } = await handle.read(chunk, 0, chunk.length, length);
+        if (bytesRead === 0) break;
+        chunks.push(chunk.subarray(0, bytesRead));
+        length += bytesRead;
+        if (length > maxBytes) throw tooLargeError(this.where, place.nasPath, maxBytes);
+      }
+      return Buffer.concat(chunks, length);
     } finally {
       await handle.close();
     }
   }
 
   /**
-   * Opens a file on the share without following a symbolic link anywhere below the
-   * root (resolve, then O_NOFOLLOW), and keeps it only if it is a regular file whose
-   * real path lies inside the root: a directory swapped for a link between the check
-   * and the open is caught here.
+   * Runs a small operation under the deadline; a missing root means the share is not
+   * there. `late` disposes of a result that arrives after the deadline.
    */
-  private async openInRoot(path: string, flags: number, mode?: number): Promise<FileHandle> {
-    const full = await this.resolve(path);
-    let handle: FileHandle;
-    try {
-      handle = await open(full, flags | NO_FOLLOW, mode);
-    } catch (error) {
-      if (isCode(error, 'ELOOP')) throw symlinkError(this.where, path);
-      throw error;
-    }
-    try {
-      if (!(await handle.stat()).isFile()) throw notRegularError(this.where, path);
-      this.realRoot ??= realpath(this.options.root);
-      const real = await readlink(`/proc/self/fd/${handle.fd}`);
-      if (!real.startsWith(`${await this.realRoot}/`)) throw symlinkError(this.where, path);
-      return handle;
-    } catch (error) {
-      await handle.close();
-      throw error;
-    }
-  }
-
-  private async entry(full: string): Promise<NasEntry | undefined> {
-    try {
-      const s = await lstat(full);
-      return { name: full.slice(full.lastIndexOf('/') + 1), size: s.size, mtimeMs: s.mtimeMs, isDirectory: s.isDirectory(), isFile: s.isFile() };
-    } catch (error) {
-      if (isCode(error, 'ENOENT')) return undefined;
-      throw error;
-    }
-  }
-
-  /**
-   * The local path of a NAS path, after checking that no existing component below the
-   * root is a symbolic link (what a share's writer could plant to reach this host's files).
-   */
-  private async resolve(path: string): Promise<string> {
-    const parts = path.split('/').filter((part) => part !== '' && part !== '.');
-    if (path.startsWith('/') || parts.includes('..')) throw new Error(`internal: bad NAS path "${path}"`);
-    let at = this.options.root;
-    for (const part of parts) {
-      at = join(at, part);
-      const found = await lstat(at).catch((error: unknown) => {
-        if (isCode(error, 'ENOENT') || isCode(error, 'ENOTDIR')) return undefined;
-        throw error;
-      });
-      if (found === undefined) break;
-      if (found.isSymbolicLink()) throw symlinkError(this.where, path);
-    }
-    return join(this.options.root, ...parts);
-  }
-
-  /** Runs a small operation under the deadline; a missing root means the share is not there. */
-  private async small<T>(what: string, work: () => Promise<T>): Promise<T> {
+  private async small<T>(what: string, work: () => Promise<T>, late?: (result: T) => void): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
+    let expired = false;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new NasUnreachableError(`the NAS directory ${this.where} did not answer within ${this.options.opTimeoutMs / 1000} s (${what})`, {
-              remedy: 'check that the share is mounted and its server is up',
-            }),
-          ),
-        this.options.opTimeoutMs,
-      );
+      timer = setTimeout(() => {
+        expired = true;
+        reject(
+          new NasUnreachableError(`the NAS directory ${this.where} did not answer within ${this.options.opTimeoutMs / 1000} s (${what})`, {
+            remedy: 'check that the share is mounted and its server is up',
+          }),
+        );
+      }, this.options.opTimeoutMs);
     });
     try {
       const rootStat = await Promise.race([stat(this.options.root).catch(() => undefined), deadline]);
@@ -366,17 +341,34 @@ export class DirTransport implements NasTransport {
           remedy: 'mount the share (or create the directory), or correct "nas" in the configuration',
         });
       }
-      return await Promise.race([work(), deadline]);
+      const running = work();
+      if (late) void running.then((result) => expired && late(result), () => undefined);
+      return await Promise.race([running, deadline]);
     } finally {
       clearTimeout(timer);
     }
   }
 }
 
-function symlinkError(where: string, path: string): IntegrityError {
-  return new IntegrityError(`${where}/${path} is or passes through a symbolic link; kvm-snapshot-sync follows none on a NAS share (one could point into this host's own files)`, {
-    remedy: 'nothing was read or written there; remove the link from the share (kvm-snapshot-sync never makes one)',
-  });
+/** A descriptor of its own on an open file (the same file, through /proc): a stream closes it, never the FileHandle's. */
+function ownFd(handle: FileHandle): string {
+  return `/proc/self/fd/${handle.fd}`;
+}
+
+/** The entry at a path (lstat: a link is reported as what it is), or undefined. */
+async function entryOf(path: string, name: string): Promise<NasEntry | undefined> {
+  try {
+    const s = await lstat(path);
+    return { name, size: s.size, mtimeMs: s.mtimeMs, isDirectory: s.isDirectory(), isFile: s.isFile() };
+  } catch (error) {
+    if (isCode(error, 'ENOENT')) return undefined;
+    throw error;
+  }
+}
+
+function missingAsUndefined(error: unknown): undefined {
+  if (isCode(error, 'ENOENT')) return undefined;
+  throw error;
 }
 
 /** Feeds a stream's bytes into a hash. */

@@ -163,7 +163,7 @@ export function manifestProblem(raw: unknown): string | undefined {
 
   const layers = raw.layers as Record<string, unknown>;
   for (const [hash, info] of Object.entries(layers)) {
-    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${hash.slice(0, 80)}`;
+    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${JSON.stringify(hash.slice(0, 80))}`;
     if (info.parent !== null && !(typeof info.parent === 'string' && Object.hasOwn(layers, info.parent))) {
       return `layer ${hash} names a parent that is not listed`;
     }
@@ -174,23 +174,25 @@ export function manifestProblem(raw: unknown): string | undefined {
   const generations = raw.generations as Record<string, unknown>;
   for (const [id, generation] of Object.entries(generations)) {
     const problem = generationProblem(id, generation, layers);
-    if (problem) return `generation ${id.slice(0, 80)}: ${problem}`;
+    if (problem) return `generation ${isSha256(id) ? id : JSON.stringify(id.slice(0, 80))}: ${problem}`;
   }
   if (raw.head !== null && !(typeof raw.head === 'string' && Object.hasOwn(generations, raw.head))) {
     return 'the head is not a listed generation';
   }
   for (const [name, branch] of Object.entries(raw.branches as Record<string, unknown>)) {
+    if (!isPrintable(name)) return 'a branch name that is not printable';
     if (!isObject(branch) || typeof branch.head !== 'string' || !Object.hasOwn(generations, branch.head)) {
-      return `branch ${name.slice(0, 80)} does not name a listed generation`;
+      return `branch ${name} does not name a listed generation`;
     }
-    if (!isName(branch.host) || !isTime(branch.created) || typeof branch.reason !== 'string') return `branch ${name.slice(0, 80)}: bad host, time or reason`;
+    if (!isName(branch.host) || !isTime(branch.created) || !isPrintable(branch.reason)) return `branch ${name}: bad host, time or reason`;
   }
   if (raw.snapshots !== undefined && !isObject(raw.snapshots)) return 'bad snapshots table';
   for (const [name, snapshot] of Object.entries((raw.snapshots ?? {}) as Record<string, unknown>)) {
+    if (!isPrintable(name)) return 'a snapshot name that is not printable';
     if (!isObject(snapshot) || typeof snapshot.generation !== 'string' || !Object.hasOwn(generations, snapshot.generation)) {
-      return `snapshot ${name.slice(0, 80)} does not name a listed generation`;
+      return `snapshot ${name} does not name a listed generation`;
     }
-    if (!isName(snapshot.host) || !isTime(snapshot.created)) return `snapshot ${name.slice(0, 80)}: bad host or time`;
+    if (!isName(snapshot.host) || !isTime(snapshot.created)) return `snapshot ${name}: bad host or time`;
   }
   if (raw.lease !== null && !(isObject(raw.lease) && isName(raw.lease.host) && isTime(raw.lease.since))) {
     return 'bad lease';
@@ -233,9 +235,17 @@ function isCount(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0;
 }
 
-/** A host or domain name: a non-empty string of bounded length. */
+/**
+ * A name or a reason as a person reads it (kss status, a refusal virsh shows): bounded,
+ * and without control characters, which a terminal would take for escape sequences.
+ */
+export function isPrintable(value: unknown): value is string {
+  return typeof value === 'string' && value.length > 0 && value.length <= 256 && !/[\u0000-\u001f\u007f-\u009f]/u.test(value);
+}
+
+/** A host or domain name. */
 function isName(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && value.length <= 256;
+  return isPrintable(value);
 }
 
 /** A time as toISOString writes it. */

@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { LockedError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { isPrintable } from './format.js';
 import { OWNER_MAX_BYTES, type LockBusy, type LockClaim, type NasTransport } from './transport.js';
 
 const OWNER = 'owner.json';
@@ -89,7 +90,9 @@ function parseOwner(data: Buffer | undefined): NasLockOwner | undefined {
   if (!data) return undefined;
   try {
     const parsed = JSON.parse(data.toString('utf8')) as NasLockOwner;
-    return typeof parsed.token === 'string' ? parsed : undefined;
+    // Anything can write this file: only an owner that reads like one is shown to a person.
+    const sound = typeof parsed.token === 'string' && isPrintable(parsed.host) && Number.isSafeInteger(parsed.pid) && isPrintable(parsed.since);
+    return sound ? parsed : undefined;
   } catch {
     return undefined;
   }

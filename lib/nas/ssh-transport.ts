@@ -49,6 +49,9 @@ const NAS_KILL_DEADLINE_MS = 5000;
 /** How often a stream's progress and stall deadline are looked at. */
 const WATCH_INTERVAL_MS = 500;
 
+/** The most a small command may print: a listing of a year's layers is well under it. */
+const SMALL_OUTPUT_MAX_BYTES = 16 * 2 ** 20;
+
 /** What the NAS side of one ssh command told on its stderr (ssh-command.ts remoteNote). */
 class NasSide {
   pgid: number | undefined;
@@ -94,7 +97,7 @@ export class SshTransport implements NasTransport {
   }
 
   async readFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
-    const result = await this.run(scripts.readFileScript(this.options.root, path, maxBytes));
+    const result = await this.run(scripts.readFileScript(this.options.root, path, maxBytes), { maxOutput: maxBytes + 1 });
     if (result.exitCode === scripts.MISSING) return undefined;
     if (result.stdoutBuffer.length > maxBytes) throw tooLargeError(this.where, path, maxBytes);
     return result.stdoutBuffer;
@@ -461,18 +464,33 @@ export class SshTransport implements NasTransport {
   }
 
   /** Runs one script; MISSING is returned, not thrown; ssh's own failures are classified. */
-  private async run(script: string, opts: { input?: Buffer } = {}) {
+  private async run(script: string, opts: { input?: Buffer; maxOutput?: number } = {}) {
     const nas = new NasSide();
     const wallClockSec = Math.ceil(this.options.opTimeoutMs / 1000) + NAS_SIDE_GRACE_SEC;
     const logMark = this.logMark();
     const pipe = this.start([this.ssh(script, wallClockSec)], { input: opts.input ? 'pipe' : 'ignore', output: 'pipe', onStderrLine: nas.listen(0) });
+    // Whatever runs as the NAS account (its .bashrc too) writes this output: it is bounded here, not there.
+    const maxOutput = opts.maxOutput ?? SMALL_OUTPUT_MAX_BYTES;
     const chunks: Buffer[] = [];
-    pipe.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
+    let received = 0;
+    let flooded: (value: 'flooded') => void = () => undefined;
+    const flood = new Promise<'flooded'>((resolve) => (flooded = resolve));
+    pipe.stdout!.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      if (received <= maxOutput) chunks.push(chunk);
+      else flooded('flooded');
+    });
     pipe.stdin?.on('error', () => undefined);
     pipe.stdin?.end(opts.input);
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.options.opTimeoutMs)));
-    const results = await Promise.race([pipe.done, late]).finally(() => clearTimeout(timer));
+    const results = await Promise.race([pipe.done, late, flood]).finally(() => clearTimeout(timer));
+    if (results === 'flooded') {
+      await this.stopBothEnds(pipe, nas);
+      throw new IntegrityError(`the NAS (${this.where}) answered a small command with more than ${maxOutput} bytes; it was stopped`, {
+        remedy: "something on the NAS account adds output (its shell's startup files?) or a file there is not what kvm-snapshot-sync wrote: check the NAS",
+      });
+    }
     if (results === 'late') {
       await this.stopBothEnds(pipe, nas);
       throw new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where}); the command was stopped`, {

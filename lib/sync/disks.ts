@@ -1,7 +1,7 @@
 // The disk side of the lifecycle, for all disks of a domain at once: a generation is
 // one layer per disk, and the disks always move together.
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { stat, statfs } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { compactLayer, createTop, hasOwnData, incomingPathOf, layerFileName, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
@@ -245,11 +245,52 @@ export async function pullGeneration(
       remedy: 'the domain has other disks here than where that generation was made: compare the definitions (virsh dumpxml)',
     });
   }
-  for (const { target, top, hash } of await missingLayers(state, manifest, generation)) {
+  const missing = await missingLayers(state, manifest, generation);
+  await requireRoomFor(missing.map(({ top, hash }) => ({ dir: layersDirOf(top), bytes: (manifest.layers[hash] as LayerInfo).size })));
+  for (const { target, top, hash } of missing) {
     log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
     const { result } = await repository.pullLayer(state.domain, hash, manifest.layers[hash] as LayerInfo, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
     log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
   }
+}
+
+/**
+ * Refuses a pull that would not fit: the sizes come from the NAS's manifest, which
+ * anything that can write to the NAS can write, and the image filesystem also holds
+ * the disks of VMs that run now. Each filesystem keeps `roomReserve` of its size free.
+ */
+async function requireRoomFor(wanted: Array<{ dir: string; bytes: number }>): Promise<void> {
+  const byFilesystem = new Map<number, { dir: string; bytes: number }>();
+  for (const wish of wanted) {
+    const dir = await existingAncestor(wish.dir); // a first pull makes the layers directory
+    const { bytes } = wish;
+    const { dev } = await stat(dir);
+    const seen = byFilesystem.get(dev) ?? { dir, bytes: 0 };
+    byFilesystem.set(dev, { dir: seen.dir, bytes: seen.bytes + bytes });
+  }
+  for (const { dir, bytes } of byFilesystem.values()) {
+    const fs = await statfs(dir);
+    const free = fs.bavail * fs.bsize;
+    const keep = roomReserve(fs.blocks * fs.bsize);
+    if (bytes + keep > free) {
+      throw new DiskStateError(`not enough space to pull: ${gib(bytes)} to fetch into ${dir}, where ${gib(free)} is free and ${gib(keep)} stays free for the VMs`, {
+        remedy: 'free space on that filesystem (kss gc, other VMs), then start again; if the NAS claims far more than the VM can hold, whatever wrote it there is not kvm-snapshot-sync',
+      });
+    }
+  }
+}
+
+async function existingAncestor(dir: string): Promise<string> {
+  for (let at = dir; ; at = dirname(at)) if ((await pathExists(at)) || at === dirname(at)) return at;
+}
+
+/** What a pull leaves free on a filesystem of `size` bytes: 2 %, at least 512 MiB. Pure. */
+export function roomReserve(size: number): number {
+  return Math.max(512 * 2 ** 20, Math.ceil(size * 0.02));
+}
+
+function gib(bytes: number): string {
+  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 }
 
 /** The layers of a generation's disks that this host lacks, each disk's base first (disks it has no layer for are skipped). */

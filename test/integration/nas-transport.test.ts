@@ -3,13 +3,14 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { IntegrityError, NasUnreachableError } from '../../lib/errors.js';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { SshTransport } from '../../lib/nas/ssh-transport.js';
+import { placeOf, type Place } from '../../lib/nas/share-walk.js';
 import type { NasTransport } from '../../lib/nas/transport.js';
 import { shellQuote } from '../../lib/shell-quote.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
@@ -335,11 +336,36 @@ describe('dir transport on a share others can write', () => {
     await assert.rejects(transport.putLayer(local, hash, `domains/d/uploads/${hash}.h.part`, `domains/d/layers/${hash}.qcow2`), refusesLink);
     assert.equal(readFileSync(victim, 'utf8'), 'must stay', 'an upload did not write through the link');
 
-    // A held lock makes the next taker read the NAS clock by writing a probe file.
-    symlinkSync(victim, join(root, '.kss-clock'));
+    // An upload hard-linked to a host file (a share on this host's own filesystem).
+    const linked = hostFile('linked', 'must stay too');
+    rmSync(join(root, `domains/d/uploads/${hash}.h.part`));
+    linkSync(linked, join(root, `domains/d/uploads/${hash}.h.part`));
+    await assert.rejects(transport.putLayer(local, hash, `domains/d/uploads/${hash}.h.part`, `domains/d/layers/${hash}.qcow2`), /has 2 hard links; kvm-snapshot-sync writes only files of its own/u);
+    assert.equal(readFileSync(linked, 'utf8'), 'must stay too', 'an upload did not write through the hard link');
+
+    // A held lock makes the next taker read the NAS clock by making a probe file: a new one, never a planted name.
+    for (const name of ['.kss-clock', '.kss-clock-0']) symlinkSync(victim, join(root, name));
     assert.deepEqual(await transport.mkdirExclusive('domains/d/lock', 'owner.json', Buffer.from('{}')), { created: true });
-    await assert.rejects(transport.mkdirExclusive('domains/d/lock', 'owner.json', Buffer.from('{}')), refusesLink);
+    assert.equal((await transport.mkdirExclusive('domains/d/lock', 'owner.json', Buffer.from('{}'))).created, false);
     assert.equal(readFileSync(victim, 'utf8'), 'must stay', 'the clock probe did not truncate it');
+    assert.deepEqual(readdirSync(root).filter((name) => name.startsWith('.kss-clock')).sort(), ['.kss-clock', '.kss-clock-0'], 'the probe is gone again');
+  });
+
+  it('works in the directory it checked, even when that directory is swapped for a link in between', async () => {
+    // The walk holds each directory open: the name looked up later is looked up in the one it checked.
+    mkdirSync(join(root, 'domains/swap/layers'), { recursive: true });
+    const kept = hostFile('unpushed.qcow2', 'guest data');
+    writeFileSync(join(root, 'domains/swap/layers/unpushed.qcow2'), 'old');
+    const place = (await placeOf(root, root, 'domains/swap/layers/unpushed.qcow2', false)) as Place;
+    try {
+      renameSync(join(root, 'domains/swap/layers'), join(root, 'domains/swap/aside'));
+      symlinkSync(host, join(root, 'domains/swap/layers'));
+      rmSync(place.path);
+    } finally {
+      await place.close();
+    }
+    assert.equal(readFileSync(kept, 'utf8'), 'guest data', 'the host file behind the link is untouched');
+    assert.equal(existsSync(join(root, 'domains/swap/aside/unpushed.qcow2')), false, 'the file removed is the one in the checked directory');
   });
 
   it('reads only regular files: a FIFO for a manifest or a layer is refused at once', async () => {
@@ -526,6 +552,25 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     } finally {
       s.setShellStartup(undefined);
     }
+  });
+
+  it('bounds what a small command may print: a NAS account whose shell floods stdout is stopped, not buffered', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    writeFileSync(join(root, 'kss-nas.json'), '{"format": 1}\n');
+    s.setShellStartup('head -c 64M /dev/zero\n');
+    try {
+      await assert.rejects(transport.readFile('kss-nas.json', 4096), (error: unknown) => {
+        assert.ok(error instanceof IntegrityError, String(error));
+        assert.match(error.message, /answered a small command with more than 4097 bytes; it was stopped/u);
+        return true;
+      });
+      await assert.rejects(transport.list('.'), /answered a small command with more than 16777216 bytes/u);
+    } finally {
+      s.setShellStartup(undefined);
+    }
+    assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
+    assert.ok(await transport.readFile('kss-nas.json', 4096), 'it answers again');
   });
 
   it('cuts a download at the size the manifest names: a stream that decompresses to far more fills nothing here', async (t) => {

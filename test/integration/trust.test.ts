@@ -79,6 +79,30 @@ describe('what a host pulls', () => {
   });
 });
 
+describe('what a host pulls, by size', () => {
+  it('refuses a pull that the image filesystem cannot hold (with room left for running VMs), before a byte moves', async (t) => {
+    const s = await twoHosts(t, 'huge');
+    if (!s) return;
+    await s.session(s.laptop);
+    const before = await s.manifest();
+    const head = before.generations[before.head as string]!;
+    // A layer the manifest says is 64 TiB: a sparse file, or a zstd bomb over SSH, could be just that.
+    const huge = 'e'.repeat(64);
+    const generation = { parent: head.id, host: 'desk', created: new Date().toISOString(), disks: { ...head.disks, vda: huge } };
+    const id = generationId(generation);
+    writeFileSync(
+      join(s.nas, nasPaths.manifest('huge')),
+      serializeManifest({ ...before, revision: before.revision + 1, head: id, generations: { ...before.generations, [id]: { id, ...generation } }, layers: { ...before.layers, [huge]: { parent: head.disks.vda as string, size: 64 * 2 ** 40 } } }),
+    );
+    const files = () => readdirSync(layersDirOf(s.laptopDisks.vda)).sort();
+    const filesBefore = files();
+    const start = s.call(s.laptop, 'prepare');
+    assert.notEqual(start.status, 0, 'the start is refused');
+    assert.match(start.stderr, /not enough space to pull: 65536\.0 GiB to fetch into .*, where [\d.]+ GiB is free and [\d.]+ GiB stays free for the VMs/u);
+    assert.deepEqual(files(), filesBefore, 'nothing was written here');
+  });
+});
+
 describe('guest data on a host', () => {
   it('is never world-readable: layers sealed, pushed and pulled are 0440, tops 0600', async (t) => {
     const s = await twoHosts(t, 'private');

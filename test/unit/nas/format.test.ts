@@ -39,7 +39,7 @@ describe('manifest validation', () => {
     ['a lease whose time is not a time', (m) => (m.lease.since = 'junk'), /bad lease/],
     ['a generation whose id is not the hash of its content', (m) => ((Object.values(m.generations)[0] as any).host = 'laptop'), /its id is not the hash of its content/],
     ['a head that is its own parent', (m) => ((Object.values(m.generations)[0] as any).parent = m.head), /its id is not the hash of its content/],
-    ['a generation id that is not hex', (m) => { const g = Object.values(m.generations)[0] as any; delete m.generations[g.id]; g.id = 'G'.repeat(64); m.generations[g.id] = g; m.head = g.id; }, /generation G{64}: bad entry/],
+    ['a generation id that is not hex', (m) => { const g = Object.values(m.generations)[0] as any; delete m.generations[g.id]; g.id = 'G'.repeat(64); m.generations[g.id] = g; m.head = g.id; }, /generation "G{64}": bad entry/],
     ['a parent that is not an id', (m) => ((Object.values(m.generations)[0] as any).parent = '../x'), /bad parent/],
     ['a time of "junk"', (m) => ((Object.values(m.generations)[0] as any).created = 'junk'), /bad host or time/],
     ['a negative layer size', (m) => (m.layers[A].size = -1), /layer a{64} has no size/],
@@ -50,6 +50,10 @@ describe('manifest validation', () => {
     ['a branch whose time is not a time', (m) => (m.branches.x = { head: m.head, host: 'h', created: 'junk', reason: 'r' }), /branch x: bad host, time or reason/],
     ['a snapshot without a host', (m) => (m.snapshots = { s: { generation: m.head, created: '2026-11-21T10:00:00.000Z' } }), /snapshot s: bad host or time/],
     ['an empty domain name', (m) => (m.domain = ''), /no domain name/],
+    ['a host name with a terminal escape sequence', (m) => ((Object.values(m.generations)[0] as any).host = 'desk\u001b[2J'), /bad host or time/],
+    ['a branch name with a terminal escape sequence', (m) => (m.branches['x\u001b]0;owned\u0007'] = { head: m.head, host: 'h', created: '2026-11-21T10:00:00.000Z', reason: 'r' }), /a branch name that is not printable/],
+    ['a branch reason with a C1 control', (m) => (m.branches.x = { head: m.head, host: 'h', created: '2026-11-21T10:00:00.000Z', reason: 'r\u009b31m' }), /branch x: bad host, time or reason/],
+    ['a layer key with an escape sequence', (m) => (m.layers['\u001b[31m'] = { parent: null, size: 1 }), /bad layer entry "\\u001b\[31m"/],
   ];
   for (const [name, damage, message] of broken) {
     it(`rejects ${name}`, () => {

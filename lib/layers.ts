@@ -84,6 +84,20 @@ export function topBackingRef(topPath: string, hash: string): string {
   return `${basename(layersDirOf(topPath))}/${layerFileName(hash)}`;
 }
 
+/**
+ * Gives a disk's files the modes this version makes them with: an install of an older
+ * one left layers world-readable (0444) and tops 0644. Changes only what is looser.
+ */
+export async function makePrivate(topPath: string): Promise<void> {
+  const tighten = async (path: string, mode: number) => {
+    const found = await stat(path).catch(() => undefined);
+    if (found?.isFile() && (found.mode & 0o777 & ~mode) !== 0) await chmod(path, found.mode & 0o777 & mode);
+  };
+  await tighten(topPath, TOP_MODE);
+  const names = await readdir(layersDirOf(topPath)).catch(() => [] as string[]);
+  for (const name of names) if (hashOfLayerFileName(name) !== undefined) await tighten(join(layersDirOf(topPath), name), LAYER_MODE);
+}
+
 /** Reads an image's backing chain, top first. */
 export async function readChain(path: string, deps: EngineDeps = defaultDeps): Promise<ChainEntry[]> {
   const { stdout } = await deps.run(infoChainCommand(path));

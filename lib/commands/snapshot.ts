@@ -62,7 +62,7 @@ function row(generation: Generation, where: 'local' | 'nas', marks: string[]): S
  */
 export async function snapshotCreate(o: { domain: string; name: string | undefined }, context: CommandContext): Promise<void> {
   const name = o.name ?? new Date().toISOString().slice(0, 19).replace(/:/gu, '');
-  if (!/^[\w.-]+$/u.test(name)) throw new UsageError(`snapshot name "${name}": use letters, digits, . _ and - only`);
+  if (!/^[\w.-]{1,128}$/u.test(name)) throw new UsageError(`snapshot name "${name}": use letters, digits, . _ and - only, at most 128 of them`);
   const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain}): a snapshot is of the disks at rest`);
   const { outcome, pending, synced, config } = await pushHere(o.domain, context, after);
   if (pending > 0 || synced === null) {

@@ -13,7 +13,7 @@
 // in the middle never closes a descriptor something else still holds.
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { constants, createReadStream, createWriteStream } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomic, fsyncDir } from '../durable-fs.js';
@@ -21,7 +21,7 @@ import { sha256Of } from '../hash.js';
 import { MANIFEST_MAX_BYTES } from './format.js';
 import { IntegrityError, NasFullError, NasUnreachableError } from '../errors.js';
 import { receiveFile } from './receive-file.js';
-import { atPlace, openPlaceDirectory, openPlaceFile, placeOf, type Place } from './share-walk.js';
+import { atPlace, openPlaceDirectory, openPlaceFile, placeOf, removeAt, type Place } from './share-walk.js';
 import { stallError, type StallReport } from './stall.js';
 import { notRegularError, OWNER_MAX_BYTES, tooLargeError, type ExclusiveResult, type LockClaim, type NasEntry, type NasTransport, type ReplaceResult, type TransferOptions, type TransferResult } from './transport.js';
 
@@ -74,8 +74,7 @@ export class DirTransport implements NasTransport {
   }
 
   remove(path: string): Promise<void> {
-    // rm removes a symbolic link inside the tree, never what it points to.
-    return this.small(`remove ${path}`, async () => void (await this.at(path, false, (place) => rm(place.path, { recursive: true, force: true }))));
+    return this.small(`remove ${path}`, async () => void (await this.at(path, false, (place) => removeAt(place, this.where))));
   }
 
   rename(from: string, to: string): Promise<boolean> {
@@ -112,23 +111,23 @@ export class DirTransport implements NasTransport {
         for (const required of guard.required) {
           if (!(await this.at(required, false, (place) => entryOf(place.path, place.name)))?.isFile) return { outcome: 'missing', path: required };
         }
-        return (await this.at(path, true, async (place) => {
+        return await this.atMade(path, async (place): Promise<ReplaceResult> => {
           const current = await this.readBounded(place, MANIFEST_MAX_BYTES);
           const currentSha256 = current === undefined ? null : sha256Of(current);
           if (currentSha256 !== guard.expectedSha256) return { outcome: 'changed' };
           await writeFileAtomic(place.path, data, 0o600);
           return { outcome: 'replaced' };
-        })) as ReplaceResult;
+        });
       } finally {
         const owner = await this.at(`${lock.path}/${lock.ownerName}`, false, (place) => this.readBounded(place, OWNER_MAX_BYTES)).catch(() => undefined);
-        if (owner?.equals(lock.ownerData)) await this.at(lock.path, false, (place) => rm(place.path, { recursive: true, force: true }));
+        if (owner?.equals(lock.ownerData)) await this.at(lock.path, false, (place) => removeAt(place, this.where));
       }
     });
   }
 
   /** mkdir is atomic: exactly one caller creates `path` and writes the owner file (through the new directory's own descriptor). */
   private async lockDir(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
-    return (await this.at(path, true, async (place) => {
+    return this.atMade(path, async (place) => {
       try {
         await mkdir(place.path);
       } catch (error) {
@@ -149,7 +148,7 @@ export class DirTransport implements NasTransport {
         await made.close();
       }
       return { created: true };
-    })) as ExclusiveResult;
+    });
   }
 
   async putLayer(localPath: string, hash: string, partPath: string, target: string, options: TransferOptions = {}): Promise<TransferResult> {
@@ -157,74 +156,92 @@ export class DirTransport implements NasTransport {
     if (existing && !existing.isFile) throw notRegularError(this.where, target);
     if (existing) return { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 };
     const size = (await stat(localPath)).size;
-    const [part, final] = await this.small('prepare upload', async () => {
-      const places = await Promise.all([placeOf(this.options.root, this.where, partPath, true), placeOf(this.options.root, this.where, target, true)]);
-      return places as [Place, Place];
-    }, (late) => late.forEach((place) => void place.close()));
-    let done = 0;
-    let offset = 0;
+    const [part, final] = (await this.small('prepare upload', () => this.placesOf([partPath, target]), (late) => void closeAll(late))) as [Place, Place];
+    const opening = openPlaceFile(part, this.where, { write: true, create: true });
+    let handle: FileHandle;
     try {
-      const handle = await this.small(`open ${partPath}`, () => openPlaceFile(part, this.where, { write: true, create: true }), (late) => void late.close());
-      try {
-        const partSize = (await handle.stat()).size;
-        offset = partSize <= size ? partSize : 0;
-        let digest = createHash('sha256');
-        if (offset > 0) {
-          // Resume only onto a prefix that is byte for byte the local one.
-          await hashRange(createReadStream(localPath, { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), digest);
-          const kept = createHash('sha256');
-          await hashRange(createReadStream(ownFd(handle), { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), kept);
-          if (kept.digest('hex') !== digest.copy().digest('hex')) {
-            offset = 0;
-            digest = createHash('sha256');
-          }
-        }
-        await handle.truncate(offset);
-        done = offset;
-        options.onProgress?.(done, size);
-        const out = createWriteStream(ownFd(handle), { flags: 'r+', start: offset });
-        const guard = stallGuard(this.options.stallTimeoutMs, (error) => out.destroy(error), () => ({ where: this.where, direction: 'push', hash, done, size }));
-        const hashing = new Transform({
-          transform(chunk: Buffer, _encoding, callback) {
-            digest.update(chunk);
-            guard.tick();
-            done += chunk.length;
-            options.onProgress?.(done, size);
-            callback(null, chunk);
-          },
-        });
-        try {
-          await pipeline(createReadStream(localPath, { start: offset, highWaterMark: 2 ** 20 }), hashing, out);
-          await handle.sync();
-        } finally {
-          guard.stop();
-        }
-        const actual = digest.digest('hex');
-        if (actual !== hash) {
-          await rm(part.path, { force: true });
-          throw new IntegrityError(`local layer ${localPath} is damaged: its bytes hash to ${actual}`, {
-            remedy: 'nothing was published; restore the disk from the NAS or another host',
-          });
-        }
-        await handle.chmod(LAYER_MODE);
-      } finally {
-        await handle.close();
-      }
+      handle = await this.small(`open ${partPath}`, () => opening);
     } catch (error) {
-      await Promise.all([part.close(), final.close()]);
+      // The open may still be under way on a hung share: the places go once it is done, not under it.
+      void opening.then((late) => late.close(), () => undefined).finally(() => closeAll([part, final]));
+      throw error;
+    }
+    try {
+      const offset = await this.upload(handle, part, localPath, hash, size, options);
+      await publishNoReplace(part.path, final.path);
+      await fsyncDir(final.dirPath);
+      return { bytesMoved: size - offset, alreadyThere: false, resumedFrom: offset };
+    } finally {
+      await handle.close();
+      await closeAll([part, final]);
+    }
+  }
+
+  /** The places of several NAS paths (directories made as needed); none is left open when one fails. */
+  private async placesOf(paths: string[]): Promise<Place[]> {
+    const opened = await Promise.allSettled(paths.map((path) => placeOf(this.options.root, this.where, path, true)));
+    const places = opened.map((result) => (result.status === 'fulfilled' ? result.value : undefined));
+    const failed = opened.find((result) => result.status === 'rejected');
+    if (failed || places.includes(undefined)) {
+      await closeAll(places);
+      throw failed ? (failed as PromiseRejectedResult).reason : new IntegrityError(`a directory on ${this.where} vanished as it was made`, { remedy: 'try again; if it repeats, something else removes files on the NAS' });
+    }
+    return places as Place[];
+  }
+
+  /**
+   * Writes the local layer into the open upload `handle`, continuing what it holds when
+   * that is byte for byte the local file's start; read-only and flushed when it hashes
+   * to `hash`. Returns the offset it continued from.
+   */
+  private async upload(handle: FileHandle, part: Place, localPath: string, hash: string, size: number, options: TransferOptions): Promise<number> {
+    const partSize = (await handle.stat()).size;
+    let offset = partSize <= size ? partSize : 0;
+    let digest = createHash('sha256');
+    if (offset > 0) {
+      await hashRange(createReadStream(localPath, { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), digest);
+      const kept = createHash('sha256');
+      await hashRange(createReadStream(ownFd(handle), { start: 0, end: offset - 1, highWaterMark: 2 ** 20 }), kept);
+      if (kept.digest('hex') !== digest.copy().digest('hex')) {
+        offset = 0;
+        digest = createHash('sha256');
+      }
+    }
+    await handle.truncate(offset);
+    let done = offset;
+    options.onProgress?.(done, size);
+    const out = createWriteStream(ownFd(handle), { flags: 'r+', start: offset });
+    const guard = stallGuard(this.options.stallTimeoutMs, (error) => out.destroy(error), () => ({ where: this.where, direction: 'push', hash, done, size }));
+    const hashing = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        digest.update(chunk);
+        guard.tick();
+        done += chunk.length;
+        options.onProgress?.(done, size);
+        callback(null, chunk);
+      },
+    });
+    try {
+      await pipeline(createReadStream(localPath, { start: offset, highWaterMark: 2 ** 20 }), hashing, out);
+      await handle.sync();
+    } catch (error) {
       if (!isCode(error, 'ENOSPC') && !isCode(error, 'EDQUOT')) throw error;
-      await this.remove(partPath);
+      await unlinkIfThere(part.path);
       throw new NasFullError(`the NAS is full: ${this.where} took ${done} of ${size} bytes of layer ${hash}; nothing was published`, {
         remedy: 'free space on the NAS (kss gc removes what retention allows), then push again',
       });
-    }
-    try {
-      await publishNoReplace(part.path, final.path);
-      await fsyncDir(final.dirPath);
     } finally {
-      await Promise.all([part.close(), final.close()]);
+      guard.stop();
     }
-    return { bytesMoved: size - offset, alreadyThere: false, resumedFrom: offset };
+    const actual = digest.digest('hex');
+    if (actual !== hash) {
+      await unlinkIfThere(part.path);
+      throw new IntegrityError(`local layer ${localPath} is damaged: its bytes hash to ${actual}`, {
+        remedy: 'nothing was published; restore the disk from the NAS or another host',
+      });
+    }
+    await handle.chmod(LAYER_MODE);
+    return offset;
   }
 
   async getLayer(source: string, hash: string, size: number, localPart: string, options: TransferOptions = {}): Promise<TransferResult> {
@@ -278,6 +295,16 @@ export class DirTransport implements NasTransport {
   /** Runs `work` on the place of a NAS path (lib/nas/share-walk.ts); undefined when a directory on the way is missing. */
   private at<T>(path: string, create: boolean, work: (place: Place) => Promise<T>): Promise<T | undefined> {
     return atPlace(this.options.root, this.where, path, create, work);
+  }
+
+  /** As `at`, making the directories on the way; one that vanishes as it is made is an error. */
+  private async atMade<T>(path: string, work: (place: Place) => Promise<T>): Promise<T> {
+    const [place] = (await this.placesOf([path])) as [Place];
+    try {
+      return await work(place);
+    } finally {
+      await place.close();
+    }
   }
 
   /** The NAS's clock: the mtime of a new file of ours (a share's server sets it), removed again. */
@@ -376,18 +403,29 @@ async function hashRange(stream: Readable, digest: Hash): Promise<void> {
   for await (const chunk of stream) digest.update(chunk as Buffer);
 }
 
-/** Publishes `part` as `final` unless a file is there already (same name, same bytes). */
+/** Publishes `part` as `final` unless a file is there already (same name, same bytes); both are names in held directories. */
 async function publishNoReplace(part: string, final: string): Promise<void> {
   try {
     await link(part, final);
-    await rm(part, { force: true });
+    await unlinkIfThere(part);
   } catch (error) {
-    if (isCode(error, 'EEXIST')) return void (await rm(part, { force: true }));
+    if (isCode(error, 'EEXIST')) return unlinkIfThere(part);
     // Shares without hard links (some SMB servers): check, then rename.
     if (!isCode(error, 'EPERM') && !isCode(error, 'ENOTSUP') && !isCode(error, 'EOPNOTSUPP')) throw error;
-    if (await stat(final).catch(() => undefined)) return void (await rm(part, { force: true }));
+    if (await lstat(final).catch(() => undefined)) return unlinkIfThere(part);
     await rename(part, final);
   }
+}
+
+async function unlinkIfThere(path: string): Promise<void> {
+  await unlink(path).catch((error: unknown) => {
+    if (!isCode(error, 'ENOENT')) throw error;
+  });
+}
+
+/** Closes the places that were opened, whether or not all were. */
+async function closeAll(places: Array<Place | undefined>): Promise<void> {
+  await Promise.all(places.map((place) => place?.close()));
 }
 
 /** Calls `fail` when `tick` has not been called for `ms`; `report` says what was moving, and how far. */

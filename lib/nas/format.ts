@@ -163,7 +163,7 @@ export function manifestProblem(raw: unknown): string | undefined {
 
   const layers = raw.layers as Record<string, unknown>;
   for (const [hash, info] of Object.entries(layers)) {
-    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${JSON.stringify(hash.slice(0, 80))}`;
+    if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${shown(hash)}`;
     if (info.parent !== null && !(typeof info.parent === 'string' && Object.hasOwn(layers, info.parent))) {
       return `layer ${hash} names a parent that is not listed`;
     }
@@ -174,7 +174,7 @@ export function manifestProblem(raw: unknown): string | undefined {
   const generations = raw.generations as Record<string, unknown>;
   for (const [id, generation] of Object.entries(generations)) {
     const problem = generationProblem(id, generation, layers);
-    if (problem) return `generation ${isSha256(id) ? id : JSON.stringify(id.slice(0, 80))}: ${problem}`;
+    if (problem) return `generation ${isSha256(id) ? id : shown(id)}: ${problem}`;
   }
   if (raw.head !== null && !(typeof raw.head === 'string' && Object.hasOwn(generations, raw.head))) {
     return 'the head is not a listed generation';
@@ -209,7 +209,7 @@ function generationProblem(id: string, generation: unknown, layers: Record<strin
   if (!isName(generation.host) || !isTime(generation.created)) return 'bad host or time';
   if (!isObject(generation.disks) || Object.keys(generation.disks).length === 0) return 'no disks';
   for (const [target, layer] of Object.entries(generation.disks)) {
-    if (!DISK_TARGET.test(target)) return `bad disk name ${JSON.stringify(target.slice(0, 80))}`;
+    if (!DISK_TARGET.test(target)) return `bad disk name ${shown(target)}`;
     if (typeof layer !== 'string' || !Object.hasOwn(layers, layer)) return `disk ${target} names an unlisted layer`;
   }
   const made = { parent: generation.parent, host: generation.host, created: generation.created, disks: generation.disks as Record<string, string> };
@@ -240,7 +240,16 @@ function isCount(value: unknown): value is number {
  * and without control characters, which a terminal would take for escape sequences.
  */
 export function isPrintable(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && value.length <= 256 && !/[\u0000-\u001f\u007f-\u009f]/u.test(value);
+  return typeof value === 'string' && value.length > 0 && value.length <= 256 && !UNPRINTABLE.test(value);
+}
+
+/** C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows. */
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/u;
+
+/** A string from the NAS as it may appear in a message: cut short, anything unprintable as \\uXXXX. */
+function shown(text: string): string {
+  const escaped = text.slice(0, 80).replace(new RegExp(UNPRINTABLE.source, 'gu'), (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return `"${escaped}"`;
 }
 
 /** A host or domain name. */

@@ -69,6 +69,11 @@ interface ReadManifest {
   sha256: string | null;
 }
 
+/** Where a pull of layer `hash` into `localDir` keeps what it has so far (it resumes from there). */
+export function pullPartPath(localDir: string, hash: string): string {
+  return join(localDir, `.pull-${hash}.part`);
+}
+
 export class NasRepository {
   private markerChecked = false;
   /**
@@ -124,7 +129,7 @@ export class NasRepository {
     const path = join(localDir, `${hash}.qcow2`);
     if (await stat(path).catch(() => undefined)) return { path, result: { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 } };
     await mkdirShared(localDir);
-    const part = join(localDir, `.pull-${hash}.part`);
+    const part = pullPartPath(localDir, hash);
     const result = await this.transport.getLayer(nasPaths.layer(domain, hash), hash, info.size, part, { onProgress });
     let problem: string | undefined;
     try {

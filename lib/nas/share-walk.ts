@@ -12,13 +12,17 @@
 // checked to be a regular file (with one link, where it is written), and only then
 // reopened through its descriptor to be read or written.
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { IntegrityError } from '../errors.js';
 import { notRegularError } from './transport.js';
 
 /** Linux's O_PATH (Node does not export it). */
 const O_PATH = 0o10000000;
 const DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+/** How deep removeAt goes: what it removes (a lock, an upload, a domain's directory) is shallow. */
+const REMOVE_DEPTH = 8;
+/** Whether /proc/self/fd resolves to the descriptors (checked once: without it every name would look missing). */
+let procChecked = false;
 
 /** A name in a directory held open: `path` reaches it through the directory's descriptor. */
 export interface Place {
@@ -49,6 +53,7 @@ export async function placeOf(root: string, where: string, path: string, create:
   const name = parts.pop() as string;
   let dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
+    if (!procChecked) await checkProc(dir);
     for (const part of parts) {
       const next = await openDirectory(`/proc/self/fd/${dir.fd}/${part}`, where, path, create);
       if (next === undefined) {
@@ -64,6 +69,14 @@ export async function placeOf(root: string, where: string, path: string, create:
   }
   const held = dir;
   return { nasPath: path, name, path: `/proc/self/fd/${held.fd}/${name}`, dirPath: `/proc/self/fd/${held.fd}`, close: () => held.close() };
+}
+
+async function checkProc(dir: FileHandle): Promise<void> {
+  const [held, seen] = await Promise.all([dir.stat(), stat(`/proc/self/fd/${dir.fd}`).catch(() => undefined)]);
+  if (seen?.ino !== held.ino || seen.dev !== held.dev) {
+    throw new IntegrityError('/proc/self/fd does not show this process\'s open files here; a directory NAS needs /proc (mounted as on any Linux host)', { remedy: 'mount /proc, or use an SSH NAS' });
+  }
+  procChecked = true;
 }
 
 /** Runs `work` on the place of `path`, closing it after; undefined (work not run) when a directory on the way is missing. */
@@ -135,6 +148,39 @@ export async function openPlaceFile(place: Place, where: string, how: FileOpen =
   } finally {
     await probe.close();
   }
+}
+
+/**
+ * Removes what is at a place and nothing else: a file or link by unlink, a directory by
+ * emptying it through its own descriptor, level by level (fs.rm would look every child
+ * up by a path again, and follow a directory swapped for a link meanwhile). Nothing
+ * happens when it is not there.
+ */
+export async function removeAt(place: Place, where: string): Promise<void> {
+  await removeEntry(place.dirPath, place.name, where, place.nasPath, 0);
+}
+
+async function removeEntry(dirPath: string, name: string, where: string, nasPath: string, depth: number): Promise<void> {
+  const path = `${dirPath}/${name}`;
+  const found = await lstat(path).catch((error: unknown) => {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (found === undefined) return;
+  if (!found.isDirectory()) return void (await unlink(path).catch(ignoreMissing));
+  if (depth >= REMOVE_DEPTH) throw new IntegrityError(`${where}/${nasPath} is nested deeper than anything kvm-snapshot-sync makes; it was not removed`, { remedy: 'remove it from the NAS by hand' });
+  const held = await openDirectory(path, where, nasPath, false);
+  if (held === undefined) return;
+  try {
+    for (const child of await readdir(`/proc/self/fd/${held.fd}`)) await removeEntry(`/proc/self/fd/${held.fd}`, child, where, `${nasPath}/${child}`, depth + 1);
+  } finally {
+    await held.close();
+  }
+  await rmdir(path).catch(ignoreMissing);
+}
+
+function ignoreMissing(error: unknown): void {
+  if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
 }
 
 export function symlinkError(where: string, path: string): IntegrityError {

@@ -7,7 +7,7 @@ import { DiskStateError } from '../errors.js';
 import { compactLayer, createTop, hasOwnData, incomingPathOf, layerFileName, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { ancestry, generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
-import type { LeaseChange, NasRepository } from '../nas/repository.js';
+import { pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, progressBarReporter, progressLogReporter } from '../progress.js';
 import { publishedPending } from './decide.js';
@@ -246,7 +246,13 @@ export async function pullGeneration(
     });
   }
   const missing = await missingLayers(state, manifest, generation);
-  await requireRoomFor(missing.map(({ top, hash }) => ({ dir: layersDirOf(top), bytes: (manifest.layers[hash] as LayerInfo).size })));
+  const wanted = [];
+  for (const { top, hash } of missing) {
+    const size = (manifest.layers[hash] as LayerInfo).size;
+    const kept = (await stat(pullPartPath(layersDirOf(top), hash)).catch(() => undefined))?.size ?? 0; // a pull resumes
+    wanted.push({ dir: layersDirOf(top), bytes: kept <= size ? size - kept : size });
+  }
+  await requireRoomFor(wanted);
   for (const { target, top, hash } of missing) {
     log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
     const { result } = await repository.pullLayer(state.domain, hash, manifest.layers[hash] as LayerInfo, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));

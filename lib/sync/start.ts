@@ -5,7 +5,7 @@
 // shows to the person who pressed Start: what happened, since when, and the command
 // that resolves it.
 import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError } from '../errors.js';
-import type { EngineDeps } from '../layers.js';
+import { makePrivate, type EngineDeps } from '../layers.js';
 import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment } from './client-env.js';
@@ -76,6 +76,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         }
         await save(state); // the disks as this start's XML names them, whatever follows
         await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
+        for (const top of Object.values(state.disks)) await makePrivate(top);
       },
       () => (waited = true),
     );

@@ -368,6 +368,19 @@ describe('dir transport on a share others can write', () => {
     assert.equal(existsSync(join(root, 'domains/swap/aside/unpushed.qcow2')), false, 'the file removed is the one in the checked directory');
   });
 
+  it('removes a tree by its own descriptors: links inside are removed, never what they point to', async () => {
+    mkdirSync(join(root, 'domains/tree/lock/deeper'), { recursive: true });
+    const kept = hostFile('kept-by-the-host', 'host data');
+    writeFileSync(join(root, 'domains/tree/lock/owner.json'), '{}');
+    symlinkSync(host, join(root, 'domains/tree/lock/to-host-dir'));
+    symlinkSync(kept, join(root, 'domains/tree/lock/deeper/to-host-file'));
+    await transport.remove('domains/tree/lock');
+    assert.equal(existsSync(join(root, 'domains/tree/lock')), false, 'the tree is gone');
+    assert.equal(readFileSync(kept, 'utf8'), 'host data');
+    assert.ok(readdirSync(host).includes('kept-by-the-host'), 'the host directory behind a link is untouched');
+    await transport.remove('domains/tree/nothing-there');
+  });
+
   it('reads only regular files: a FIFO for a manifest or a layer is refused at once', async () => {
     mkdirSync(join(root, 'domains/f/layers'), { recursive: true });
     execFileSync('mkfifo', [join(root, 'domains/f/manifest.json')]);

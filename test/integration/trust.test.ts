@@ -104,7 +104,7 @@ describe('what a host pulls, by size', () => {
 });
 
 describe('guest data on a host', () => {
-  it('is never world-readable: layers sealed, pushed and pulled are 0440, tops 0600', async (t) => {
+  it('is never world-readable: layers sealed, pushed and pulled are 0440, tops 0600, and an older install\'s are made so at the next start', async (t) => {
     const s = await twoHosts(t, 'private');
     if (!s) return;
     s.ok(s.laptop, 'prepare');
@@ -116,6 +116,18 @@ describe('guest data on a host', () => {
         assert.ok(Object.keys(layers).length > 0);
         for (const [path, mode] of Object.entries(layers)) assert.equal(mode, expected(path), `${path}: ${mode.toString(8)}`);
       }
+    }
+    // What an older version left (layers 0444, tops 0644) is made private by the next start.
+    s.ok(s.laptop, 'release');
+    await s.laptop.waitForStop('private');
+    for (const top of Object.values(s.laptopDisks)) {
+      chmodSync(top, 0o644);
+      for (const path of Object.keys(modesUnder(layersDirOf(top)))) chmodSync(path, 0o444);
+    }
+    s.ok(s.laptop, 'prepare');
+    for (const top of Object.values(s.laptopDisks)) {
+      assert.equal(statSync(top).mode & 0o777, 0o600, `${top} after an upgrade`);
+      for (const [path, mode] of Object.entries(modesUnder(layersDirOf(top)))) assert.equal(mode, 0o440, `${path} after an upgrade: ${mode.toString(8)}`);
     }
     const onNas = modesUnder(join(s.nas, nasPaths.layersDir('private')));
     assert.ok(Object.keys(onNas).length > 0);

@@ -86,12 +86,15 @@ export function topBackingRef(topPath: string, hash: string): string {
 
 /**
  * Gives a disk's files the modes this version makes them with: an install of an older
- * one left layers world-readable (0444) and tops 0644. Changes only what is looser.
+ * one left layers world-readable (0444) and tops 0644. Changes only what is looser;
+ * a file it cannot change is told to `onFailure`.
  */
-export async function makePrivate(topPath: string): Promise<void> {
+export async function makePrivate(topPath: string, onFailure: (path: string, error: Error) => void): Promise<void> {
   const tighten = async (path: string, mode: number) => {
     const found = await stat(path).catch(() => undefined);
-    if (found?.isFile() && (found.mode & 0o777 & ~mode) !== 0) await chmod(path, found.mode & 0o777 & mode);
+    if (!found?.isFile() || (found.mode & 0o777 & ~mode) === 0) return;
+    // Tidying, not a reason to refuse a start (a read-only or root-squashed image directory).
+    await chmod(path, found.mode & 0o777 & mode).catch((error: Error) => onFailure(path, error));
   };
   await tighten(topPath, TOP_MODE);
   const names = await readdir(layersDirOf(topPath)).catch(() => [] as string[]);

@@ -157,23 +157,46 @@ export class DirTransport implements NasTransport {
     if (existing) return { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 };
     const size = (await stat(localPath)).size;
     const [part, final] = (await this.small('prepare upload', () => this.placesOf([partPath, target]), (late) => void closeAll(late))) as [Place, Place];
-    const opening = openPlaceFile(part, this.where, { write: true, create: true });
+    const open = () => openPlaceFile(part, this.where, { write: true, create: true });
+    // A read-only upload left behind (published nowhere) cannot be continued without root's rights on the share: start it anew.
+    const opening = open().catch(async (error: unknown) => {
+      if (!isCode(error, 'EACCES')) throw error;
+      await unlinkIfThere(part.path);
+      return open();
+    });
     let handle: FileHandle;
     try {
       handle = await this.small(`open ${partPath}`, () => opening);
     } catch (error) {
       // The open may still be under way on a hung share: the places go once it is done, not under it.
-      void opening.then((late) => late.close(), () => undefined).finally(() => closeAll([part, final]));
+      void opening
+        .then((late) => late.close(), () => undefined)
+        .finally(() => closeAll([part, final]))
+        .catch(() => undefined);
       throw error;
     }
     try {
-      const offset = await this.upload(handle, part, localPath, hash, size, options);
+      let offset: number;
+      try {
+        offset = await this.upload(handle, localPath, hash, size, options);
+      } catch (error) {
+        if (!(error instanceof NasFullError) && !(error instanceof IntegrityError)) throw error; // kept: the next push resumes
+        // Closed before it is removed: a share (NFS) keeps an open file's space until it is closed.
+        await handle.close().catch(() => undefined);
+        await unlinkIfThere(part.path);
+        throw error;
+      }
       await publishNoReplace(part.path, final.path);
+      // Read-only only once published: an upload left writable can be resumed by a client without root's rights on the share.
+      await handle.chmod(LAYER_MODE);
       await fsyncDir(final.dirPath);
       return { bytesMoved: size - offset, alreadyThere: false, resumedFrom: offset };
     } finally {
-      await handle.close();
-      await closeAll([part, final]);
+      try {
+        await handle.close();
+      } finally {
+        await closeAll([part, final]);
+      }
     }
   }
 
@@ -191,10 +214,11 @@ export class DirTransport implements NasTransport {
 
   /**
    * Writes the local layer into the open upload `handle`, continuing what it holds when
-   * that is byte for byte the local file's start; read-only and flushed when it hashes
-   * to `hash`. Returns the offset it continued from.
+   * that is byte for byte the local file's start, and flushes it. Returns the offset it
+   * continued from; a NasFullError or IntegrityError (not `hash`) means the upload is
+   * to be discarded.
    */
-  private async upload(handle: FileHandle, part: Place, localPath: string, hash: string, size: number, options: TransferOptions): Promise<number> {
+  private async upload(handle: FileHandle, localPath: string, hash: string, size: number, options: TransferOptions): Promise<number> {
     const partSize = (await handle.stat()).size;
     let offset = partSize <= size ? partSize : 0;
     let digest = createHash('sha256');
@@ -226,7 +250,6 @@ export class DirTransport implements NasTransport {
       await handle.sync();
     } catch (error) {
       if (!isCode(error, 'ENOSPC') && !isCode(error, 'EDQUOT')) throw error;
-      await unlinkIfThere(part.path);
       throw new NasFullError(`the NAS is full: ${this.where} took ${done} of ${size} bytes of layer ${hash}; nothing was published`, {
         remedy: 'free space on the NAS (kss gc removes what retention allows), then push again',
       });
@@ -235,12 +258,10 @@ export class DirTransport implements NasTransport {
     }
     const actual = digest.digest('hex');
     if (actual !== hash) {
-      await unlinkIfThere(part.path);
       throw new IntegrityError(`local layer ${localPath} is damaged: its bytes hash to ${actual}`, {
         remedy: 'nothing was published; restore the disk from the NAS or another host',
       });
     }
-    await handle.chmod(LAYER_MODE);
     return offset;
   }
 

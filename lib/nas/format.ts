@@ -243,13 +243,16 @@ export function isPrintable(value: unknown): value is string {
   return typeof value === 'string' && value.length > 0 && value.length <= 256 && !UNPRINTABLE.test(value);
 }
 
-/** C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows. */
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/u;
+/**
+ * C0 and C1 controls, DEL, and the bidirectional marks, overrides and isolates that
+ * reorder what a terminal shows, line and paragraph separators, the byte-order mark.
+ */
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]/u;
 
-/** A string from the NAS as it may appear in a message: cut short, anything unprintable as \\uXXXX. */
-function shown(text: string): string {
-  const escaped = text.slice(0, 80).replace(new RegExp(UNPRINTABLE.source, 'gu'), (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  return `"${escaped}"`;
+/** Text from the NAS as it may appear in a message: quoted, cut short, anything unprintable (and quotes) escaped. */
+export function shown(text: string): string {
+  const quoted = JSON.stringify(Array.from(text).slice(0, 80).join(''));
+  return quoted.replace(new RegExp(UNPRINTABLE.source, 'gu'), (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 /** A host or domain name. */

@@ -14,6 +14,7 @@
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readdir, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { IntegrityError } from '../errors.js';
+import { shown } from './format.js';
 import { notRegularError } from './transport.js';
 
 /** Linux's O_PATH (Node does not export it). */
@@ -109,7 +110,7 @@ async function openDirectory(path: string, where: string, nasPath: string, creat
     if (code === 'ENOENT') return undefined;
     if (code === 'ELOOP' || code === 'ENOTDIR') {
       const found = await lstat(path).catch(() => undefined);
-      throw found?.isSymbolicLink() ? symlinkError(where, nasPath) : new IntegrityError(`${where}/${nasPath} is not a directory where one must be`, { remedy: 'remove it from the NAS (kvm-snapshot-sync never makes it)' });
+      throw found?.isSymbolicLink() ? symlinkError(where, nasPath) : new IntegrityError(`${where}/${shown(nasPath)} is not a directory where one must be`, { remedy: 'remove it from the NAS (kvm-snapshot-sync never makes it)' });
     }
     throw error;
   }
@@ -140,7 +141,7 @@ export async function openPlaceFile(place: Place, where: string, how: FileOpen =
     if (found.isSymbolicLink()) throw symlinkError(where, place.nasPath);
     if (!found.isFile()) throw notRegularError(where, place.nasPath);
     if (how.write && found.nlink !== 1) {
-      throw new IntegrityError(`${where}/${place.nasPath} has ${found.nlink} hard links; kvm-snapshot-sync writes only files of its own on the NAS`, {
+      throw new IntegrityError(`${where}/${shown(place.nasPath)} has ${found.nlink} hard links; kvm-snapshot-sync writes only files of its own on the NAS`, {
         remedy: 'nothing was written; remove it from the NAS (kvm-snapshot-sync never makes one)',
       });
     }
@@ -157,22 +158,30 @@ export async function openPlaceFile(place: Place, where: string, how: FileOpen =
  * happens when it is not there.
  */
 export async function removeAt(place: Place, where: string): Promise<void> {
-  await removeEntry(place.dirPath, place.name, where, place.nasPath, 0);
+  await removeEntry(Buffer.from(place.dirPath), Buffer.from(place.name), where, place.nasPath, 0);
 }
 
-async function removeEntry(dirPath: string, name: string, where: string, nasPath: string, depth: number): Promise<void> {
-  const path = `${dirPath}/${name}`;
+/** Paths as bytes: a name on the share need not be UTF-8, and must still be removable. */
+async function removeEntry(dirPath: Buffer, name: Buffer, where: string, nasPath: string, depth: number): Promise<void> {
+  const path = Buffer.concat([dirPath, Buffer.from('/'), name]);
   const found = await lstat(path).catch((error: unknown) => {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   });
   if (found === undefined) return;
   if (!found.isDirectory()) return void (await unlink(path).catch(ignoreMissing));
-  if (depth >= REMOVE_DEPTH) throw new IntegrityError(`${where}/${nasPath} is nested deeper than anything kvm-snapshot-sync makes; it was not removed`, { remedy: 'remove it from the NAS by hand' });
-  const held = await openDirectory(path, where, nasPath, false);
-  if (held === undefined) return;
+  if (depth >= REMOVE_DEPTH) throw new IntegrityError(`${where}/${shown(nasPath)} is nested deeper than anything kvm-snapshot-sync makes; it was not removed`, { remedy: 'remove it from the NAS by hand' });
+  let held: FileHandle;
   try {
-    for (const child of await readdir(`/proc/self/fd/${held.fd}`)) await removeEntry(`/proc/self/fd/${held.fd}`, child, where, `${nasPath}/${child}`, depth + 1);
+    held = await open(path, DIRECTORY);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((error as NodeJS.ErrnoException).code === 'ELOOP' || (error as NodeJS.ErrnoException).code === 'ENOTDIR') throw symlinkError(where, nasPath);
+    throw error;
+  }
+  try {
+    const inside = Buffer.from(`/proc/self/fd/${held.fd}`);
+    for (const child of await readdir(inside, { encoding: 'buffer' })) await removeEntry(inside, child, where, `${nasPath}/${child.toString('utf8')}`, depth + 1);
   } finally {
     await held.close();
   }
@@ -184,7 +193,7 @@ function ignoreMissing(error: unknown): void {
 }
 
 export function symlinkError(where: string, path: string): IntegrityError {
-  return new IntegrityError(`${where}/${path} is or passes through a symbolic link; kvm-snapshot-sync follows none on a NAS share (one could point into this host's own files)`, {
+  return new IntegrityError(`${where}/${shown(path)} is or passes through a symbolic link; kvm-snapshot-sync follows none on a NAS share (one could point into this host's own files)`, {
     remedy: 'nothing was read or written there; remove the link from the share (kvm-snapshot-sync never makes one)',
   });
 }

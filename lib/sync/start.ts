@@ -76,7 +76,9 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         }
         await save(state); // the disks as this start's XML names them, whatever follows
         await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
-        for (const top of Object.values(state.disks)) await makePrivate(top);
+        for (const top of Object.values(state.disks)) {
+          await makePrivate(top, (path, error) => log.warn('could not make a disk file private', { path, error: error.message }));
+        }
       },
       () => (waited = true),
     );

@@ -368,12 +368,13 @@ describe('dir transport on a share others can write', () => {
     assert.equal(existsSync(join(root, 'domains/swap/aside/unpushed.qcow2')), false, 'the file removed is the one in the checked directory');
   });
 
-  it('removes a tree by its own descriptors: links inside are removed, never what they point to', async () => {
+  it('removes a tree by its own descriptors: links inside are removed, never what they point to, and names that are not UTF-8 too', async () => {
     mkdirSync(join(root, 'domains/tree/lock/deeper'), { recursive: true });
     const kept = hostFile('kept-by-the-host', 'host data');
     writeFileSync(join(root, 'domains/tree/lock/owner.json'), '{}');
     symlinkSync(host, join(root, 'domains/tree/lock/to-host-dir'));
     symlinkSync(kept, join(root, 'domains/tree/lock/deeper/to-host-file'));
+    writeFileSync(Buffer.concat([Buffer.from(join(root, 'domains/tree/lock/deeper/')), Buffer.from([0x61, 0xff])]), 'a name that is not UTF-8');
     await transport.remove('domains/tree/lock');
     assert.equal(existsSync(join(root, 'domains/tree/lock')), false, 'the tree is gone');
     assert.equal(readFileSync(kept, 'utf8'), 'host data');

@@ -180,8 +180,11 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
     .command(
       'gc <domain>',
       'apply retention on the NAS: remove old generations and layers nothing needs',
-      (y) => y.positional('domain', { type: 'string', demandOption: true }),
-      async (argv) => (await import('./commands/lifecycle.js')).gcCommand({ domain: argv.domain }, context(argv.config)),
+      (y) =>
+        y
+          .positional('domain', { type: 'string', demandOption: true })
+          .option('dry-run', { type: 'boolean', default: false, describe: 'say what would be removed, change nothing' }),
+      async (argv) => (await import('./commands/lifecycle.js')).gcCommand({ domain: argv.domain, dryRun: argv['dry-run'] }, context(argv.config)),
     )
     .command('snapshot', 'generations and snapshots: list, create, delete, merge', (y) =>
       y

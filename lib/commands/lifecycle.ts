@@ -103,16 +103,22 @@ export async function rollbackCommand(o: { domain: string; to: string }, context
   context.stdout.write(`${o.domain}: disks as at ${o.to}, as new generation ${generation.id.slice(0, 12)}\n`);
 }
 
-/** `kss gc VM`: applies retention on the NAS (old generations, unneeded layers). */
-export async function gcCommand(o: { domain: string }, context: CommandContext): Promise<void> {
+/** `kss gc VM [--dry-run]`: applies retention on the NAS (old generations, unneeded layers), or says what it would do. */
+export async function gcCommand(o: { domain: string; dryRun: boolean }, context: CommandContext): Promise<void> {
   const { config, openRepository: open } = await syncDeps(context);
   const repository = open();
   const result = await repository
-    .collectGarbage(o.domain, { keepDays: config.retentionDays, keepGenerations: config.retentionGenerations })
+    .collectGarbage(o.domain, { keepDays: config.retentionDays, keepGenerations: config.retentionGenerations }, { dryRun: o.dryRun })
     .finally(() => repository.close());
-  context.stdout.write(
-    `${o.domain}: removed ${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)\n`,
-  );
+  const counts = `${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)`;
+  if (!o.dryRun) return void context.stdout.write(`${o.domain}: removed ${counts}\n`);
+  const lines = [
+    `${o.domain}: would remove ${counts}; nothing was changed`,
+    ...result.droppedGenerations.map((id) => `  generation ${id.slice(0, 12)}`),
+    ...result.droppedBranches.map((name) => `  branch ${name}`),
+    ...result.removedLayers.map((hash) => `  layer ${hash}`),
+  ];
+  context.stdout.write(`${lines.join('\n')}\n`);
 }
 
 /**

@@ -306,29 +306,32 @@ export class NasRepository {
   /**
    * Applies retention: drops old generations and branches from the manifest, then
    * removes layer files no kept generation needs (older than a grace period, so that
-   * a push in flight keeps its layers) and abandoned uploads.
+   * a push in flight keeps its layers) and abandoned uploads. With `dryRun` it only
+   * says what it would drop and remove (abandoned uploads aside).
    */
-  async collectGarbage(domain: string, policy: RetentionPolicy): Promise<GcResult> {
+  async collectGarbage(domain: string, policy: RetentionPolicy, { dryRun = false }: { dryRun?: boolean } = {}): Promise<GcResult> {
     const now = this.now();
     let plan: ReturnType<typeof planRetention> | undefined;
-    const manifest = await this.updateManifest(domain, (current) => {
+    const decide = (current: Manifest) => {
       plan = planRetention(current, now, policy);
       return applyRetention(current, plan);
-    });
+    };
+    // A dry run decides on the manifest as it is, and changes nothing.
+    const manifest = dryRun ? decide((await this.readManifest(domain)) ?? emptyManifest(domain)) : await this.updateManifest(domain, decide);
     const removedLayers: string[] = [];
     // Only files whose names this tool makes: anything else there is someone else's.
     for (const entry of await this.transport.list(nasPaths.layersDir(domain))) {
       const hash = layerHashOfName(entry.name);
       if (!entry.isFile || hash === undefined) continue;
       if (Object.hasOwn(manifest.layers, hash) || now.getTime() - entry.mtimeMs < GC_GRACE_MS) continue;
-      await this.transport.remove(`${nasPaths.layersDir(domain)}/${entry.name}`);
+      if (!dryRun) await this.transport.remove(`${nasPaths.layersDir(domain)}/${entry.name}`);
       removedLayers.push(hash);
     }
     for (const entry of await this.transport.list(nasPaths.uploadsDir(domain))) {
-      if (!entry.isFile || !isUploadName(entry.name)) continue;
+      if (!entry.isFile || !isUploadName(entry.name) || dryRun) continue;
       if (now.getTime() - entry.mtimeMs >= 7 * GC_GRACE_MS) await this.transport.remove(`${nasPaths.uploadsDir(domain)}/${entry.name}`);
     }
-    this.options.log?.info('garbage collected', { domain, layers: removedLayers.length });
+    if (!dryRun) this.options.log?.info('garbage collected', { domain, layers: removedLayers.length });
     return { droppedGenerations: plan?.dropGenerations ?? [], droppedBranches: plan?.dropBranches ?? [], removedLayers };
   }
 

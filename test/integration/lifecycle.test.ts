@@ -280,6 +280,9 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
       const back = desk.kss('rollback', domain, '--to', branch);
       assert.equal(back.status, 0, back.stderr);
       assert.equal(guestDigest(deskDisks.vda), loser, 'and restorable by rollback');
+      const dry = desk.kss('gc', domain, '--dry-run');
+      assert.equal(dry.status, 0, dry.stderr);
+      assert.match(dry.stdout, new RegExp(`^${domain}: would remove 0 generation\\(s\\), 0 branch\\(es\\), 0 layer file\\(s\\); nothing was changed\\n$`, 'u'));
       const gc = desk.kss('gc', domain);
       assert.equal(gc.status, 0, gc.stderr);
       assert.match(gc.stdout, new RegExp(`^${domain}: removed 0 generation\\(s\\), 0 branch\\(es\\), 0 layer file\\(s\\)\\n$`, 'u'), 'young history is all kept');

@@ -143,7 +143,14 @@ describe('manifest updates (directory NAS)', () => {
     const old = (path: string, days: number) => utimesSync(path, new Date(now.getTime() - days * 86_400_000), new Date(now.getTime() - days * 86_400_000));
     for (const name of Object.keys(files)) old(join(root, nasPaths.layer('vm', L(name))), 3);
     for (const path of foreign) old(path, 30);
+    const manifestFile = join(root, nasPaths.manifest('vm'));
+    const beforeDryRun = readFileSync(manifestFile);
+    const layerFiles = readdirSync(layersDir).sort();
+    const planned = await desk.collectGarbage('vm', { keepDays: 30, keepGenerations: 2 }, { dryRun: true });
+    assert.ok(readFileSync(manifestFile).equals(beforeDryRun), 'a dry run leaves the manifest as it was');
+    assert.deepEqual(readdirSync(layersDir).sort(), layerFiles, 'and every file');
     const result = await desk.collectGarbage('vm', { keepDays: 30, keepGenerations: 2 });
+    assert.deepEqual(planned, result, 'it said exactly what the real run then did');
     for (const path of foreign) assert.ok(existsSync(path), `gc left ${path}, whose name it does not make`);
     assert.deepEqual(result.droppedBranches, ['conflict-1']);
     assert.deepEqual(new Set(result.droppedGenerations), new Set([g0.id, branchId]));

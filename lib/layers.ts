@@ -15,7 +15,8 @@ import { chmod, link, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { DiskStateError, IntegrityError } from './errors.js';
 import { fsyncDir, fsyncFile, mkdirShared, pathExists, renameDurably, tempPathBeside } from './durable-fs.js';
-import { isSha256, sha256File, type ProgressCallback } from './hash.js';
+import { LAYER_SUFFIX, hashOfLayerFileName, layerFileName } from './file-names.js';
+import { sha256File, type ProgressCallback } from './hash.js';
 import {
   checkCommand,
   compareCommand,
@@ -43,7 +44,6 @@ export interface EngineDeps {
 
 const defaultDeps: EngineDeps = { run: runCommand };
 
-const LAYER_SUFFIX = '.qcow2';
 /**
  * A sealed layer holds guest data: read-only, and readable by its owner and group only
  * (root, then libvirt's QEMU user once libvirt labels the chain at start).
@@ -66,17 +66,6 @@ export function incomingPathOf(topPath: string): string {
 /** The directory holding a disk's sealed layers. */
 export function layersDirOf(topPath: string): string {
   return `${topPath}.layers`;
-}
-
-/** A layer's file name: its hash. */
-export function layerFileName(hash: string): string {
-  return `${hash}${LAYER_SUFFIX}`;
-}
-
-/** The hash a layer file name stands for, or undefined if it is not a layer's name. */
-export function hashOfLayerFileName(name: string): string | undefined {
-  const hash = name.endsWith(LAYER_SUFFIX) ? name.slice(0, -LAYER_SUFFIX.length) : '';
-  return isSha256(hash) ? hash : undefined;
 }
 
 /** The backing reference the top writes to one of its layers (relative to the top's directory). */

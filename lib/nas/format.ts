@@ -13,7 +13,7 @@
 // manifest names only published layers and is replaced atomically (temp, fsync, rename)
 // under the lock, and only when its head is still the one the writer started from.
 import { IntegrityError } from '../errors.js';
-import { escapeFileName } from '../file-names.js';
+import { escapeFileName, layerFileName } from '../file-names.js';
 import { isSha256, sha256Of } from '../hash.js';
 
 export const NAS_FORMAT = 1;
@@ -76,18 +76,12 @@ export const nasPaths = {
   manifest: (domain: string) => `${nasPaths.domainDir(domain)}/manifest.json`,
   domainXml: (domain: string) => `${nasPaths.domainDir(domain)}/domain.xml`,
   layersDir: (domain: string) => `${nasPaths.domainDir(domain)}/layers`,
-  layer: (domain: string, hash: string) => `${nasPaths.layersDir(domain)}/${hash}.qcow2`,
+  layer: (domain: string, hash: string) => `${nasPaths.layersDir(domain)}/${layerFileName(hash)}`,
   uploadsDir: (domain: string) => `${nasPaths.domainDir(domain)}/uploads`,
   upload: (domain: string, hash: string, host: string) =>
     `${nasPaths.uploadsDir(domain)}/${hash}.${escapeFileName(host)}.part`,
   lock: (domain: string) => `${nasPaths.domainDir(domain)}/lock`,
 };
-
-/** The hash a file name in layers/ stands for, or undefined when no layer has that name. */
-export function layerHashOfName(name: string): string | undefined {
-  const hash = name.endsWith('.qcow2') ? name.slice(0, -'.qcow2'.length) : '';
-  return isSha256(hash) ? hash : undefined;
-}
 
 /** Whether a file name in uploads/ is one an upload makes (`nasPaths.upload`, over SSH with an attempt's token after it). */
 export function isUploadName(name: string): boolean {
@@ -157,7 +151,7 @@ export function manifestProblem(raw: unknown): string | undefined {
     return `format ${raw.format} was written by a newer kvm-snapshot-sync (this one reads ${NAS_FORMAT}): upgrade it`;
   }
   if (raw.format !== NAS_FORMAT) return `unknown format ${raw.format}`;
-  if (!isName(raw.domain)) return 'no domain name';
+  if (!isPrintable(raw.domain)) return 'no domain name';
   if (!isCount(raw.revision)) return 'bad revision';
   if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
 
@@ -184,7 +178,7 @@ export function manifestProblem(raw: unknown): string | undefined {
     if (!isObject(branch) || typeof branch.head !== 'string' || !Object.hasOwn(generations, branch.head)) {
       return `branch ${name} does not name a listed generation`;
     }
-    if (!isName(branch.host) || !isTime(branch.created) || !isPrintable(branch.reason)) return `branch ${name}: bad host, time or reason`;
+    if (!isPrintable(branch.host) || !isTime(branch.created) || !isPrintable(branch.reason)) return `branch ${name}: bad host, time or reason`;
   }
   if (raw.snapshots !== undefined && !isObject(raw.snapshots)) return 'bad snapshots table';
   for (const [name, snapshot] of Object.entries((raw.snapshots ?? {}) as Record<string, unknown>)) {
@@ -192,9 +186,9 @@ export function manifestProblem(raw: unknown): string | undefined {
     if (!isObject(snapshot) || typeof snapshot.generation !== 'string' || !Object.hasOwn(generations, snapshot.generation)) {
       return `snapshot ${name} does not name a listed generation`;
     }
-    if (!isName(snapshot.host) || !isTime(snapshot.created)) return `snapshot ${name}: bad host or time`;
+    if (!isPrintable(snapshot.host) || !isTime(snapshot.created)) return `snapshot ${name}: bad host or time`;
   }
-  if (raw.lease !== null && !(isObject(raw.lease) && isName(raw.lease.host) && isTime(raw.lease.since))) {
+  if (raw.lease !== null && !(isObject(raw.lease) && isPrintable(raw.lease.host) && isTime(raw.lease.since))) {
     return 'bad lease';
   }
   return undefined;
@@ -206,7 +200,7 @@ const DISK_TARGET = /^[A-Za-z0-9_-]{1,64}$/u;
 function generationProblem(id: string, generation: unknown, layers: Record<string, unknown>): string | undefined {
   if (!isObject(generation) || generation.id !== id || !isSha256(id)) return 'bad entry';
   if (generation.parent !== null && !(typeof generation.parent === 'string' && isSha256(generation.parent))) return 'bad parent';
-  if (!isName(generation.host) || !isTime(generation.created)) return 'bad host or time';
+  if (!isPrintable(generation.host) || !isTime(generation.created)) return 'bad host or time';
   if (!isObject(generation.disks) || Object.keys(generation.disks).length === 0) return 'no disks';
   for (const [target, layer] of Object.entries(generation.disks)) {
     if (!DISK_TARGET.test(target)) return `bad disk name ${shown(target)}`;
@@ -255,10 +249,6 @@ export function shown(text: string): string {
   return quoted.replace(new RegExp(UNPRINTABLE.source, 'gu'), (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-/** A host or domain name. */
-function isName(value: unknown): value is string {
-  return isPrintable(value);
-}
 
 /** A time as toISOString writes it. */
 function isTime(value: unknown): value is string {

@@ -5,6 +5,8 @@
 import { chmod, link, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir, mkdirShared } from '../durable-fs.js';
+import { hashOfLayerFileName, layerFileName } from '../file-names.js';
+import { LAYER_MODE } from '../layers.js';
 import { sha256Of } from '../hash.js';
 import { ConflictError, DiskStateError, IntegrityError, LockedError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -16,7 +18,6 @@ import {
   NAS_FORMAT,
   emptyManifest,
   isUploadName,
-  layerHashOfName,
   generationId,
   manifestProblem,
   nasPaths,
@@ -56,9 +57,6 @@ export interface GcResult {
   droppedBranches: string[];
   removedLayers: string[];
 }
-
-/** A pulled layer here holds guest data: readable by root (and libvirt's QEMU user, once libvirt labels it) only. */
-const LOCAL_LAYER_MODE = 0o440;
 
 /** Unreferenced layer files younger than this are left alone: a push may be about to name them. */
 const GC_GRACE_MS = 24 * 3600_000;
@@ -126,14 +124,14 @@ export class NasRepository {
    * (lib/qcow2-header.ts). A layer that fails any of that changes nothing local.
    */
   async pullLayer(domain: string, hash: string, info: LayerInfo, localDir: string, onProgress?: TransferProgress): Promise<{ path: string; result: TransferResult }> {
-    const path = join(localDir, `${hash}.qcow2`);
+    const path = join(localDir, layerFileName(hash));
     if (await stat(path).catch(() => undefined)) return { path, result: { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 } };
     await mkdirShared(localDir);
     const part = pullPartPath(localDir, hash);
     const result = await this.transport.getLayer(nasPaths.layer(domain, hash), hash, info.size, part, { onProgress });
     let problem: string | undefined;
     try {
-      problem = layerHeaderProblem(parseQcow2Header(await readLayerHeader(part)), info.parent === null ? undefined : `${info.parent}.qcow2`);
+      problem = layerHeaderProblem(parseQcow2Header(await readLayerHeader(part)), info.parent === null ? undefined : layerFileName(info.parent));
     } catch (error) {
       problem = (error as Error).message;
     }
@@ -143,7 +141,7 @@ export class NasRepository {
         remedy: 'nothing local was changed; whatever wrote it to the NAS is not kvm-snapshot-sync: check who can write to the NAS, and push the VM again from the host that has it',
       });
     }
-    await chmod(part, LOCAL_LAYER_MODE);
+    await chmod(part, LAYER_MODE);
     try {
       await link(part, path);
     } catch (error) {
@@ -321,7 +319,7 @@ export class NasRepository {
     const removedLayers: string[] = [];
     // Only files whose names this tool makes: anything else there is someone else's.
     for (const entry of await this.transport.list(nasPaths.layersDir(domain))) {
-      const hash = layerHashOfName(entry.name);
+      const hash = hashOfLayerFileName(entry.name);
       if (!entry.isFile || hash === undefined) continue;
       if (Object.hasOwn(manifest.layers, hash) || now.getTime() - entry.mtimeMs < GC_GRACE_MS) continue;
       if (!dryRun) await this.transport.remove(`${nasPaths.layersDir(domain)}/${entry.name}`);

@@ -3,13 +3,14 @@
 import { stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
+import { layerFileName } from '../file-names.js';
 import { DiskStateError } from '../errors.js';
-import { compactLayer, createTop, hasOwnData, incomingPathOf, layerFileName, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
+import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { ancestry, generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import { pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
-import { createProgressMeter, progressBarReporter, progressLogReporter } from '../progress.js';
+import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
 import { publishedPending } from './decide.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
 
@@ -279,7 +280,7 @@ async function requireRoomFor(wanted: Array<{ dir: string; bytes: number }>): Pr
     const free = fs.bavail * fs.bsize;
     const keep = roomReserve(fs.blocks * fs.bsize);
     if (bytes + keep > free) {
-      throw new DiskStateError(`not enough space to pull: ${gib(bytes)} to fetch into ${dir}, where ${gib(free)} is free and ${gib(keep)} stays free for the VMs`, {
+      throw new DiskStateError(`not enough space to pull: ${formatBytes(bytes)} to fetch into ${dir}, where ${formatBytes(free)} is free and ${formatBytes(keep)} stays free for the VMs`, {
         remedy: 'free space on that filesystem (kss gc, other VMs), then start again; if the NAS claims far more than the VM can hold, whatever wrote it there is not kvm-snapshot-sync',
       });
     }
@@ -293,10 +294,6 @@ async function existingAncestor(dir: string): Promise<string> {
 /** What a pull leaves free on a filesystem of `size` bytes: 2 %, at least 512 MiB. Pure. */
 export function roomReserve(size: number): number {
   return Math.max(512 * 2 ** 20, Math.ceil(size * 0.02));
-}
-
-function gib(bytes: number): string {
-  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 }
 
 /** The layers of a generation's disks that this host lacks, each disk's base first (disks it has no layer for are skipped). */

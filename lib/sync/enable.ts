@@ -8,8 +8,9 @@
 // first generation is already sealed here is not sealed again.
 import { basename, dirname, resolve } from 'node:path';
 import { mkdirShared, pathExists } from '../durable-fs.js';
+import { hashOfLayerFileName } from '../file-names.js';
 import { DiskStateError } from '../errors.js';
-import { adoptStagedRaw, hasOwnData, hashOfLayerFileName, incomingPathOf, layersDirOf, readChain, sealTop, stageRawImage, type EngineDeps, type SealResult } from '../layers.js';
+import { adoptStagedRaw, hasOwnData, incomingPathOf, layersDirOf, readChain, sealTop, stageRawImage, type EngineDeps, type SealResult } from '../layers.js';
 import { markNoCowIfEmpty } from '../nocow.js';
 import { sealFirstGeneration } from './disks.js';
 import { readLocalState, writeLocalState } from './local-state.js';

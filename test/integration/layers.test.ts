@@ -8,12 +8,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it, type TestContext } from 'node:test';
 import { DiskStateError, IntegrityError } from '../../lib/errors.js';
+import { layerFileName } from '../../lib/file-names.js';
 import { sha256File } from '../../lib/hash.js';
 import {
   checkImage,
   createTop,
   hasOwnData,
-  layerFileName,
   layersDirOf,
   mergeLayers,
   readChain,

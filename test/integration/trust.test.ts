@@ -98,7 +98,7 @@ describe('what a host pulls, by size', () => {
     const filesBefore = files();
     const start = s.call(s.laptop, 'prepare');
     assert.notEqual(start.status, 0, 'the start is refused');
-    assert.match(start.stderr, /not enough space to pull: 65536\.0 GiB to fetch into .*, where [\d.]+ GiB is free and [\d.]+ GiB stays free for the VMs/u);
+    assert.match(start.stderr, /not enough space to pull: 64\.0 TiB to fetch into .*, where [\d.]+ GiB is free and [\d.]+ GiB stays free for the VMs/u);
     assert.deepEqual(files(), filesBefore, 'nothing was written here');
   });
 });

@@ -29,10 +29,18 @@ export interface Config {
   logDir: string;
   /** How many sealed layers a disk's chain may have before compaction merges some. */
   maxChainDepth: number;
-  /** Generations older than this many days may be removed from the NAS... */
+  /** How many files the NAS head's chain of a disk may have before a host publishes merged layers (lib/sync/nas-upkeep.ts). */
+  nasChainDepth: number;
+  /** Every generation of the last this many days is kept on the NAS (lib/nas/retention.ts)... */
   retentionDays: number;
+  /** ...and one a day up to this age... */
+  retentionDailyDays: number;
+  /** ...and one a week up to this age; older ones are removed... */
+  retentionWeeklyDays: number;
   /** ...but the newest this many generations of the head's history are always kept. */
   retentionGenerations: number;
+  /** The losing side of a conflict is kept at most this many days (named snapshots until deleted). */
+  retentionBranchDays: number;
   /** A layer transfer that moves no byte for this many seconds is stopped (both transports). */
   stallSeconds: number;
 }
@@ -41,8 +49,12 @@ export const DEFAULTS = {
   stateDir: '/var/lib/kvm-snapshot-sync',
   logDir: '/var/log/kvm-snapshot-sync',
   maxChainDepth: 8,
-  retentionDays: 30,
+  nasChainDepth: 16,
+  retentionDays: 7,
+  retentionDailyDays: 30,
+  retentionWeeklyDays: 182,
   retentionGenerations: 10,
+  retentionBranchDays: 90,
   stallSeconds: 30,
 } as const;
 
@@ -55,8 +67,12 @@ export const CONFIG_KEYS = [
   'stateDir',
   'logDir',
   'maxChainDepth',
+  'nasChainDepth',
   'retentionDays',
+  'retentionDailyDays',
+  'retentionWeeklyDays',
   'retentionGenerations',
+  'retentionBranchDays',
   'stallSeconds',
 ] as const;
 type Key = (typeof CONFIG_KEYS)[number];
@@ -107,7 +123,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     return fail('nas', (error as Error).message);
   }
 
-  const wholeNumber = (key: 'maxChainDepth' | 'retentionDays' | 'retentionGenerations' | 'stallSeconds', min: number, max: number): number => {
+  const wholeNumber = (key: keyof typeof DEFAULTS & Key, min: number, max: number): number => {
     const value = obj[key] ?? DEFAULTS[key];
     if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
       fail(key, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`);
@@ -124,8 +140,12 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     stateDir: optionalPath('stateDir') ?? DEFAULTS.stateDir,
     logDir: optionalPath('logDir') ?? DEFAULTS.logDir,
     maxChainDepth: wholeNumber('maxChainDepth', 2, 64),
+    nasChainDepth: wholeNumber('nasChainDepth', 2, 64),
     retentionDays: wholeNumber('retentionDays', 1, 36_500),
+    retentionDailyDays: wholeNumber('retentionDailyDays', 0, 36_500),
+    retentionWeeklyDays: wholeNumber('retentionWeeklyDays', 0, 36_500),
     retentionGenerations: wholeNumber('retentionGenerations', 1, 10_000),
+    retentionBranchDays: wholeNumber('retentionBranchDays', 1, 36_500),
     // Below 5 s a busy NAS or a loaded 2-core host would be taken for a dead one.
     stallSeconds: wholeNumber('stallSeconds', 5, 3600),
   };

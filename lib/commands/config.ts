@@ -25,8 +25,12 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['stateDir', config.stateDir],
     ['logDir', config.logDir],
     ['maxChainDepth', String(config.maxChainDepth)],
+    ['nasChainDepth', String(config.nasChainDepth)],
     ['retentionDays', String(config.retentionDays)],
+    ['retentionDailyDays', String(config.retentionDailyDays)],
+    ['retentionWeeklyDays', String(config.retentionWeeklyDays)],
     ['retentionGenerations', String(config.retentionGenerations)],
+    ['retentionBranchDays', String(config.retentionBranchDays)],
     ['stallSeconds', String(config.stallSeconds)],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);

@@ -11,6 +11,7 @@ import { barProgress, pullGeneration } from '../sync/disks.js';
 import { readLastEvent, readLocalState, setFlag, takeFlag, type Flag } from '../sync/local-state.js';
 import { withDomainLock } from '../sync/session.js';
 import { managedSaveIdentity } from '../sync/managed-save.js';
+import { retentionPolicy } from '../nas/retention.js';
 import { finishStop, type KeptWhy } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
 import type { SyncDeps } from '../sync/deps.js';
@@ -108,15 +109,17 @@ export async function gcCommand(o: { domain: string; dryRun: boolean }, context:
   const { config, openRepository: open } = await syncDeps(context);
   const repository = open();
   const result = await repository
-    .collectGarbage(o.domain, { keepDays: config.retentionDays, keepGenerations: config.retentionGenerations }, { dryRun: o.dryRun })
+    .collectGarbage(o.domain, retentionPolicy(config), { dryRun: o.dryRun })
     .finally(() => repository.close());
-  const counts = `${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)`;
+  const later = result.droppedLayers.filter((hash) => !result.removedLayers.includes(hash));
+  const counts = `${result.droppedGenerations.length} generation(s), ${result.droppedBranches.length} branch(es), ${result.removedLayers.length} layer file(s)${later.length > 0 ? ` (and ${later.length} more a day after they left the manifest: a host may be fetching them)` : ''}`;
   if (!o.dryRun) return void context.stdout.write(`${o.domain}: removed ${counts}\n`);
   const lines = [
     `${o.domain}: would remove ${counts}; nothing was changed`,
     ...result.droppedGenerations.map((id) => `  generation ${id.slice(0, 12)}`),
     ...result.droppedBranches.map((name) => `  branch ${name}`),
     ...result.removedLayers.map((hash) => `  layer ${hash}`),
+    ...later.map((hash) => `  layer ${hash} (later)`),
   ];
   context.stdout.write(`${lines.join('\n')}\n`);
 }

@@ -114,5 +114,6 @@ export async function deltaCommand(o: { domain: string; json: boolean }, context
   if (o.json) return printJson(context, delta);
   const layers = (n: number) => `${n} layer${n === 1 ? '' : 's'}`;
   context.stdout.write(`${o.domain}: to push ${formatBytes(delta.push.bytes)} (${layers(delta.push.layers)}); written since the last stop, pushed after the next one: ${formatBytes(delta.tops.bytes)}\n`);
-  context.stdout.write(`${o.domain}: to pull ${formatBytes(delta.pull.bytes)} (${layers(delta.pull.layers)})\n`);
+  const merged = delta.pull.merged > 0 ? `, ${delta.pull.merged} of them merged: cheaper than the layers they stand for` : '';
+  context.stdout.write(`${o.domain}: to pull ${formatBytes(delta.pull.bytes)} (${layers(delta.pull.layers)}${merged})\n`);
 }

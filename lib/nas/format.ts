@@ -15,13 +15,28 @@
 import { IntegrityError } from '../errors.js';
 import { escapeFileName, layerFileName } from '../file-names.js';
 import { isSha256, sha256Of } from '../hash.js';
+import { loopIn } from './chains.js';
 
 export const NAS_FORMAT = 1;
 
-/** A sealed layer: its parent layer (undefined for a base) and its size in bytes. */
+/** A sealed layer file: its parent layer (null for a base) and its size in bytes. */
 export interface LayerInfo {
   parent: string | null;
   size: number;
+  /**
+   * A merged layer (lib/nas/chains.ts): it reads exactly like the layer named here,
+   * standing on `parent` instead of on that layer's own parent. Layers above and
+   * generations keep naming that layer; a host may fetch this file in its place.
+   */
+  readsAs?: string;
+  /** A merged layer made for this host's return (a catch-up): kept only while that host may still need it. */
+  catchUpFor?: string;
+}
+
+/** What the NAS knows of a host: the generation it last was in step with, and when. */
+export interface HostMark {
+  generation: string;
+  at: string;
 }
 
 /** One sealed layer per disk (by guest device name), with its parent generation. */
@@ -67,6 +82,13 @@ export interface Manifest {
   /** Absent in manifests written before snapshots existed. */
   snapshots?: Record<string, Snapshot>;
   lease: Lease | null;
+  /** Absent in manifests written before catch-up layers existed. */
+  hosts?: Record<string, HostMark>;
+  /**
+   * Layer files no longer listed, with the time they left the manifest: removed once a
+   * grace period has passed (a host may be in the middle of fetching one). Absent: none.
+   */
+  dropped?: Record<string, string>;
 }
 
 /** Paths on the NAS, relative to its root. */
@@ -156,18 +178,23 @@ export function manifestProblem(raw: unknown): string | undefined {
   if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
 
   const layers = raw.layers as Record<string, unknown>;
+  // A name is provided by its own file, or by a merged layer that reads as it.
+  const provided = new Set(Object.keys(layers));
+  for (const info of Object.values(layers)) if (isObject(info) && typeof info.readsAs === 'string') provided.add(info.readsAs);
   for (const [hash, info] of Object.entries(layers)) {
     if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${shown(hash)}`;
-    if (info.parent !== null && !(typeof info.parent === 'string' && Object.hasOwn(layers, info.parent))) {
+    if (info.parent !== null && !(typeof info.parent === 'string' && provided.has(info.parent))) {
       return `layer ${hash} names a parent that is not listed`;
     }
     if (!isCount(info.size)) return `layer ${hash} has no size`;
+    if (info.readsAs !== undefined && !(typeof info.readsAs === 'string' && isSha256(info.readsAs) && info.readsAs !== hash)) return `layer ${hash}: bad readsAs`;
+    if (info.catchUpFor !== undefined && !(isPrintable(info.catchUpFor) && info.readsAs !== undefined)) return `layer ${hash}: bad catchUpFor`;
   }
-  const loop = layerLoop(layers as Record<string, LayerInfo>);
+  const loop = loopIn(layers as Record<string, LayerInfo>);
   if (loop) return `the parents of layer ${loop} loop`;
   const generations = raw.generations as Record<string, unknown>;
   for (const [id, generation] of Object.entries(generations)) {
-    const problem = generationProblem(id, generation, layers);
+    const problem = generationProblem(id, generation, provided);
     if (problem) return `generation ${isSha256(id) ? id : shown(id)}: ${problem}`;
   }
   if (raw.head !== null && !(typeof raw.head === 'string' && Object.hasOwn(generations, raw.head))) {
@@ -191,37 +218,32 @@ export function manifestProblem(raw: unknown): string | undefined {
   if (raw.lease !== null && !(isObject(raw.lease) && isPrintable(raw.lease.host) && isTime(raw.lease.since))) {
     return 'bad lease';
   }
+  if (raw.hosts !== undefined && !isObject(raw.hosts)) return 'bad hosts table';
+  for (const [name, mark] of Object.entries((raw.hosts ?? {}) as Record<string, unknown>)) {
+    // Its generation may be gone: retention does not keep a host's old place for ever.
+    if (!isPrintable(name) || !isObject(mark) || typeof mark.generation !== 'string' || !isSha256(mark.generation) || !isTime(mark.at)) return `bad host entry ${shown(name)}`;
+  }
+  if (raw.dropped !== undefined && !isObject(raw.dropped)) return 'bad dropped table';
+  for (const [hash, at] of Object.entries((raw.dropped ?? {}) as Record<string, unknown>)) {
+    if (!isSha256(hash) || !isTime(at) || Object.hasOwn(layers, hash)) return `bad dropped entry ${shown(hash)}`;
+  }
   return undefined;
 }
 
 /** A guest device name as libvirt writes it (vda, sdb, nvme0n1): safe in messages and file names. */
 const DISK_TARGET = /^[A-Za-z0-9_-]{1,64}$/u;
 
-function generationProblem(id: string, generation: unknown, layers: Record<string, unknown>): string | undefined {
+function generationProblem(id: string, generation: unknown, provided: Set<string>): string | undefined {
   if (!isObject(generation) || generation.id !== id || !isSha256(id)) return 'bad entry';
   if (generation.parent !== null && !(typeof generation.parent === 'string' && isSha256(generation.parent))) return 'bad parent';
   if (!isPrintable(generation.host) || !isTime(generation.created)) return 'bad host or time';
   if (!isObject(generation.disks) || Object.keys(generation.disks).length === 0) return 'no disks';
   for (const [target, layer] of Object.entries(generation.disks)) {
     if (!DISK_TARGET.test(target)) return `bad disk name ${shown(target)}`;
-    if (typeof layer !== 'string' || !Object.hasOwn(layers, layer)) return `disk ${target} names an unlisted layer`;
+    if (typeof layer !== 'string' || !provided.has(layer)) return `disk ${target} names an unlisted layer`;
   }
   const made = { parent: generation.parent, host: generation.host, created: generation.created, disks: generation.disks as Record<string, string> };
   if (generationId(made) !== id) return 'its id is not the hash of its content';
-  return undefined;
-}
-
-/** A layer whose parents loop, or undefined. Each layer is walked once. */
-function layerLoop(layers: Record<string, LayerInfo>): string | undefined {
-  const done = new Set<string>();
-  for (const start of Object.keys(layers)) {
-    const path = new Set<string>();
-    for (let current: string | null = start; current !== null && !done.has(current); current = layers[current]?.parent ?? null) {
-      if (path.has(current)) return current;
-      path.add(current);
-    }
-    for (const hash of path) done.add(hash);
-  }
   return undefined;
 }
 
@@ -253,16 +275,6 @@ export function shown(text: string): string {
 /** A time as toISOString writes it. */
 function isTime(value: unknown): value is string {
   return typeof value === 'string' && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/u.test(value) && !Number.isNaN(Date.parse(value));
-}
-
-/** The layers a disk needs, from `hash` down to its base. Throws an IntegrityError when the manifest's parents loop. */
-export function layerChain(layers: Record<string, LayerInfo>, hash: string): string[] {
-  const chain = new Set<string>();
-  for (let current: string | null = hash; current !== null; current = layers[current]?.parent ?? null) {
-    if (chain.has(current)) throw loopError('layer', current);
-    chain.add(current);
-  }
-  return [...chain];
 }
 
 /**

@@ -27,8 +27,9 @@ import {
   type LayerInfo,
   type Manifest,
 } from './format.js';
+import { isProvided } from './chains.js';
 import { lockClaim, NasLockWaiter } from './nas-lock.js';
-import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
+import { applyRetention, planRetention, type RetentionPlan, type RetentionPolicy } from './retention.js';
 import type { NasTransport, TransferProgress, TransferResult } from './transport.js';
 
 export interface RepositoryOptions {
@@ -55,11 +56,17 @@ export type LeaseChange = 'take' | 'release' | 'keep';
 export interface GcResult {
   droppedGenerations: string[];
   droppedBranches: string[];
+  /** Layer files that left the manifest now (removed once the grace period has passed). */
+  droppedLayers: string[];
+  /** Layer files removed now. */
   removedLayers: string[];
 }
 
-/** Unreferenced layer files younger than this are left alone: a push may be about to name them. */
-const GC_GRACE_MS = 24 * 3600_000;
+/**
+ * How long a layer file stays after it left the manifest (a host may be fetching it),
+ * and how old a file the manifest never named must be (a push may be about to name it).
+ */
+export const GC_GRACE_MS = 24 * 3600_000;
 
 /** A manifest as read, with the SHA-256 of its bytes (what a compare-and-swap compares). */
 interface ReadManifest {
@@ -118,13 +125,15 @@ export class NasRepository {
   }
 
   /**
-   * Downloads a layer into `localDir` as `<hash>.qcow2` (read-only to its owner and
-   * group), resumable, verified before it gets its name: no more bytes than `info.size`,
-   * hashing to its name, and a qcow2 header that names nothing but its parent layer
-   * (lib/qcow2-header.ts). A layer that fails any of that changes nothing local.
+   * Downloads layer file `hash` into `localDir` as `<as>.qcow2` (read-only to its owner
+   * and group), resumable, verified before it gets its name: no more bytes than
+   * `info.size`, hashing to `hash`, and a qcow2 header that names nothing but its parent
+   * layer (lib/qcow2-header.ts). `as` is the layer a merged file stands in for (the name
+   * the layers above use); by default the file's own. A layer that fails any of that
+   * changes nothing local.
    */
-  async pullLayer(domain: string, hash: string, info: LayerInfo, localDir: string, onProgress?: TransferProgress): Promise<{ path: string; result: TransferResult }> {
-    const path = join(localDir, layerFileName(hash));
+  async pullLayer(domain: string, hash: string, info: LayerInfo, localDir: string, onProgress?: TransferProgress, as = hash): Promise<{ path: string; result: TransferResult }> {
+    const path = join(localDir, layerFileName(as));
     if (await stat(path).catch(() => undefined)) return { path, result: { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 } };
     await mkdirShared(localDir);
     const part = pullPartPath(localDir, hash);
@@ -181,7 +190,10 @@ export class NasRepository {
         if (cached) continue; // maybe refused on an old picture: judge again on a fresh read
         throw error;
       }
+      if (read.manifest !== undefined && JSON.stringify(changed) === JSON.stringify(current)) return current; // nothing to write
       const next = { ...changed, revision: current.revision + 1 };
+      // A file listed again (a layer pushed once more) is no longer one to remove.
+      if (next.dropped) next.dropped = Object.fromEntries(Object.entries(next.dropped).filter(([hash]) => !Object.hasOwn(next.layers, hash)));
       const problem = manifestProblem(next);
       if (problem) throw new Error(`internal: refusing to write an invalid manifest: ${problem}`);
       const added = Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h));
@@ -229,6 +241,7 @@ export class NasRepository {
       manifest.layers = { ...manifest.layers, ...generation.layers };
       manifest.generations[full.id] = full;
       manifest.head = full.id;
+      this.markHost(manifest, full.id);
       return this.changeLease(manifest, lease);
     });
     return full;
@@ -242,6 +255,7 @@ export class NasRepository {
   async setLease(domain: string, change: Exclude<LeaseChange, 'keep'>, expectedHead: string | null): Promise<Manifest> {
     return this.updateManifest(domain, (manifest) => {
       if (change === 'take' && manifest.head !== expectedHead) throw conflict(domain, manifest, expectedHead);
+      if (change === 'take' && expectedHead !== null) this.markHost(manifest, expectedHead);
       return this.changeLease(manifest, change);
     });
   }
@@ -276,6 +290,26 @@ export class NasRepository {
     return this.options.now?.() ?? new Date();
   }
 
+  /** Records that this host is in step with `generation` (what a catch-up for it starts from). */
+  private markHost(manifest: Manifest, generation: string): void {
+    manifest.hosts = { ...manifest.hosts, [this.options.host]: { generation, at: this.now().toISOString() } };
+  }
+
+  /**
+   * Lists a merged layer, already published by pushLayer: it reads as layer `readsAs`,
+   * standing on `info.parent`. Refused, changing nothing, when the manifest no longer
+   * provides either of those (retention dropped them meanwhile). Returns whether it is listed.
+   */
+  async addMergedLayer(domain: string, hash: string, info: LayerInfo & { readsAs: string }): Promise<boolean> {
+    let listed = false;
+    await this.updateManifest(domain, (manifest) => {
+      listed = Object.hasOwn(manifest.layers, hash) || (isProvided(manifest.layers, info.readsAs) && (info.parent === null || isProvided(manifest.layers, info.parent)));
+      if (listed && !Object.hasOwn(manifest.layers, hash)) manifest.layers[hash] = info;
+      return manifest;
+    });
+    return listed;
+  }
+
   private changeLease(manifest: Manifest, change: LeaseChange): Manifest {
     if (change === 'take') manifest.lease = { host: this.options.host, since: this.now().toISOString() };
     if (change === 'release' && manifest.lease?.host === this.options.host) manifest.lease = null;
@@ -302,35 +336,56 @@ export class NasRepository {
   }
 
   /**
-   * Applies retention: drops old generations and branches from the manifest, then
-   * removes layer files no kept generation needs (older than a grace period, so that
-   * a push in flight keeps its layers) and abandoned uploads. With `dryRun` it only
-   * says what it would drop and remove (abandoned uploads aside).
+   * Applies retention (lib/nas/retention.ts), in three steps, each safe to be killed in
+   * (the next pass finishes the work):
+   *   retention:manifest  old generations, branches and unneeded layer files leave the
+   *                       manifest; the files are noted in its `dropped` table, with the time
+   *   retention:remove    dropped files older than the grace period are removed, and so are
+   *                       files the manifest never named (a push that never published) once
+   *                       as old; abandoned uploads after a week
+   *   retention:forget    the removed files leave the `dropped` table
+   * A host in the middle of fetching a file that just left the manifest has the grace
+   * period to finish. With `dryRun` it only says what it would drop and remove.
    */
-  async collectGarbage(domain: string, policy: RetentionPolicy, { dryRun = false }: { dryRun?: boolean } = {}): Promise<GcResult> {
+  async collectGarbage(domain: string, policy: RetentionPolicy, { dryRun = false, onStep }: { dryRun?: boolean; onStep?: (step: string) => void } = {}): Promise<GcResult> {
     const now = this.now();
-    let plan: ReturnType<typeof planRetention> | undefined;
+    let plan: RetentionPlan | undefined;
     const decide = (current: Manifest) => {
       plan = planRetention(current, now, policy);
-      return applyRetention(current, plan);
+      return applyRetention(current, plan, now);
     };
+    onStep?.('retention:manifest');
     // A dry run decides on the manifest as it is, and changes nothing.
     const manifest = dryRun ? decide((await this.readManifest(domain)) ?? emptyManifest(domain)) : await this.updateManifest(domain, decide);
+    const dropped = manifest.dropped ?? {};
     const removedLayers: string[] = [];
+    const layersDir = nasPaths.layersDir(domain);
+    onStep?.('retention:remove');
     // Only files whose names this tool makes: anything else there is someone else's.
-    for (const entry of await this.transport.list(nasPaths.layersDir(domain))) {
+    for (const entry of await this.transport.list(layersDir)) {
       const hash = hashOfLayerFileName(entry.name);
-      if (!entry.isFile || hash === undefined) continue;
-      if (Object.hasOwn(manifest.layers, hash) || now.getTime() - entry.mtimeMs < GC_GRACE_MS) continue;
-      if (!dryRun) await this.transport.remove(`${nasPaths.layersDir(domain)}/${entry.name}`);
+      if (!entry.isFile || hash === undefined || Object.hasOwn(manifest.layers, hash)) continue;
+      const since = Object.hasOwn(dropped, hash) ? Date.parse(dropped[hash] as string) : entry.mtimeMs;
+      if (now.getTime() - since < GC_GRACE_MS) continue;
+      if (!dryRun) await this.transport.remove(`${layersDir}/${entry.name}`);
       removedLayers.push(hash);
     }
     for (const entry of await this.transport.list(nasPaths.uploadsDir(domain))) {
       if (!entry.isFile || !isUploadName(entry.name) || dryRun) continue;
       if (now.getTime() - entry.mtimeMs >= 7 * GC_GRACE_MS) await this.transport.remove(`${nasPaths.uploadsDir(domain)}/${entry.name}`);
     }
-    if (!dryRun) this.options.log?.info('garbage collected', { domain, layers: removedLayers.length });
-    return { droppedGenerations: plan?.dropGenerations ?? [], droppedBranches: plan?.dropBranches ?? [], removedLayers };
+    const gone = new Set(removedLayers);
+    const forget = Object.keys(dropped).filter((hash) => gone.has(hash));
+    if (!dryRun && forget.length > 0) {
+      onStep?.('retention:forget');
+      await this.updateManifest(domain, (current) => {
+        if (current.dropped) for (const hash of forget) delete current.dropped[hash];
+        if (current.dropped && Object.keys(current.dropped).length === 0) delete current.dropped;
+        return current;
+      });
+    }
+    if (!dryRun && (removedLayers.length > 0 || (plan?.dropGenerations.length ?? 0) > 0)) this.options.log?.info('retention applied', { domain, generations: plan?.dropGenerations.length ?? 0, dropped: plan?.dropLayers.length ?? 0, removed: removedLayers.length });
+    return { droppedGenerations: plan?.dropGenerations ?? [], droppedBranches: plan?.dropBranches ?? [], droppedLayers: plan?.dropLayers ?? [], removedLayers };
   }
 
   /** The root's format marker: written on first use, and a newer format is refused. */

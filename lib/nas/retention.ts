@@ -1,61 +1,126 @@
-// Which generations, branches and layers to keep. Pure.
+// Which generations, branches and layer files to keep on the NAS. Pure.
 //
-// Kept: the head and its nearest `keepGenerations` ancestors whatever their age, and
-// every further ancestor younger than `keepDays`; each branch (the losing side of a
-// conflict) younger than `keepDays`, with its ancestry kept by the same rule; each
-// snapshot, whatever its age, with its ancestry kept by the same rule. A layer
-// is needed when a kept generation's disk chain runs through it; no other layer is.
-import { ancestry, layerChain, type Generation, type Manifest } from './format.js';
+// Kept generations, along the head's history and along each kept branch's:
+//   - the nearest `keepGenerations`, whatever their age;
+//   - every generation younger than `allDays`;
+//   - the newest of each day (UTC) younger than `dailyDays`;
+//   - the newest of each week (Monday to Sunday, UTC) younger than `weeklyDays`.
+// A branch (the losing side of a conflict) is kept `branchDays`; a snapshot's
+// generation until the snapshot is deleted; the generation each host was last in step
+// with (manifest `hosts`) `branchDays` after that, since its unpushed work stands on it.
+//
+// Kept files: a kept generation must stay readable, so every disk's chain of it is
+// kept in full. The head's in the fewest files (lib/nas/chains.ts canonicalChain: the
+// chain a start reads); each other generation, newest first, by the fewest bytes added
+// to what is kept already (cheapestChain down to a layer kept files provide): an old
+// generation keeps its own small layers rather than a merged layer as large as the disk.
+// Every other file leaves the manifest, and is removed after a grace period
+// (repository.ts collectGarbage).
+import { canonicalChain, cheapestChain, readsAs } from './chains.js';
+import { ancestry, type Generation, type Manifest } from './format.js';
 
 export interface RetentionPolicy {
-  keepDays: number;
   keepGenerations: number;
+  allDays: number;
+  dailyDays: number;
+  weeklyDays: number;
+  branchDays: number;
 }
 
 export interface RetentionPlan {
   keepGenerations: Set<string>;
   dropGenerations: string[];
   dropBranches: string[];
+  /** Layer files kept. */
   neededLayers: Set<string>;
+  /** Listed layer files that leave the manifest. */
+  dropLayers: string[];
 }
+
+/** The policy a configuration sets (lib/config.ts). */
+export function retentionPolicy(config: { retentionGenerations: number; retentionDays: number; retentionDailyDays: number; retentionWeeklyDays: number; retentionBranchDays: number }): RetentionPolicy {
+  return {
+    keepGenerations: config.retentionGenerations,
+    allDays: config.retentionDays,
+    dailyDays: config.retentionDailyDays,
+    weeklyDays: config.retentionWeeklyDays,
+    branchDays: config.retentionBranchDays,
+  };
+}
+
+const DAY_MS = 86_400_000;
 
 /** Decides what retention keeps of a manifest at time `now`. */
 export function planRetention(manifest: Manifest, now: Date, policy: RetentionPolicy): RetentionPlan {
-  const cutoff = now.getTime() - policy.keepDays * 86_400_000;
   const keep = new Set<string>();
+  const order: string[] = []; // kept generations, the head's first, each line newest first
+  const keepOne = (id: string) => {
+    if (!keep.has(id)) order.push(id);
+    keep.add(id);
+  };
   const keepLine = (head: string) => {
-    const young = (generation: Generation, index: number) => index < policy.keepGenerations || Date.parse(generation.created) >= cutoff;
-    for (const generation of ancestry(manifest.generations, head, young)) keep.add(generation.id);
+    const days = new Set<number>();
+    const weeks = new Set<number>();
+    for (const [index, generation] of ancestry(manifest.generations, head).entries()) {
+      const age = (now.getTime() - Date.parse(generation.created)) / DAY_MS;
+      const day = Math.floor(Date.parse(generation.created) / DAY_MS);
+      const week = Math.floor((day + 3) / 7); // day 0 (1970-01-01) was a Thursday
+      const newestOfDay = !days.has(day);
+      const newestOfWeek = !weeks.has(week);
+      days.add(day);
+      weeks.add(week);
+      if (index < policy.keepGenerations || age < policy.allDays || (newestOfDay && age < policy.dailyDays) || (newestOfWeek && age < policy.weeklyDays)) {
+        keepOne(generation.id);
+      }
+    }
   };
   if (manifest.head !== null) keepLine(manifest.head);
   const dropBranches: string[] = [];
   for (const [name, branch] of Object.entries(manifest.branches)) {
-    if (Date.parse(branch.created) < cutoff) dropBranches.push(name);
+    if ((now.getTime() - Date.parse(branch.created)) / DAY_MS >= policy.branchDays) dropBranches.push(name);
     else keepLine(branch.head);
   }
-  for (const snapshot of Object.values(manifest.snapshots ?? {})) keepLine(snapshot.generation);
-  const neededLayers = new Set<string>();
-  for (const id of keep) {
-    for (const layer of Object.values((manifest.generations[id] as { disks: Record<string, string> }).disks)) {
-      for (const hash of layerChain(manifest.layers, layer)) neededLayers.add(hash);
+  for (const snapshot of Object.values(manifest.snapshots ?? {})) keepOne(snapshot.generation);
+  // Where each host last was in step: its unpushed work stands on it (a conflict keeps it as a branch).
+  for (const mark of Object.values(manifest.hosts ?? {})) {
+    if (Object.hasOwn(manifest.generations, mark.generation) && (now.getTime() - Date.parse(mark.at)) / DAY_MS < policy.branchDays) keepOne(mark.generation);
+  }
+
+  const needed = new Set<string>();
+  const provided = new Set<string>();
+  const keepFiles = (files: string[]) => {
+    for (const file of files) {
+      needed.add(file);
+      provided.add(readsAs(manifest.layers, file));
+    }
+  };
+  for (const [i, id] of order.entries()) {
+    for (const layer of Object.values((manifest.generations[id] as Generation).disks)) {
+      const steps = i === 0 && id === manifest.head ? canonicalChain(manifest.layers, layer) : cheapestChain(manifest.layers, layer, (name) => provided.has(name)).steps;
+      keepFiles(steps.map((step) => step.file));
     }
   }
   return {
     keepGenerations: keep,
     dropGenerations: Object.keys(manifest.generations).filter((id) => !keep.has(id)),
     dropBranches,
-    neededLayers,
+    neededLayers: needed,
+    dropLayers: Object.keys(manifest.layers).filter((hash) => !needed.has(hash)),
   };
 }
 
-/** The manifest with the plan applied (generations, branches and layer entries removed). */
-export function applyRetention(manifest: Manifest, plan: RetentionPlan): Manifest {
+/** The manifest with the plan applied: generations, branches and layer entries removed, the files noted as dropped at `now`. */
+export function applyRetention(manifest: Manifest, plan: RetentionPlan, now: Date): Manifest {
   const pick = <T>(table: Record<string, T>, keep: (key: string) => boolean) =>
     Object.fromEntries(Object.entries(table).filter(([key]) => keep(key)));
-  return {
+  const dropped = { ...manifest.dropped };
+  for (const hash of plan.dropLayers) dropped[hash] ??= now.toISOString();
+  const next: Manifest = {
     ...manifest,
     generations: pick(manifest.generations, (id) => plan.keepGenerations.has(id)),
     branches: pick(manifest.branches, (name) => !plan.dropBranches.includes(name)),
     layers: pick(manifest.layers, (hash) => plan.neededLayers.has(hash)),
   };
+  if (Object.keys(dropped).length > 0) next.dropped = dropped;
+  return next;
 }

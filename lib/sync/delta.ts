@@ -14,8 +14,11 @@ export interface Delta {
   push: { bytes: number; layers: number };
   /** Written into the tops since the last seal (on disk, a little header included): sealed and pushed after the next stop. */
   tops: { bytes: number };
-  /** Layers of the NAS's head that this host lacks: what the next start fetches. */
-  pull: { bytes: number; layers: number };
+  /**
+   * What the next start fetches of the NAS's head: the cheapest files down to layers this
+   * host has (lib/nas/chains.ts); `merged` of them are merged layers standing in for several.
+   */
+  pull: { bytes: number; layers: number; merged: number };
 }
 
 /** The delta of a domain as things are now. */
@@ -28,13 +31,17 @@ export async function measureDelta(state: LocalState, manifest: Manifest | undef
   }
   const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
   const pull = new Map<string, number>(); // a layer two disks share moves once
+  let merged = 0;
   if (manifest && head && head.id !== state.synced?.id && !state.pending.some((p) => p.generation.id === head.id)) {
-    for (const { hash } of await missingLayers(state, manifest, head)) pull.set(hash, manifest.layers[hash]?.size ?? 0);
+    for (const { layer, file } of await missingLayers(state, manifest, head)) {
+      if (!pull.has(file) && file !== layer) merged += 1;
+      pull.set(file, manifest.layers[file]?.size ?? 0);
+    }
   }
   return {
     domain: state.domain,
     push: { bytes: pushLayers.reduce((sum, layer) => sum + layer.size, 0), layers: pushLayers.length },
     tops: { bytes: topBytes },
-    pull: { bytes: [...pull.values()].reduce((sum, size) => sum + size, 0), layers: pull.size },
+    pull: { bytes: [...pull.values()].reduce((sum, size) => sum + size, 0), layers: pull.size, merged },
   };
 }

@@ -1,13 +1,14 @@
 // The disk side of the lifecycle, for all disks of a domain at once: a generation is
 // one layer per disk, and the disks always move together.
-import { stat, statfs } from 'node:fs/promises';
+import { readdir, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
-import { layerFileName } from '../file-names.js';
+import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { DiskStateError } from '../errors.js';
 import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
-import { ancestry, generationId, layerChain, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
+import { cheapestChain } from '../nas/chains.js';
+import { ancestry, generationId, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import { pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
@@ -248,16 +249,20 @@ export async function pullGeneration(
   }
   const missing = await missingLayers(state, manifest, generation);
   const wanted = [];
-  for (const { top, hash } of missing) {
-    const size = (manifest.layers[hash] as LayerInfo).size;
-    const kept = (await stat(pullPartPath(layersDirOf(top), hash)).catch(() => undefined))?.size ?? 0; // a pull resumes
+  for (const { top, file } of missing) {
+    const size = (manifest.layers[file] as LayerInfo).size;
+    const kept = (await stat(pullPartPath(layersDirOf(top), file)).catch(() => undefined))?.size ?? 0; // a pull resumes
     wanted.push({ dir: layersDirOf(top), bytes: kept <= size ? size - kept : size });
   }
   await requireRoomFor(wanted);
-  for (const { target, top, hash } of missing) {
-    log.info('pulling layer', { disk: target, layer: hash, bytes: manifest.layers[hash]?.size });
-    const { result } = await repository.pullLayer(state.domain, hash, manifest.layers[hash] as LayerInfo, layersDirOf(top), progressFor(`pull ${target} ${hash.slice(0, 12)}`));
-    log.info('pulled layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom });
+  for (const { target, top, layer, file } of missing) {
+    const info = manifest.layers[file] as LayerInfo;
+    const merged = file === layer ? {} : { merged: file };
+    log.info('pulling layer', { disk: target, layer, ...merged, bytes: info.size });
+    const { result } = await repository.pullLayer(state.domain, file, info, layersDirOf(top), progressFor(`pull ${target} ${layer.slice(0, 12)}`), layer);
+    // Like a compacted layer: the file reads as its name but stands on another parent.
+    if (file !== layer) state.compacted = { ...state.compacted, [layer]: info.parent as string };
+    log.info('pulled layer', { disk: target, layer, resumedFrom: result.resumedFrom });
   }
 }
 
@@ -296,15 +301,27 @@ export function roomReserve(size: number): number {
   return Math.max(512 * 2 ** 20, Math.ceil(size * 0.02));
 }
 
-/** The layers of a generation's disks that this host lacks, each disk's base first (disks it has no layer for are skipped). */
-export async function missingLayers(state: LocalState, manifest: Manifest, generation: Generation): Promise<Array<{ target: string; top: string; hash: string }>> {
-  const missing: Array<{ target: string; top: string; hash: string }> = [];
+/** A file to fetch for a disk: `file` on the NAS, kept here as `layer` (lib/nas/chains.ts). */
+export interface PullStep {
+  target: string;
+  top: string;
+  layer: string;
+  file: string;
+}
+
+/**
+ * What this host must fetch for the generation's disks, each disk's base first: per
+ * disk the cheapest files (lib/nas/chains.ts cheapestChain) down to a layer it has.
+ * Disks it has no layer for are skipped.
+ */
+export async function missingLayers(state: LocalState, manifest: Manifest, generation: Generation): Promise<PullStep[]> {
+  const missing: PullStep[] = [];
   for (const [target, top] of Object.entries(state.disks)) {
     const layer = generation.disks[target];
     if (layer === undefined) continue;
-    for (const hash of layerChain(manifest.layers, layer).reverse()) {
-      if (!(await pathExists(layerPathOf(top, hash)))) missing.push({ target, top, hash });
-    }
+    const here = new Set((await readdir(layersDirOf(top)).catch(() => [] as string[])).map(hashOfLayerFileName));
+    const { steps } = cheapestChain(manifest.layers, layer, (name) => here.has(name));
+    for (const step of steps.reverse()) missing.push({ target, top, ...step });
   }
   return missing;
 }

@@ -1,7 +1,8 @@
 // After a stop, in the background (started by the hook at release end, detached from
 // it), under the domain's lock: seal the tops into a generation, merge the pending
 // generations into one, push it and give the lease back, then keep the local chains
-// within maxChainDepth (lib/sync/disks.ts boundChainDepth). Every step can be killed:
+// within maxChainDepth (lib/sync/disks.ts boundChainDepth); then, outside the lock, keep
+// the NAS bounded (lib/sync/nas-upkeep.ts). Every step can be killed:
 // the next run of this or the next start finishes the work. It runs only while its stop
 // is still the domain's latest event: a start that came first did the work itself, and
 // the VM may be running on the tops again.
@@ -10,6 +11,7 @@ import { decideStop, type NasView } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
 import { readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
+import { upkeepNas } from './nas-upkeep.js';
 import { lookAtNas, movedOnSince, withDomainLock } from './session.js';
 
 /** Waits this long for the lock: a start or a `kss` command may hold it. */
@@ -38,7 +40,7 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
     if (flag !== undefined && ((after !== null && flag === after) || (byHand && done))) await takeFlag(config.stateDir, domain, 'stopping');
   };
   try {
-    return await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async (lock) => {
+    const result: StopResult = await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async (lock) => {
       const latest = await movedOnSince(config.stateDir, domain, after);
       if (latest !== undefined) {
         log.info('not sealing: the domain moved on since this stop', { latest });
@@ -49,6 +51,9 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
       log.info('stop finished', { outcome });
       return { superseded: false, outcome, kept };
     });
+    // Outside the lock: a start must not wait for it (lib/sync/nas-upkeep.ts).
+    if (!result.superseded) await upkeepNas(domain, deps, result.kept === 'offline' || result.kept === 'no-push' ? result.kept : undefined);
+    return result;
   } finally {
     await takeOwnFlag(false);
   }
@@ -111,9 +116,11 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
     state.lastSync = { at: now().toISOString(), outcome };
     await save(state);
     deps.onStep?.('stop:compact');
-    const compacted = await boundChainDepth(state, config.maxChainDepth, engine);
+    // No deeper than the NAS may be either: the NAS gets this host's merged layers (nas-upkeep.ts).
+    const depth = Math.min(config.maxChainDepth, config.nasChainDepth);
+    const compacted = await boundChainDepth(state, depth, engine);
     if (compacted.length > 0) {
-      log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: config.maxChainDepth });
+      log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: depth });
       await save(state);
     }
     return { outcome, kept };

@@ -95,13 +95,15 @@ export class TestHost {
     }
   }
 
-  /** Waits until the background work after a stop has finished (its last log line). */
+  /** Waits until the background work after a stop has finished (its last log line: the NAS upkeep after the stop's own work). */
   async waitForStop(domain: string, timeoutMs = 120_000): Promise<void> {
-    const before = (this.log(domain).match(/stop finished/gu) ?? []).length;
+    const count = (text: string, line: RegExp) => (text.match(line) ?? []).length;
+    const [stops, upkeeps] = [/stop finished/gu, /NAS upkeep finished/gu];
+    const before = this.log(domain);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const text = this.log(domain);
-      if ((text.match(/stop finished/gu) ?? []).length > before) return;
+      if (count(text, stops) > count(before, stops) && count(text, upkeeps) > count(before, upkeeps)) return;
       if (/op=kss-finish-stop\/begin .*ERROR|ERROR .*op=kss-finish-stop/u.test(text.split('\n').slice(-5).join('\n'))) {
         throw new Error(`the background stop failed:\n${text.split('\n').slice(-10).join('\n')}`);
       }

@@ -146,18 +146,29 @@ describe('manifest updates (directory NAS)', () => {
     const manifestFile = join(root, nasPaths.manifest('vm'));
     const beforeDryRun = readFileSync(manifestFile);
     const layerFiles = readdirSync(layersDir).sort();
-    const planned = await desk.collectGarbage('vm', { keepDays: 30, keepGenerations: 2 }, { dryRun: true });
+    const policy = { keepGenerations: 2, allDays: 30, dailyDays: 0, weeklyDays: 0, branchDays: 30 };
+    const planned = await desk.collectGarbage('vm', policy, { dryRun: true });
     assert.ok(readFileSync(manifestFile).equals(beforeDryRun), 'a dry run leaves the manifest as it was');
     assert.deepEqual(readdirSync(layersDir).sort(), layerFiles, 'and every file');
-    const result = await desk.collectGarbage('vm', { keepDays: 30, keepGenerations: 2 });
+    const result = await desk.collectGarbage('vm', policy);
     assert.deepEqual(planned, result, 'it said exactly what the real run then did');
     for (const path of foreign) assert.ok(existsSync(path), `gc left ${path}, whose name it does not make`);
     assert.deepEqual(result.droppedBranches, ['conflict-1']);
     assert.deepEqual(new Set(result.droppedGenerations), new Set([g0.id, branchId]));
     // g1 and g2 are kept (the two newest), and b's chain still runs through a and base.
-    assert.deepEqual(new Set(result.removedLayers), new Set([L('x'), L('orphan')]));
+    // The branch's layer leaves the manifest now, and its file stays a day: a host may be fetching it.
+    assert.deepEqual(result.droppedLayers, [L('x')]);
+    assert.deepEqual(result.removedLayers, [L('orphan')], 'only the file no manifest ever named, old enough, goes at once');
     const manifest = (await desk.readManifest('vm')) as Manifest;
     assert.deepEqual(new Set(Object.keys(manifest.generations)), new Set([g1.id, g2.id]));
+    assert.deepEqual(Object.keys(manifest.dropped ?? {}), [L('x')]);
+    for (const name of ['base', 'a', 'b', 'x']) assert.ok(existsSync(join(root, nasPaths.layer('vm', L(name)))), name);
+    // A day later, the next pass removes it and forgets it.
+    const later = dirRepository(root, 'desk', { now: () => new Date(now.getTime() + 25 * 3600_000) });
+    const next = await later.collectGarbage('vm', policy);
+    assert.deepEqual(next.removedLayers, [L('x')]);
+    assert.equal(existsSync(join(root, nasPaths.layer('vm', L('x')))), false);
+    assert.equal((await later.readManifest('vm'))?.dropped, undefined, 'and the dropped table is empty again');
     for (const name of ['base', 'a', 'b']) assert.ok(existsSync(join(root, nasPaths.layer('vm', L(name)))), name);
   });
 });

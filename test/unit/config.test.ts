@@ -43,8 +43,12 @@ describe('validateConfig', () => {
       stateDir: DEFAULTS.stateDir,
       logDir: DEFAULTS.logDir,
       maxChainDepth: DEFAULTS.maxChainDepth,
-      retentionDays: DEFAULTS.retentionDays,
+      nasChainDepth: 16,
+      retentionDays: 7,
+      retentionDailyDays: 30,
+      retentionWeeklyDays: 182,
       retentionGenerations: DEFAULTS.retentionGenerations,
+      retentionBranchDays: 90,
       stallSeconds: 30,
     });
   });
@@ -59,11 +63,17 @@ describe('validateConfig', () => {
         stateDir: '/srv/state',
         logDir: '/srv/log',
         maxChainDepth: 4,
+        nasChainDepth: 12,
+        retentionDays: 3,
+        retentionDailyDays: 14,
+        retentionWeeklyDays: 60,
+        retentionBranchDays: 30,
         stallSeconds: 10,
       },
       FILE,
       'ignored',
     );
+    assert.deepEqual([config.nasChainDepth, config.retentionDays, config.retentionDailyDays, config.retentionWeeklyDays, config.retentionBranchDays], [12, 3, 14, 60, 30]);
     assert.equal(config.host, 'laptop');
     assert.equal(config.sshIdentity, '/etc/kvm-snapshot-sync/id_ed25519');
     assert.equal(config.maxChainDepth, 4);

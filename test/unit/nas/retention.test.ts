@@ -2,11 +2,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { IntegrityError } from '../../../lib/errors.js';
 import { emptyManifest, type Manifest } from '../../../lib/nas/format.js';
-import { applyRetention, planRetention } from '../../../lib/nas/retention.js';
+import { applyRetention, planRetention, type RetentionPolicy } from '../../../lib/nas/retention.js';
 
 const now = new Date('2026-11-21T00:00:00.000Z');
 const daysAgo = (n: number) => new Date(now.getTime() - n * 86_400_000).toISOString();
 const h = (c: string) => c.repeat(64);
+/** Everything younger than keepDays, and the nearest keepGenerations (no daily or weekly tiers). */
+const simple = ({ keepDays, keepGenerations }: { keepDays: number; keepGenerations: number }): RetentionPolicy => ({ keepGenerations, allDays: keepDays, dailyDays: 0, weeklyDays: 0, branchDays: keepDays });
 
 /** A line g0 <- g1 <- ... with one layer each, layer i on layer i-1. */
 function line(ages: number[]): Manifest {
@@ -28,11 +30,11 @@ describe('planRetention', () => {
     ['always keeps the head', [400], { keepDays: 1, keepGenerations: 1 }, ['g0']],
   ];
   for (const [name, ages, policy, kept] of cases) {
-    it(name, () => assert.deepEqual([...planRetention(line(ages), now, policy).keepGenerations].sort(), kept));
+    it(name, () => assert.deepEqual([...planRetention(line(ages), now, simple(policy)).keepGenerations].sort(), kept));
   }
 
   it('keeps every layer a kept generation reads through, even an old base', () => {
-    const plan = planRetention(line([90, 60, 1]), now, { keepDays: 30, keepGenerations: 1 });
+    const plan = planRetention(line([90, 60, 1]), now, simple({ keepDays: 30, keepGenerations: 1 }));
     assert.deepEqual([...plan.keepGenerations], ['g2']);
     assert.deepEqual([...plan.neededLayers].sort(), [h('0'), h('1'), h('2')]);
   });
@@ -47,11 +49,11 @@ describe('planRetention', () => {
       young: { head: 'x', host: 'laptop', created: daysAgo(5), reason: 'conflict' },
       old: { head: 'y', host: 'laptop', created: daysAgo(50), reason: 'conflict' },
     };
-    const plan = planRetention(manifest, now, { keepDays: 30, keepGenerations: 1 });
+    const plan = planRetention(manifest, now, simple({ keepDays: 30, keepGenerations: 1 }));
     assert.deepEqual(plan.dropBranches, ['old']);
     assert.deepEqual([...plan.keepGenerations].sort(), ['g1', 'x']);
     assert.deepEqual(plan.dropGenerations.sort(), ['g0', 'y']);
-    const applied = applyRetention(manifest, plan);
+    const applied = applyRetention(manifest, plan, now);
     assert.deepEqual(Object.keys(applied.branches), ['young']);
     assert.equal(Object.hasOwn(applied.layers, h('y')), false);
     assert.equal(Object.hasOwn(applied.layers, h('0')), true, 'the base both kept lines read through');
@@ -60,10 +62,78 @@ describe('planRetention', () => {
   it('keeps a snapshot whatever its age, and the layers it reads through', () => {
     const manifest = line([90, 60, 1]);
     manifest.snapshots = { before: { generation: 'g0', host: 'desk', created: daysAgo(90) } };
-    const plan = planRetention(manifest, now, { keepDays: 30, keepGenerations: 1 });
+    const plan = planRetention(manifest, now, simple({ keepDays: 30, keepGenerations: 1 }));
     assert.deepEqual([...plan.keepGenerations].sort(), ['g0', 'g2']);
     assert.deepEqual(plan.dropGenerations, ['g1']);
     assert.equal(plan.neededLayers.has(h('0')), true);
+  });
+});
+
+describe('planRetention with the default tiers', () => {
+  const tiers: RetentionPolicy = { keepGenerations: 3, allDays: 7, dailyDays: 30, weeklyDays: 182, branchDays: 90 };
+  /** Two sessions a day (at 08:00 and 20:00 UTC) for `days` days up to `now`. */
+  function twiceADay(days: number): Manifest {
+    const ages: number[] = [];
+    for (let d = days - 1; d >= 0; d -= 1) ages.push(d + 16 / 24, d + 4 / 24);
+    return line(ages);
+  }
+
+  it('keeps all of the last week, the newest of each day for a month, of each week for six months', () => {
+    const manifest = twiceADay(400);
+    const plan = planRetention(manifest, now, tiers);
+    const kept = [...plan.keepGenerations].map((id) => (now.getTime() - Date.parse((manifest.generations[id] as { created: string }).created)) / 86_400_000);
+    const within = (from: number, to: number) => kept.filter((age) => age >= from && age < to).length;
+    assert.equal(within(0, 7), 14, 'both sessions of each of the last 7 days');
+    assert.equal(within(7, 30), 23, 'one a day up to 30 days');
+    assert.ok(within(30, 182) >= 21 && within(30, 182) <= 23, `one a week up to 26 weeks (${within(30, 182)})`);
+    assert.equal(within(182, 1000), 0, 'nothing older');
+    for (const age of kept.filter((a) => a >= 7 && a < 30)) assert.ok(age % 1 < 0.5, `the newest of its day is kept (age ${age.toFixed(2)})`);
+    assert.equal(plan.keepGenerations.size, 14 + 23 + within(30, 182));
+  });
+
+  it('keeps a conflict branch 90 days, and a snapshot of a year ago without its history', () => {
+    const manifest = twiceADay(400);
+    const oldest = Object.keys(manifest.generations).find((id) => manifest.generations[id]?.parent === null) as string;
+    manifest.snapshots = { install: { generation: oldest, host: 'desk', created: daysAgo(399) } };
+    manifest.branches = {
+      recent: { head: 'g700', host: 'laptop', created: daysAgo(60), reason: 'conflict' },
+      old: { head: 'g500', host: 'laptop', created: daysAgo(100), reason: 'conflict' },
+    };
+    const plan = planRetention(manifest, now, tiers);
+    assert.deepEqual(plan.dropBranches, ['old']);
+    assert.ok(plan.keepGenerations.has(oldest), 'the snapshot');
+    assert.ok(!plan.keepGenerations.has('g1'), "not the snapshot's history");
+  });
+});
+
+describe('planRetention with merged layers', () => {
+  // base <- 1 <- 2 <- 3 <- 4 (head); M reads as 3 on the base; g1 (layer 1) is kept too.
+  function merged(): Manifest {
+    const manifest = line([1, 1, 1, 1, 1]);
+    for (let i = 0; i <= 4; i += 1) (manifest.layers[h(String(i))] as { size: number }).size = i === 0 ? 1000 : 100;
+    manifest.layers[h('m')] = { parent: h('0'), size: 300, readsAs: h('3') };
+    return manifest;
+  }
+  /** Only the head (ages are all 1 day: no tier keeps more). */
+  const headOnly: RetentionPolicy = { keepGenerations: 1, allDays: 0, dailyDays: 0, weeklyDays: 0, branchDays: 1 };
+
+  it("keeps the head's chain in the fewest files: the merged layer, not the three it stands for", () => {
+    const plan = planRetention(merged(), now, headOnly);
+    assert.deepEqual([...plan.neededLayers].sort(), [h('0'), h('4'), h('m')].sort());
+    assert.deepEqual(plan.dropLayers.sort(), [h('1'), h('2'), h('3')].sort());
+  });
+
+  it('keeps an older generation by the fewest bytes added: its own small layers', () => {
+    const manifest = merged();
+    // A big merged layer reading as 2: fewer files for g2, but far more bytes than layers 1 and 2.
+    manifest.layers[h('n')] = { parent: h('0'), size: 900, readsAs: h('2') };
+    manifest.snapshots = { s: { generation: 'g2', host: 'desk', created: daysAgo(1) } };
+    const plan = planRetention(manifest, now, headOnly);
+    assert.deepEqual([...plan.neededLayers].sort(), [h('0'), h('1'), h('2'), h('4'), h('m')].sort());
+    const applied = applyRetention(manifest, plan, now);
+    assert.deepEqual(Object.keys(applied.dropped ?? {}).sort(), [h('3'), h('n')].sort());
+    assert.equal(applied.dropped?.[h('3')], now.toISOString());
+    assert.equal(Object.hasOwn(applied.layers, h('3')), false);
   });
 });
 
@@ -71,6 +141,6 @@ describe('planRetention on a damaged manifest', () => {
   it('refuses a history that loops instead of walking it forever', () => {
     const manifest = line([3, 2, 1]);
     (manifest.generations.g0 as { parent: string | null }).parent = 'g2';
-    assert.throws(() => planRetention(manifest, now, { keepDays: 30, keepGenerations: 1 }), (error: unknown) => error instanceof IntegrityError && /loop/u.test(error.message));
+    assert.throws(() => planRetention(manifest, now, simple({ keepDays: 30, keepGenerations: 1 })), (error: unknown) => error instanceof IntegrityError && /loop/u.test(error.message));
   });
 });

@@ -1,0 +1,104 @@
+// Local layers no chain needs are removed (lib/sync/local-gc.ts). Real qemu-img and
+// qemu-io.
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createTop, layersDirOf, sealTop, compactLayer, type EngineDeps } from '../../lib/layers.js';
+import { generationId, type Generation } from '../../lib/nas/format.js';
+import { removeUnusedLayers } from '../../lib/sync/local-gc.js';
+import { type LocalState } from '../../lib/sync/local-state.js';
+import { MiB, createImage, guestDigest, qemuIo, randomQcow2 } from '../helpers/disks.js';
+import { requireTools } from '../helpers/tools.js';
+
+let root: string;
+before(() => {
+  root = mkdtempSync(join(tmpdir(), 'kss-local-gc-'));
+});
+after(() => rmSync(root, { recursive: true, force: true }));
+
+/** A generation of one disk layer per target, as the state records them. */
+function generation(disks: Record<string, string>, parent: string | null = null): Generation {
+  const made = { parent, host: 'desk', created: '2026-11-22T06:00:00.000Z', disks };
+  return { id: generationId(made), ...made };
+}
+
+describe('removing unused local layers', () => {
+  it('keeps the chains of the top, the synced, the pending and the kept-also generations, and only removes layer files', async (t) => {
+    if (!requireTools(t, 'qemu-img', 'qemu-io')) return;
+    const dir = join(root, 'unit');
+    mkdirSync(dir);
+    const top = join(dir, 'vm.qcow2');
+    const other = join(dir, 'vm-home.qcow2');
+    const layers = layersDirOf(top);
+    const seal = async (pattern: number, at: number) => {
+      qemuIo(top, `write -P ${pattern} ${at}M 1M`);
+      return ((await sealTop(top)) as { hash: string }).hash;
+    };
+    createImage(top, 16 * MiB);
+    qemuIo(top, 'write -P 0x01 0 1M');
+    const base = ((await sealTop(top, undefined, { evenIfEmpty: true })) as { hash: string }).hash;
+    const l1 = await seal(0x02, 1);
+    const merged = await seal(0x03, 2); // on l1: merged away, named by nothing
+    await createTop(top, base);
+    const pending = await seal(0x04, 3); // on the base, outside the top's chain
+    await createTop(top, base);
+    const side = await seal(0x05, 4);
+    const kept = await seal(0x06, 5); // on side: a kept-also generation's, outside every other chain
+    await createTop(top, l1);
+    const l2 = await seal(0x07, 6);
+    await compactLayer(layers, l2, base); // l2's file now stands on the base: l1 is no longer read
+    const stray = randomQcow2(join(dir, 'stray.qcow2'), 64 * 1024);
+    copyFileSync(join(dir, 'stray.qcow2'), join(layers, `${stray}.qcow2`));
+    const others = ['merging-1-2.qcow2', `.pull-${'a'.repeat(64)}.part`, 'converting-3-4.qcow2', `${'A'.repeat(64)}.qcow2`, 'notes.txt'];
+    for (const name of others) writeFileSync(join(layers, name), 'not a layer');
+    // A second disk with an unfinished seal: nothing of it may go.
+    createImage(other, 16 * MiB);
+    qemuIo(other, 'write -P 0x21 0 1M');
+    const otherBase = ((await sealTop(other, undefined, { evenIfEmpty: true })) as { hash: string }).hash;
+    qemuIo(other, 'write -P 0x22 1M 1M');
+    const otherJunk = ((await sealTop(other)) as { hash: string }).hash;
+    await createTop(other, otherBase);
+    writeFileSync(join(layersDirOf(other), 'incoming.qcow2'), 'a seal in the middle');
+    const otherFiles = readdirSync(layersDirOf(other)).sort();
+
+    const path = (hash: string) => join(layers, `${hash}.qcow2`);
+    const digests = () => [top, path(pending), path(kept)].map((file) => guestDigest(file));
+    const before = digests();
+    const gone = [l1, merged, stray].map(path);
+    const goneBytes = gone.reduce((sum, file) => sum + statSync(file).blocks * 512, 0);
+    const state: LocalState = {
+      format: 1,
+      domain: 'vm',
+      disks: { vda: top, vdb: other },
+      synced: generation({ vda: l2, vdb: otherBase }),
+      pending: [{ generation: generation({ vda: pending, vdb: otherBase }), layers: {} }],
+      leaseHeld: false,
+    };
+    const keepAlso = [generation({ vda: kept, vdb: otherJunk }), generation({ vda: 'b'.repeat(64) })]; // the last one is not here
+
+    // Refused while a seal is under way, or when a chain cannot be read.
+    const all = readdirSync(layers).sort();
+    const refused = await removeUnusedLayers({ ...state, sealing: { onto: null, since: '2026-11-22T06:00:00.000Z', tops: {} } }, keepAlso);
+    assert.deepEqual([refused.removed, refused.skipped.map((skip) => skip.disk)], [[], ['vda', 'vdb']]);
+    const failing: EngineDeps = { run: async () => Promise.reject(new Error('qemu-img failed')) };
+    const unread = await removeUnusedLayers(state, keepAlso, failing);
+    assert.deepEqual(unread.removed, []);
+    assert.match(unread.skipped.find((skip) => skip.disk === 'vda')?.why ?? '', /cannot read the chain it keeps: qemu-img failed/u);
+    const missing = await removeUnusedLayers({ ...state, pending: [{ generation: generation({ vda: 'c'.repeat(64) }), layers: {} }] }, keepAlso);
+    assert.deepEqual(missing.removed, [], 'a layer the state names is missing: everything stays');
+    assert.deepEqual(readdirSync(layers).sort(), all, 'nothing was removed');
+
+    const result = await removeUnusedLayers(state, keepAlso);
+    assert.deepEqual(result.removed.sort(), gone.sort(), 'the merged-away, the compacted-away and a stray layer go');
+    assert.equal(result.bytes, goneBytes);
+    assert.deepEqual(result.skipped, [{ disk: 'vdb', why: `a seal is unfinished (${join(layersDirOf(other), 'incoming.qcow2')})` }]);
+    assert.deepEqual(readdirSync(layers).sort(), [base, l2, pending, side, kept].map((hash) => `${hash}.qcow2`).concat(others).sort());
+    assert.deepEqual(readdirSync(layersDirOf(other)).sort(), otherFiles, 'the disk with an unfinished seal is left alone');
+    assert.deepEqual(digests(), before, 'the top, the pending and the kept-also layers read the same');
+
+    const again = await removeUnusedLayers(state, keepAlso);
+    assert.deepEqual(again.removed, [], 'a second run finds nothing more');
+  });
+});

@@ -1,22 +1,33 @@
 // Local layers no chain needs are removed (lib/sync/local-gc.ts). Real qemu-img and
-// qemu-io.
+// qemu-io; the hook and the CLI are the built executable.
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createTop, layersDirOf, sealTop, compactLayer, type EngineDeps } from '../../lib/layers.js';
 import { generationId, type Generation } from '../../lib/nas/format.js';
 import { removeUnusedLayers } from '../../lib/sync/local-gc.js';
-import { type LocalState } from '../../lib/sync/local-state.js';
+import { setFlag, type LocalState } from '../../lib/sync/local-state.js';
 import { MiB, createImage, guestDigest, qemuIo, randomQcow2 } from '../helpers/disks.js';
+import type { TestHost } from '../helpers/hosts.js';
 import { requireTools } from '../helpers/tools.js';
+import { twoHosts } from '../helpers/two-hosts.js';
 
 let root: string;
 before(() => {
   root = mkdtempSync(join(tmpdir(), 'kss-local-gc-'));
 });
 after(() => rmSync(root, { recursive: true, force: true }));
+
+/** The files of a disk's layers directory must be exactly the layers its chain (kss chain) reads through. */
+function assertOnlyChain(host: TestHost, disk: string, when: string): void {
+  const shown = host.kss('chain', disk, '--json');
+  assert.equal(shown.status, 0, shown.stderr);
+  const layers = (JSON.parse(shown.stdout) as Array<{ path: string }>).slice(1).map((entry) => entry.path);
+  for (const path of layers) assert.equal(dirname(path), layersDirOf(disk), `${when}: ${path} is in the layers directory`);
+  assert.deepEqual(readdirSync(layersDirOf(disk)).sort(), layers.map((path) => basename(path)).sort(), `${when}: ${host.name}'s ${basename(disk)}.layers holds its chain and nothing else`);
+}
 
 /** A generation of one disk layer per target, as the state records them. */
 function generation(disks: Record<string, string>, parent: string | null = null): Generation {
@@ -25,6 +36,68 @@ function generation(disks: Record<string, string>, parent: string | null = null)
 }
 
 describe('removing unused local layers', () => {
+  it('after a year in miniature on two hosts (compactions, a merge, a rollback) keeps exactly what the chains read, and every byte', async (t) => {
+    const s = await twoHosts(t, root, 'year', { maxChainDepth: 4 });
+    if (!s) return;
+    const { desk, laptop } = s;
+    const disksOf = (host: TestHost) => (host === desk ? s.deskDisks : s.laptopDisks);
+    // What the guest wrote, by session: each pattern at its own place, so all of them stay readable.
+    const written: Array<{ session: number; disk: 'vda' | 'vdb'; pattern: number; at: number; length: number }> = [
+      { session: 0, disk: 'vda', pattern: 0x11, at: 0, length: 2 * MiB },
+      { session: 0, disk: 'vdb', pattern: 0x12, at: 4 * MiB, length: MiB },
+    ];
+    const made = new Map<number, string>(); // session -> the generation its stop pushed
+    /** Every pattern still written reads back through the host's chains (qemu-io fails on a mismatch). */
+    const assertEveryPattern = (host: TestHost) => {
+      for (const w of written) qemuIo(disksOf(host)[w.disk], `read -P ${w.pattern} ${w.at} ${w.length}`);
+    };
+    let session = 0;
+    const day = async (host: TestHost, { noPush = false, noSync = false } = {}) => {
+      session += 1;
+      const n = session;
+      const stateDir = (await host.config()).stateDir;
+      if (noSync) await setFlag(stateDir, 'year', 'skip-sync');
+      if (noPush) await setFlag(stateDir, 'year', 'no-push');
+      const mine: typeof written = [{ session: n, disk: 'vda', pattern: 0x40 + n, at: 6 * MiB + n * 256 * 1024, length: 256 * 1024 }];
+      if (n % 2 === 1) mine.push({ session: n, disk: 'vdb', pattern: 0x80 + n, at: 8 * MiB + n * 128 * 1024, length: 128 * 1024 });
+      await s.session(host, (disks) => {
+        for (const w of mine) qemuIo(disks[w.disk], `write -P ${w.pattern} ${w.at} ${w.length}`);
+      });
+      written.push(...mine);
+      const state = await host.state('year');
+      if (state.pending.length === 0) made.set(n, state.synced?.id as string);
+      for (const disk of Object.values(disksOf(host))) assertOnlyChain(host, disk, `after session ${n} on ${host.name}`);
+      assertEveryPattern(host);
+    };
+
+    for (const host of [desk, laptop, desk, laptop]) await day(host);
+    await day(desk, { noPush: true }); // kept here ...
+    await day(desk, { noSync: true }); // ... and merged with this one at its stop
+    assert.match(desk.log('year'), /merged pending generations into one/u);
+    for (const host of [laptop, desk, laptop, desk]) await day(host);
+    for (const host of [desk, laptop]) {
+      assert.match(host.log('year'), /compacted the local chain/u, `${host.name} compacted`);
+      assert.match(host.log('year'), /removed unused local layers .*\blayers=\d+ bytes=\d+/u, `${host.name} removed layers`);
+    }
+
+    // The laptop goes back to what session 4 left; the later patterns are gone from the disks.
+    const back = laptop.kss('rollback', 'year', '--to', (made.get(4) as string).slice(0, 16));
+    assert.equal(back.status, 0, back.stderr);
+    const dropped = written.filter((w) => w.session > 4);
+    written.splice(0, written.length, ...written.filter((w) => w.session <= 4));
+    for (const w of dropped) qemuIo(s.laptopDisks[w.disk], `read -P 0 ${w.at} ${w.length}`);
+    for (const host of [laptop, desk, laptop]) await day(host);
+
+    // Both hosts on the newest generation, their last stop collected: the same bytes, only the layers their chains need.
+    await day(desk);
+    await s.session(laptop);
+    for (const host of [desk, laptop]) {
+      for (const disk of Object.values(disksOf(host))) assertOnlyChain(host, disk, `at the end on ${host.name}`);
+      assertEveryPattern(host);
+    }
+    assert.deepEqual(s.digests(s.laptopDisks), s.digests(s.deskDisks), 'both hosts read the same disks');
+  });
+
   it('keeps the chains of the top, the synced, the pending and the kept-also generations, and only removes layer files', async (t) => {
     if (!requireTools(t, 'qemu-img', 'qemu-io')) return;
     const dir = join(root, 'unit');

@@ -1,12 +1,14 @@
-// Local layers no chain needs are removed (lib/sync/local-gc.ts). Real qemu-img and
-// qemu-io; the hook and the CLI are the built executable.
+// Local layers no chain needs are removed (lib/sync/local-gc.ts), and `kss status` tells
+// what a domain takes here and on the NAS. Real qemu-img and qemu-io; the hook and the
+// CLI are the built executable.
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createTop, layersDirOf, sealTop, compactLayer, type EngineDeps } from '../../lib/layers.js';
-import { generationId, type Generation } from '../../lib/nas/format.js';
+import { generationId, nasPaths, type Generation } from '../../lib/nas/format.js';
+import { formatBytes } from '../../lib/progress.js';
 import { removeUnusedLayers } from '../../lib/sync/local-gc.js';
 import { setFlag, type LocalState } from '../../lib/sync/local-state.js';
 import { MiB, createImage, guestDigest, qemuIo, randomQcow2 } from '../helpers/disks.js';
@@ -173,5 +175,40 @@ describe('removing unused local layers', () => {
 
     const again = await removeUnusedLayers(state, keepAlso);
     assert.deepEqual(again.removed, [], 'a second run finds nothing more');
+  });
+});
+
+describe('kss status: what a domain takes', () => {
+  it('tells the bytes here (tops and layers directories) and on the NAS (the manifest)', async (t) => {
+    const s = await twoHosts(t, root, 'sized');
+    if (!s) return;
+    await s.session(s.desk, (disks) => qemuIo(disks.vda, 'write -P 0x31 6M 3M'));
+    await s.session(s.laptop, (disks) => qemuIo(disks.vdb, 'write -P 0x32 9M 2M'));
+    const allocated = (file: string) => statSync(file).blocks * 512;
+    for (const host of [s.desk, s.laptop]) {
+      const disks = host === s.desk ? s.deskDisks : s.laptopDisks;
+      const status = JSON.parse(host.kss('status', 'sized', '--json').stdout)[0] as { bytes: { here: number; nas: number | null } };
+      let here = 0;
+      for (const disk of Object.values(disks)) {
+        here += allocated(disk);
+        for (const name of readdirSync(layersDirOf(disk))) here += allocated(join(layersDirOf(disk), name));
+      }
+      const nas: number = Object.values((await s.manifest()).layers).reduce((sum, layer) => sum + layer.size, 0);
+      const nasLayers = join(s.nas, nasPaths.layersDir('sized'));
+      const onNas = readdirSync(nasLayers).reduce((sum: number, name: string) => sum + statSync(join(nasLayers, name)).size, 0);
+      assert.equal(nas, onNas, 'the manifest sizes are those of the NAS files');
+      assert.deepEqual(status.bytes, { here, nas }, `${host.name}: bytes here and on the NAS`);
+      assert.ok(here > 2 * MiB && nas > 5 * MiB, `plausible: ${JSON.stringify(status.bytes)}`);
+      assert.match(host.kss('status', 'sized').stdout, new RegExp(`\\n  uses ${formatBytes(here).replace('.', '\\.')} here, ${formatBytes(nas).replace('.', '\\.')} on the NAS\\n$`, 'u'));
+    }
+    renameSync(s.nas, `${s.nas}.away`);
+    try {
+      const offline = JSON.parse(s.desk.kss('status', 'sized', '--json').stdout)[0] as { bytes: { here: number; nas: number | null } };
+      assert.equal(offline.bytes.nas, null, 'the NAS could not be asked');
+      assert.ok(offline.bytes.here > 0);
+      assert.match(s.desk.kss('status', 'sized').stdout, /\n {2}uses \d+\.\d [KM]iB here, \? on the NAS\n$/u);
+    } finally {
+      renameSync(`${s.nas}.away`, s.nas);
+    }
   });
 });

@@ -49,6 +49,7 @@ export async function statusCommand(o: { domain: string | undefined; json: boole
       context.stdout.write(
         `${s.domain}: ${describeStatus(s, config.host)}\n  here ${short(s.localHead)}${s.pending > 0 ? ` (${s.pending} not on the NAS)` : ''}, NAS ${s.state === 'offline' ? '?' : short(s.nasHead)}; layers: ${layers}${s.lastSync ? `; last: ${s.lastSync.outcome} at ${s.lastSync.at}` : ''}\n` +
           `  to push ${formatBytes(s.delta.push.bytes)}${s.delta.tops.bytes > 0 ? ` (+ ${formatBytes(s.delta.tops.bytes)} in the tops)` : ''}, to pull ${s.state === 'offline' ? '?' : formatBytes(s.delta.pull.bytes)}\n` +
+          `  uses ${formatBytes(s.bytes.here)} here, ${s.bytes.nas === null ? '?' : formatBytes(s.bytes.nas)} on the NAS\n` +
           (s.progress ? `  now: ${s.progress}\n` : ''),
       );
     }

@@ -166,8 +166,9 @@ async function lookAtTop(target: string, top: string, before: string | undefined
 
 /**
  * Merges the pending generations into one on the synced generation, so that only one
- * layer per disk travels. The old layers stay where they are (removeUnusedLayers takes
- * them later); the tops, empty after sealing, are put on the merged layers.
+ * layer per disk travels. The old layers stay where they are (the stop work's
+ * removeUnusedLayers, lib/sync/local-gc.ts, removes them once the state no longer names
+ * them); the tops, empty after sealing, are put on the merged layers.
  */
 export async function mergePending(state: LocalState, host: string, deps?: EngineDeps): Promise<boolean> {
   if (state.pending.length < 2) return false;

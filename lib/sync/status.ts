@@ -1,19 +1,19 @@
 // Where a domain stands between this host and the NAS, for `kss status` and `kss wait`.
 // judgeSync is pure; domainStatus gathers what it judges.
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Config } from '../config.js';
-import { readChain } from '../layers.js';
+import { layersDirOf, readChain } from '../layers.js';
 import { isLocked } from '../lock.js';
 import { domainLogPath } from '../log.js';
-import type { Lease } from '../nas/format.js';
+import type { Lease, Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { pathExists } from '../durable-fs.js';
 import { unescapeFileName } from '../file-names.js';
 import type { NasView } from './decide.js';
 import { measureDelta, type Delta } from './delta.js';
-import { domainLockPath, hasFlag, localHead, readLocalState } from './local-state.js';
+import { domainLockPath, hasFlag, localHead, readLocalState, type LocalState } from './local-state.js';
 import { lookAtNas } from './session.js';
 
 /**
@@ -43,6 +43,12 @@ export interface DomainStatus {
   lease: Lease | null;
   /** Layers under each disk's top, here. */
   layers: Record<string, number>;
+  /**
+   * What the domain takes: here, the disks' tops and layers directories on disk
+   * (allocated blocks); on the NAS, its layers as the manifest lists them (null: the
+   * NAS could not be asked).
+   */
+  bytes: { here: number; nas: number | null };
   /** What would move each way now (kss delta). */
   delta: Pick<Delta, 'push' | 'pull' | 'tops'>;
   /** While busy: the last progress the work logged ("push vda 3f2a…: 1.2 GiB of 2.0 GiB (60%), …"). */
@@ -84,11 +90,32 @@ export async function domainStatus(domain: string, config: Config, repository: N
     nasHead: manifest?.head ?? null,
     lease: manifest?.lease ?? null,
     layers,
+    bytes: { here: await bytesHere(state), nas: nas.reachable ? bytesOnNas(manifest) : null },
     delta: { push, pull, tops },
     ...(progress ? { progress } : {}),
     ...(nas.reachable ? {} : { problem: nas.problem }),
     ...(state.lastSync ? { lastSync: state.lastSync } : {}),
   };
+}
+
+/** The blocks the domain's disks take here: each top and every file in its layers directory (a pull or merge in progress too). */
+async function bytesHere(state: LocalState): Promise<number> {
+  let bytes = 0;
+  const allocated = async (path: string) => {
+    const found = await lstat(path).catch(() => undefined);
+    return found?.isFile() ? found.blocks * 512 : 0;
+  };
+  for (const top of Object.values(state.disks)) {
+    bytes += await allocated(top);
+    const dir = layersDirOf(top);
+    for (const name of await readdir(dir).catch(() => [] as string[])) bytes += await allocated(join(dir, name));
+  }
+  return bytes;
+}
+
+/** The bytes of every layer the NAS keeps for the domain (none: nothing there). */
+function bytesOnNas(manifest: Manifest | undefined): number {
+  return Object.values(manifest?.layers ?? {}).reduce((sum, layer) => sum + layer.size, 0);
 }
 
 /** The last transfer progress line in a domain's log (it logs one every 10 s), from its end. */

@@ -1,15 +1,19 @@
 // After a stop, in the background (started by the hook at release end, detached from
 // it), under the domain's lock: seal the tops into a generation, merge the pending
 // generations into one, push it and give the lease back, then keep the local chains
-// within maxChainDepth (lib/sync/disks.ts boundChainDepth); then, outside the lock, keep
-// the NAS bounded (lib/sync/nas-upkeep.ts). Every step can be killed:
+// within maxChainDepth (lib/sync/disks.ts boundChainDepth) and remove the local layers
+// no chain needs any more (lib/sync/local-gc.ts); then, outside the lock, keep the NAS
+// bounded (lib/sync/nas-upkeep.ts). Every step can be killed:
 // the next run of this or the next start finishes the work. It runs only while its stop
 // is still the domain's latest event: a start that came first did the work itself, and
 // the VM may be running on the tops again.
 import { ConflictError } from '../errors.js';
+import type { EngineDeps } from '../layers.js';
+import type { Logger } from '../log.js';
 import { decideStop, type NasView } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
+import { removeUnusedLayers } from './local-gc.js';
 import { readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
 import { upkeepNas } from './nas-upkeep.js';
 import { lookAtNas, movedOnSince, withDomainLock } from './session.js';
@@ -123,8 +127,24 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
       log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: depth });
       await save(state);
     }
+    deps.onStep?.('stop:collect'); // outside the catch below: a lost lock stops here, before any file goes
+    await collectLayers(state, engine, log);
     return { outcome, kept };
   } finally {
     await repository?.close();
+  }
+}
+
+/**
+ * Removes the local layers no chain needs any more. The outcome is recorded already and
+ * every file it keeps is whole, so a failure here is told and the work goes on.
+ */
+async function collectLayers(state: LocalState, engine: EngineDeps, log: Logger): Promise<void> {
+  try {
+    const { removed, bytes, skipped } = await removeUnusedLayers(state, [], engine);
+    if (removed.length > 0) log.info('removed unused local layers', { layers: removed.length, bytes });
+    for (const { disk, why } of skipped) log.warn('kept every local layer of a disk', { disk, why });
+  } catch (error) {
+    log.warn('could not remove unused local layers; they stay until the next stop', { error: (error as Error).message });
   }
 }

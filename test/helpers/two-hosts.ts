@@ -13,13 +13,13 @@ import { MiB, createImage, guestDigest, qemuIo } from './disks.js';
 import { TestHost, managedDomainXml } from './hosts.js';
 import { requireTools } from './tools.js';
 
-/** A two-disk domain on two hosts, enabled on the desktop and pushed by one session. */
-export async function twoHosts(t: TestContext, root: string, domain: string, extraConfig: Record<string, unknown> = {}) {
+/** A two-disk domain on two hosts, enabled on the desktop and pushed by one session; `hostConfig` is added to both hosts' configuration. */
+export async function twoHosts(t: TestContext, root: string, domain: string, hostConfig: Record<string, unknown> = {}) {
   if (!requireTools(t, 'qemu-img', 'qemu-io')) return undefined;
   const nas = join(root, `${domain}-nas`);
   mkdirSync(nas);
-  const desk = new TestHost('desk', join(root, `${domain}-desk`), nas, extraConfig);
-  const laptop = new TestHost('laptop', join(root, `${domain}-laptop`), nas, extraConfig);
+  const desk = new TestHost('desk', join(root, `${domain}-desk`), nas, hostConfig);
+  const laptop = new TestHost('laptop', join(root, `${domain}-laptop`), nas, hostConfig);
   const deskDisks = { vda: desk.disk(`${domain}.qcow2`), vdb: desk.disk(`${domain}-home.qcow2`) };
   const laptopDisks = { vda: laptop.disk(`${domain}.qcow2`), vdb: laptop.disk(`${domain}-home.qcow2`) };
   createImage(deskDisks.vda, 16 * MiB);

@@ -151,7 +151,7 @@ describe('lifecycle on two hosts (hook calls as libvirt makes them)', () => {
     assert.equal(status(desk).state, 'ahead', 'enabled, not published yet');
     assert.equal(wait(desk).status, 5);
     ok(desk.call('told', 'prepare', 'begin', s.deskXml), 'desk start');
-    assert.match(desk.kss('status').stdout, /^told: synced; checked out here\n  here [0-9a-f]{12}, NAS [0-9a-f]{12}; layers: vda 1, vdb 1.*\n  to push 0 B, to pull 0 B\n$/u);
+    assert.match(desk.kss('status').stdout, /^told: synced; checked out here\n  here [0-9a-f]{12}, NAS [0-9a-f]{12}; layers: vda 1, vdb 1.*\n  to push 0 B, to pull 0 B\n  uses \d+\.\d [KM]iB here, \d+\.\d [KM]iB on the NAS\n$/u);
     const running = wait(desk);
     assert.equal(running.status, 11, running.stderr);
     assert.match(running.stderr, /checked out here/u);

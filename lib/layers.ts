@@ -368,7 +368,7 @@ function tempLayerPath(layersDir: string, prefix: string): string {
  * `top` that stands directly on layer `onto`: an empty overlay on `top`, moved onto
  * `onto` by a safe rebase, which copies in exactly the clusters where the chains differ.
  */
-async function copyOnto(temp: string, top: string, onto: string, deps: EngineDeps): Promise<void> {
+export async function copyOnto(temp: string, top: string, onto: string, deps: EngineDeps): Promise<void> {
   await deps.run(createOverlayCommand(temp, layerFileName(top)));
   await deps.run(rebaseSafeCommand(temp, layerFileName(onto)));
 }

@@ -14,8 +14,9 @@
 // chain a start reads); each other generation, newest first, by the fewest bytes added
 // to what is kept already (cheapestChain down to a layer kept files provide): an old
 // generation keeps its own small layers rather than a merged layer as large as the disk.
-// Every other file leaves the manifest, and is removed after a grace period
-// (repository.ts collectGarbage).
+// And what each host whose last place is kept would fetch to come back to the head (a
+// catch-up layer made for it: lib/sync/nas-upkeep.ts). Every other file leaves the
+// manifest, and is removed after a grace period (repository.ts collectGarbage).
 import { canonicalChain, cheapestChain, readsAs } from './chains.js';
 import { ancestry, type Generation, type Manifest } from './format.js';
 
@@ -98,6 +99,16 @@ export function planRetention(manifest: Manifest, now: Date, policy: RetentionPo
     for (const layer of Object.values((manifest.generations[id] as Generation).disks)) {
       const steps = i === 0 && id === manifest.head ? canonicalChain(manifest.layers, layer) : cheapestChain(manifest.layers, layer, (name) => provided.has(name)).steps;
       keepFiles(steps.map((step) => step.file));
+    }
+  }
+  // What each other host would fetch to come back to the head: a catch-up layer made for it, or the layers.
+  const head = manifest.head === null ? undefined : manifest.generations[manifest.head];
+  for (const mark of Object.values(manifest.hosts ?? {})) {
+    const place = keep.has(mark.generation) ? manifest.generations[mark.generation] : undefined;
+    if (!head || !place) continue;
+    for (const [target, layer] of Object.entries(head.disks)) {
+      const theirs = place.disks[target];
+      if (theirs !== undefined) keepFiles(cheapestChain(manifest.layers, layer, (name) => name === theirs).steps.map((step) => step.file));
     }
   }
   return {

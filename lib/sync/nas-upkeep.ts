@@ -6,6 +6,9 @@
 //                local compaction made them: lib/sync/disks.ts boundChainDepth), each as a
 //                new content-addressed file that reads as the layer it replaced here
 //                (lib/nas/chains.ts). The NAS has no qemu-img; the host does the merge.
+//   catch-up     For another host whose last place is behind the head: one layer per disk
+//                with the net change since then, when that is cheaper than what it would
+//                fetch otherwise (lib/nas/chains.ts cheapestChain picks it at its return).
 //   retention    The policy (lib/nas/retention.ts), applied by repository.collectGarbage.
 //
 // One upkeep at a time per domain (a lock of its own: a second one skips). Every step
@@ -15,11 +18,12 @@ import { link, readdir, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { hashOfLayerFileName } from '../file-names.js';
 import { sha256File } from '../hash.js';
-import { layersDirOf, readChain } from '../layers.js';
+import { pathExists } from '../durable-fs.js';
+import { copyOnto, layersDirOf, readChain } from '../layers.js';
 import { LockedError } from '../errors.js';
 import { withLock } from '../lock.js';
-import { canonicalChain, providers } from '../nas/chains.js';
-import type { Manifest } from '../nas/format.js';
+import { canonicalChain, cheapestChain, providers } from '../nas/chains.js';
+import { ancestry, type Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { retentionPolicy } from '../nas/retention.js';
 import { engineDeps, type SyncDeps } from './deps.js';
@@ -43,9 +47,13 @@ export async function upkeepNas(domain: string, deps: SyncDeps, skip?: string): 
       for (const top of Object.values(state.disks)) await removePublishingLeftovers(layersDirOf(top));
       const repository = deps.openRepository();
       try {
-        const manifest = await repository.readManifest(domain);
+        let manifest = await repository.readManifest(domain);
         const published = await publishMergedLayers(state, manifest, repository, deps);
-        if (published > 0) log.info('published merged layers: the NAS chain is this host’s again', { layers: published, nasChainDepth: config.nasChainDepth });
+        if (published > 0) {
+          log.info('published merged layers: the NAS chain is this host’s again', { layers: published, nasChainDepth: config.nasChainDepth });
+          manifest = await repository.readManifest(domain);
+        }
+        await publishCatchUps(state, manifest, repository, deps);
         await repository.collectGarbage(domain, retentionPolicy(config), { onStep: deps.onStep });
       } finally {
         await repository.close();
@@ -100,6 +108,52 @@ async function publishMergedLayers(state: LocalState, manifest: Manifest | undef
     }
   }
   return published;
+}
+
+/** A catch-up layer is published only when it saves at least this share of what the other host would fetch without it. */
+const CATCH_UP_SAVING = 0.1;
+
+/**
+ * For each other host whose last place (manifest `hosts`) is behind the head, on the
+ * head's line: builds here, per disk, one layer with the head layer's content standing
+ * on that host's layer (a safe rebase: only the clusters that differ), and publishes it
+ * as a catch-up for that host when it is smaller than what the host would fetch now
+ * (lib/nas/chains.ts cheapestChain). Its size is the net change since the host left,
+ * however many sessions that was. This host keeps the other hosts' layers for this
+ * (lib/sync/stop.ts othersPlaces).
+ */
+async function publishCatchUps(state: LocalState, manifest: Manifest | undefined, repository: NasRepository, deps: SyncDeps): Promise<void> {
+  const { config, log } = deps;
+  const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
+  if (!manifest || !head || head.id !== state.synced?.id) return;
+  const line = new Set(ancestry(manifest.generations, head.id).map((generation) => generation.id));
+  for (const [host, mark] of Object.entries(manifest.hosts ?? {})) {
+    const place = manifest.generations[mark.generation];
+    if (host === config.host || !place || place.id === head.id || !line.has(place.id)) continue;
+    for (const [target, top] of Object.entries(state.disks)) {
+      const [layer, theirs] = [head.disks[target], place.disks[target]];
+      if (layer === undefined || theirs === undefined || layer === theirs) continue;
+      const now = cheapestChain(manifest.layers, layer, (name) => name === theirs);
+      if (now.steps.some((step) => manifest.layers[step.file]?.catchUpFor === host && step.layer === layer)) continue; // made already
+      if (!(await pathExists(layerPathOf(top, theirs)))) continue;
+      deps.onStep?.('catch-up:merge');
+      const made = join(layersDirOf(top), `${PUBLISHING_PREFIX}${process.pid}-catch-up.qcow2`);
+      await rm(made, { force: true });
+      try {
+        await copyOnto(made, layer, theirs, engineDeps(deps));
+        const { size } = await stat(made);
+        if (size > now.bytes * (1 - CATCH_UP_SAVING)) continue; // what it would fetch is as small already
+        const hash = await sha256File(made);
+        log.info('publishing a catch-up layer', { disk: target, for: host, readsAs: layer, on: theirs, bytes: size, instead: now.bytes });
+        deps.onStep?.('catch-up:upload');
+        await repository.pushLayer(state.domain, made, hash, (deps.progressFor ?? logProgress(log))(`catch-up ${target} ${host}`));
+        deps.onStep?.('catch-up:publish');
+        await repository.addMergedLayer(state.domain, hash, { parent: theirs, size, readsAs: layer, catchUpFor: host });
+      } finally {
+        await rm(made, { force: true });
+      }
+    }
+  }
 }
 
 async function removePublishingLeftovers(layersDir: string): Promise<void> {

@@ -10,6 +10,7 @@
 import { ConflictError } from '../errors.js';
 import type { EngineDeps } from '../layers.js';
 import type { Logger } from '../log.js';
+import type { Generation, Manifest } from '../nas/format.js';
 import { decideStop, type NasView } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
@@ -128,7 +129,7 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
       await save(state);
     }
     deps.onStep?.('stop:collect'); // outside the catch below: a lost lock stops here, before any file goes
-    await collectLayers(state, engine, log);
+    await collectLayers(state, othersPlaces(manifest, config.host), engine, log);
     return { outcome, kept };
   } finally {
     await repository?.close();
@@ -136,12 +137,23 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
 }
 
 /**
+ * The generations the other hosts were last in step with, as the NAS says: their layers
+ * stay here, so that a catch-up layer can be built on them (lib/sync/nas-upkeep.ts).
+ */
+function othersPlaces(manifest: Manifest | undefined, host: string): Generation[] {
+  return Object.entries(manifest?.hosts ?? {}).flatMap(([name, mark]) => {
+    const generation = manifest?.generations[mark.generation];
+    return name !== host && generation ? [generation] : [];
+  });
+}
+
+/**
  * Removes the local layers no chain needs any more. The outcome is recorded already and
  * every file it keeps is whole, so a failure here is told and the work goes on.
  */
-async function collectLayers(state: LocalState, engine: EngineDeps, log: Logger): Promise<void> {
+async function collectLayers(state: LocalState, keepAlso: Generation[], engine: EngineDeps, log: Logger): Promise<void> {
   try {
-    const { removed, bytes, skipped } = await removeUnusedLayers(state, [], engine);
+    const { removed, bytes, skipped } = await removeUnusedLayers(state, keepAlso, engine);
     if (removed.length > 0) log.info('removed unused local layers', { layers: removed.length, bytes });
     for (const { disk, why } of skipped) log.warn('kept every local layer of a disk', { disk, why });
   } catch (error) {

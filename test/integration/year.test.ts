@@ -64,4 +64,41 @@ describe('a year of use on the NAS', () => {
     const sessions = Object.keys(manifest.generations).length;
     assert.ok(pulls.length < sessions * 2, `the laptop fetched ${pulls.length} files, fewer than one per disk and session (${sessions * 2})`);
   });
+
+  it('moves the net change to a host that was away, as one catch-up layer per disk, and drops it once the host is back', async (t) => {
+    const s = await twoHosts(t, root, 'away');
+    if (!s) return;
+    await s.handOver(s.digests(s.deskDisks)); // the laptop has the VM once
+    s.ok(s.laptop, 'release');
+    await s.laptop.waitForStop(s.domain);
+    // The laptop is away for 8 sessions: each rewrites the same 1 MiB of /home and adds 64 KiB.
+    s.ok(s.desk, 'prepare');
+    s.ok(s.desk, 'release');
+    await s.desk.waitForStop(s.domain);
+    for (let i = 1; i <= 8; i += 1) {
+      await s.session(s.desk, (disks) => qemuIo(disks.vdb, `write -P ${0x30 + i} 0 1M`, `write -P ${0x50 + i} ${2 + i}M 64k`));
+    }
+    const manifest = await s.manifest();
+    requireWholeNas(s.nas, s.domain, manifest);
+    const catchUps = Object.entries(manifest.layers).filter(([, info]) => info.catchUpFor === 'laptop');
+    assert.equal(catchUps.length, 1, `one catch-up layer for the laptop's return, for /home only: ${JSON.stringify(catchUps)}`);
+    // Without it, the laptop would fetch the 8 layers of /home, each at least the 1 MiB rewritten.
+    s.ok(s.laptop, 'prepare');
+    assert.deepEqual(s.digests(s.laptopDisks), s.digests(s.deskDisks), 'the laptop reads exactly what the desk wrote');
+    const pulled = [...s.laptop.log(s.domain).matchAll(/pulling layer .*?bytes=(\d+)/gu)].slice(-8);
+    const lines = s.laptop.log(s.domain).split('\n').filter((line) => line.includes('pulling layer')).slice(-3);
+    const last = lines.at(-1) ?? '';
+    assert.match(last, new RegExp(`merged=${catchUps[0]?.[0]}`, 'u'), `the return fetched the catch-up layer: ${lines.join('\n')}`);
+    const bytes = Number(/bytes=(\d+)/u.exec(last)?.[1]);
+    const netChange = 2 ** 20 + 8 * 64 * 1024;
+    assert.ok(bytes < 1.5 * netChange, `it moved ${bytes} bytes for a net change of ${netChange} (${pulled.length} pulls)`);
+    // Back in step: the desk's next upkeep drops the catch-up from the manifest.
+    s.ok(s.laptop, 'release');
+    await s.laptop.waitForStop(s.domain);
+    await s.session(s.desk, (disks) => qemuIo(disks.vdb, 'write -P 0x70 0 64k'));
+    const after = await s.manifest();
+    assert.equal(Object.hasOwn(after.layers, catchUps[0]?.[0] as string), false, 'the catch-up left the manifest');
+    assert.ok(Object.hasOwn(after.dropped ?? {}, catchUps[0]?.[0] as string), 'and waits a day before its file goes');
+    requireWholeNas(s.nas, s.domain, after);
+  });
 });

@@ -137,6 +137,23 @@ describe('planRetention with merged layers', () => {
   });
 });
 
+describe('planRetention with catch-up layers', () => {
+  it("keeps what a host away since generation 1 would fetch (the catch-up made for it), not an older catch-up", () => {
+    const manifest = line([1, 1, 1, 1, 1]);
+    for (const info of Object.values(manifest.layers)) info.size = 100;
+    manifest.layers[h('c')] = { parent: h('1'), size: 50, readsAs: h('4'), catchUpFor: 'laptop' };
+    manifest.layers[h('d')] = { parent: h('1'), size: 40, readsAs: h('3'), catchUpFor: 'laptop' };
+    manifest.hosts = { laptop: { generation: 'g1', at: daysAgo(1) } };
+    const plan = planRetention(manifest, now, { keepGenerations: 1, allDays: 0, dailyDays: 0, weeklyDays: 0, branchDays: 90 });
+    assert.deepEqual([...plan.keepGenerations].sort(), ['g1', 'g4'], "the head, and the laptop's place");
+    assert.ok(plan.neededLayers.has(h('c')), 'the catch-up it would fetch');
+    assert.ok(plan.dropLayers.includes(h('d')), 'not the older one (d and layer 4 together cost more than c)');
+    // Once the laptop is back in step, its catch-up goes.
+    manifest.hosts = { laptop: { generation: 'g4', at: daysAgo(0) } };
+    assert.ok(planRetention(manifest, now, { keepGenerations: 1, allDays: 0, dailyDays: 0, weeklyDays: 0, branchDays: 90 }).dropLayers.includes(h('c')));
+  });
+});
+
 describe('planRetention on a damaged manifest', () => {
   it('refuses a history that loops instead of walking it forever', () => {
     const manifest = line([3, 2, 1]);

@@ -190,7 +190,11 @@ export class NasRepository {
         if (cached) continue; // maybe refused on an old picture: judge again on a fresh read
         throw error;
       }
-      if (read.manifest !== undefined && JSON.stringify(changed) === JSON.stringify(current)) return current; // nothing to write
+      if (read.manifest !== undefined && JSON.stringify(changed) === JSON.stringify(current)) {
+        if (cached) continue; // nothing to change on an old picture: judge on a fresh read
+        this.seen(domain, read);
+        return current; // nothing to write
+      }
       const next = { ...changed, revision: current.revision + 1 };
       // A file listed again (a layer pushed once more) is no longer one to remove.
       if (next.dropped) next.dropped = Object.fromEntries(Object.entries(next.dropped).filter(([hash]) => !Object.hasOwn(next.layers, hash)));
@@ -343,7 +347,8 @@ export class NasRepository {
    *   retention:remove    dropped files older than the grace period are removed, and so are
    *                       files the manifest never named (a push that never published) once
    *                       as old; abandoned uploads after a week
-   *   retention:forget    the removed files leave the `dropped` table
+   *   retention:forget    the removed files (and dropped ones no longer there) leave the
+   *                       `dropped` table
    * A host in the middle of fetching a file that just left the manifest has the grace
    * period to finish. With `dryRun` it only says what it would drop and remove.
    */
@@ -362,8 +367,10 @@ export class NasRepository {
     const layersDir = nasPaths.layersDir(domain);
     onStep?.('retention:remove');
     // Only files whose names this tool makes: anything else there is someone else's.
+    const present = new Set<string>();
     for (const entry of await this.transport.list(layersDir)) {
       const hash = hashOfLayerFileName(entry.name);
+      if (hash !== undefined) present.add(hash);
       if (!entry.isFile || hash === undefined || Object.hasOwn(manifest.layers, hash)) continue;
       const since = Object.hasOwn(dropped, hash) ? Date.parse(dropped[hash] as string) : entry.mtimeMs;
       if (now.getTime() - since < GC_GRACE_MS) continue;
@@ -374,8 +381,9 @@ export class NasRepository {
       if (!entry.isFile || !isUploadName(entry.name) || dryRun) continue;
       if (now.getTime() - entry.mtimeMs >= 7 * GC_GRACE_MS) await this.transport.remove(`${nasPaths.uploadsDir(domain)}/${entry.name}`);
     }
+    // Removed now, or before by a pass that was cut short of this step.
     const gone = new Set(removedLayers);
-    const forget = Object.keys(dropped).filter((hash) => gone.has(hash));
+    const forget = Object.keys(dropped).filter((hash) => gone.has(hash) || !present.has(hash));
     if (!dryRun && forget.length > 0) {
       onStep?.('retention:forget');
       await this.updateManifest(domain, (current) => {

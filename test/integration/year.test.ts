@@ -4,13 +4,17 @@
 // simulated hosts share a directory NAS; the hook is the built executable.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { hashOfLayerFileName } from '../../lib/file-names.js';
 import { canonicalChain } from '../../lib/nas/chains.js';
+import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { manifestProblem, nasPaths, type Manifest } from '../../lib/nas/format.js';
+import { NasRepository } from '../../lib/nas/repository.js';
+import { domainStateDir } from '../../lib/sync/local-state.js';
 import { qemuIo } from '../helpers/disks.js';
 import { twoHosts } from '../helpers/two-hosts.js';
 
@@ -100,5 +104,65 @@ describe('a year of use on the NAS', () => {
     assert.equal(Object.hasOwn(after.layers, catchUps[0]?.[0] as string), false, 'the catch-up left the manifest');
     assert.ok(Object.hasOwn(after.dropped ?? {}, catchUps[0]?.[0] as string), 'and waits a day before its file goes');
     requireWholeNas(s.nas, s.domain, after);
+  });
+
+  it('leaves the NAS whole when killed (SIGKILL) before each step of publishing merged and catch-up layers and of retention, and the next run finishes the work', async (t) => {
+    const base = join(root, 'cut-world');
+    mkdirSync(base);
+    const s = await twoHosts(t, base, 'cut', { maxChainDepth: 2 });
+    if (!s) return;
+    // The laptop was last in step after the first session (as if it had pulled it); then it is away.
+    const write = (i: number) => (disks: { vdb: string }) => qemuIo(disks.vdb, `write -P ${0x30 + i} 0 1M`, `write -P ${0x50 + i} ${2 + i}M 64k`);
+    await s.session(s.desk, write(1));
+    const nas = new NasRepository(new DirTransport({ root: s.nas, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'laptop' });
+    const place = (await s.manifest()).head as string;
+    await nas.updateManifest(s.domain, (m) => ({ ...m, hosts: { ...m.hosts, laptop: { generation: place, at: new Date().toISOString() } } }));
+    for (let i = 2; i <= 5; i += 1) await s.session(s.desk, write(i));
+    // As if the last push's upkeep had not run yet: no catch-up layer listed (the files stay, unnamed).
+    await nas.updateManifest(s.domain, (m) => ({ ...m, layers: Object.fromEntries(Object.entries(m.layers).filter(([, info]) => info.catchUpFor === undefined)) }));
+    // The upkeep with a NAS chain of at most 3 files and only the head kept, three and five days on.
+    const config = join(base, 'upkeep.json');
+    writeFileSync(config, JSON.stringify({ ...JSON.parse(readFileSync(s.desk.configFile, 'utf8')), nasChainDepth: 3, retentionGenerations: 1, retentionDays: 1, retentionDailyDays: 0, retentionWeeklyDays: 0 }));
+    const day = 86_400_000;
+    const passes = [new Date(Date.now() + 3 * day).toISOString(), new Date(Date.now() + 5 * day).toISOString()];
+    const expected = s.digests(s.deskDisks);
+    const run = (mode: 'kill' | 'trace', step?: string, occurrence?: number) =>
+      spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/upkeep-until.ts', JSON.stringify({ configFile: config, domain: s.domain, passes, step, occurrence, mode })], { encoding: 'utf8', timeout: 120_000 });
+    /** The NAS as the upkeep leaves it: the files, and what the manifest lists. */
+    const picture = async () => {
+      const manifest = await s.manifest();
+      requireWholeNas(s.nas, s.domain, manifest);
+      return { files: readdirSync(join(s.nas, nasPaths.layersDir(s.domain))).sort(), layers: Object.keys(manifest.layers).sort(), generations: Object.keys(manifest.generations).sort(), dropped: manifest.dropped ?? {} };
+    };
+    const template = `${base}.template`;
+    execFileSync('cp', ['-a', base, template]);
+    const traced = run('trace');
+    assert.equal(traced.status, 0, traced.stderr);
+    const steps = JSON.parse(traced.stdout) as string[];
+    for (const step of ['nas-compact:hash', 'nas-compact:upload', 'nas-compact:publish', 'catch-up:merge', 'catch-up:upload', 'catch-up:publish', 'retention:manifest', 'retention:remove', 'retention:forget']) {
+      assert.ok(steps.includes(step), `the upkeep passes ${step}: ${steps.join(' ')}`);
+    }
+    const done = await picture();
+    assert.deepEqual(done.dropped, {}, 'the files that left the manifest are gone after the grace period');
+    assert.deepEqual(done.files, done.layers.map((hash) => `${hash}.qcow2`), 'and the NAS holds exactly the files it lists');
+    assert.ok(Object.values((await s.manifest()).layers).some((info) => info.catchUpFor === 'laptop'), 'a catch-up layer for the laptop');
+    const seen = new Map<string, number>();
+    for (const step of steps) {
+      const occurrence = (seen.get(step) ?? 0) + 1;
+      seen.set(step, occurrence);
+      rmSync(base, { recursive: true, force: true });
+      execFileSync('cp', ['-a', template, base]);
+      const killed = run('kill', step, occurrence);
+      assert.equal(killed.signal, 'SIGKILL', `killed before ${step} #${occurrence}: ${killed.stdout} ${killed.stderr}`);
+      await picture(); // whole right after the cut
+      rmSync(join(domainStateDir((await s.desk.config()).stateDir, s.domain), 'upkeep.lock'), { recursive: true, force: true }); // as after a reboot
+      const again = run('trace');
+      assert.equal(again.status, 0, again.stderr);
+      assert.deepEqual(await picture(), done, `after a cut before ${step} #${occurrence}, the next run finishes the work`);
+      assert.deepEqual(s.digests(s.deskDisks), expected, 'the desk reads what the guest wrote');
+    }
+    // What retention kept is restorable: a host without anything gets the head.
+    s.ok(s.laptop, 'prepare');
+    assert.deepEqual(s.digests(s.laptopDisks), expected);
   });
 });

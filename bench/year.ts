@@ -496,7 +496,7 @@ export async function benchYear(): Promise<void> {
     const pushedTotal = rows.reduce((s, r) => s + r.pushed, 0);
     const firstDay = new Date(YEAR_START).toISOString().slice(0, 10);
     const lastDay = new Date(YEAR_START + (sessions - 1) * 12 * HOUR).toISOString().slice(0, 10);
-    console.log(`\nA year of use: ${sessions} sessions (${firstDay} to ${lastDay}, two a day), laptop away for sessions ${awayAt + 1}-${returnAt} (${away}), NAS over SSH on the 1 Gbit link`);
+    console.log(`\nA year of use: ${sessions} sessions, two a day (${sessions / 2} days, ${firstDay} to ${lastDay}; a full year is 730), laptop away for sessions ${awayAt + 1}-${returnAt} (${away}), NAS over SSH on the 1 Gbit link`);
     console.log(
       `disks: ${plans.map((p) => `${p.target} ${formatMiB(p.size)} (hot ${formatMiB(p.hot)}, new ${p.newSizes.map((s) => s / KiB).join('/')} KiB a session)`).join(', ')}; maxChainDepth ${desk.config.maxChainDepth}, retention ${desk.config.retentionDays} days / ${desk.config.retentionGenerations} generations`,
     );

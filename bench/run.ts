@@ -1,12 +1,13 @@
-// `npm run bench [-- startup|transfer|lifecycle|chain ...]`: benchmarks (not timed tests)
+// `npm run bench [-- startup|transfer|lifecycle|chain|year ...]`: benchmarks (not timed tests)
 // that print tables of medians and ratios to baselines measured in the same run.
 import { benchChain } from './chain.js';
 import { benchLifecycle } from './lifecycle.js';
 import { benchStartup } from './startup.js';
 import { benchTransfer } from './transfer.js';
+import { benchYear } from './year.js';
 
-const benches: Record<string, () => void | Promise<void>> = { startup: benchStartup, transfer: benchTransfer, lifecycle: benchLifecycle, chain: benchChain };
-// lifecycle (real libvirtd, ~10 min) and chain run when named.
+const benches: Record<string, () => void | Promise<void>> = { startup: benchStartup, transfer: benchTransfer, lifecycle: benchLifecycle, chain: benchChain, year: benchYear };
+// lifecycle (real libvirtd, ~10 min), chain and year (a simulated year of sessions) run when named.
 const chosen = process.argv.slice(2);
 for (const name of chosen.length > 0 ? chosen : ['startup', 'transfer']) {
   const bench = benches[name];

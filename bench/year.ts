@@ -31,7 +31,7 @@
 // hosts' configuration, e.g. '{"maxChainDepth":16}'), BENCH_KEEP=1 (keep the work
 // directory: images, states, logs).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { readConfig, type Config } from '../lib/config.js';
@@ -39,6 +39,7 @@ import { hashOfLayerFileName } from '../lib/file-names.js';
 import { layersDirOf } from '../lib/layers.js';
 import { Logger, domainLogPath, ensureLogDir, fileSink, type LogEntry } from '../lib/log.js';
 import { DirTransport } from '../lib/nas/dir-transport.js';
+import { canonicalChain } from '../lib/nas/chains.js';
 import { nasPaths, type Manifest } from '../lib/nas/format.js';
 import { openTransport } from '../lib/nas/open.js';
 import { NasRepository } from '../lib/nas/repository.js';
@@ -71,46 +72,36 @@ function envNumber(name: string, fallback: number): number {
 }
 
 /**
- * The depth of the NAS head's chain for disk `target`: the layers from the head
- * generation's layer of that disk down to its base, following manifest.layers parents.
- * (When the manifest gains merged layers, this is the one place to say how they count.)
+ * The depth of the NAS head's chain for disk `target`: the files a start reads from the
+ * head generation's layer of that disk down to its base, merged layers standing in for
+ * the layers they read as (lib/nas/chains.ts canonicalChain: the chain retention keeps).
  */
 export function nasHeadDepth(manifest: Manifest, target: string): number {
   const head = manifest.head === null ? undefined : manifest.generations[manifest.head];
-  const seen = new Set<string>();
-  for (let layer = head?.disks[target] ?? null; layer !== null; layer = manifest.layers[layer]?.parent ?? null) {
-    if (seen.has(layer)) throw new Error(`the NAS manifest's layer parents loop at ${layer}`);
-    seen.add(layer);
-  }
-  return seen.size;
+  const layer = head?.disks[target];
+  return layer === undefined ? 0 : canonicalChain(manifest.layers, layer).length;
 }
 
 /**
- * What retention keeps on purpose, by the design (not by the code under test): the
- * head and its nearest `generations` ancestors, and every further ancestor younger than
- * `days`; the bytes of the layers their chains need beyond the head's own chain. While
- * the NAS only ever adds layers on one line of history, every kept generation's chain is
- * part of the head's and this is 0; once merged layers shorten the head's chain, it is
- * the old layers that the kept generations still read through.
+ * What the NAS keeps on purpose beyond the head's chain, by the retention design
+ * (README "Retention"): the files that only the other kept generations read through
+ * (their own layers: the last week's sessions, a day's and a week's newest), the
+ * catch-up layers kept for a host that is away, and the files that left the manifest
+ * and wait out their day of grace. The target is NAS bytes ≤ 2 × live + this.
  */
-function retainedBytes(manifest: Manifest, now: Date, days: number, generations: number): number {
-  const chainOf = (layer: string | null | undefined) => {
-    const chain: string[] = [];
-    for (let at = layer ?? null; at !== null && !chain.includes(at); at = manifest.layers[at]?.parent ?? null) chain.push(at);
-    return chain;
-  };
+function retainedBytes(manifest: Manifest, nasFiles: Map<string, number>): { bytes: number; generations: number; catchUps: number; grace: number } {
   const head = manifest.head === null ? undefined : manifest.generations[manifest.head];
-  const headLayers = new Set(Object.values(head?.disks ?? {}).flatMap(chainOf));
-  const kept = new Set<string>();
-  const cutoff = now.getTime() - days * 24 * HOUR;
-  const seen = new Set<string>();
-  for (let id = manifest.head, index = 0; id !== null && !seen.has(id); id = manifest.generations[id]?.parent ?? null, index += 1) {
-    seen.add(id);
-    const generation = manifest.generations[id];
-    if (!generation || (index >= generations && Date.parse(generation.created) < cutoff)) break;
-    for (const layer of Object.values(generation.disks).flatMap(chainOf)) if (!headLayers.has(layer)) kept.add(layer);
+  const headFiles = new Set(Object.values(head?.disks ?? {}).flatMap((layer) => canonicalChain(manifest.layers, layer).map((step) => step.file)));
+  let bytes = 0;
+  let catchUps = 0;
+  for (const [hash, info] of Object.entries(manifest.layers)) {
+    if (headFiles.has(hash)) continue;
+    bytes += info.size;
+    if (info.catchUpFor !== undefined) catchUps += info.size;
   }
-  return [...kept].reduce((sum, layer) => sum + (manifest.layers[layer]?.size ?? 0), 0);
+  let grace = 0;
+  for (const hash of Object.keys(manifest.dropped ?? {})) grace += nasFiles.get(hash) ?? 0;
+  return { bytes: bytes + grace, generations: Object.keys(manifest.generations).length, catchUps, grace };
 }
 
 /** A clock that stands at a simulated time set by the run, and moves on in real time from there (times stay distinct). */
@@ -463,7 +454,7 @@ export async function benchYear(): Promise<void> {
         depth,
         local: { desk: desk.localBytes(), laptop: laptop.localBytes() },
         live: liveOfModel(),
-        retained: retainedBytes(manifest, clock.now(), config.retentionDays, config.retentionGenerations),
+        retained: retainedBytes(manifest, new Map(walkFiles(join(nasDomainDir, 'layers')).map((f) => [basename(f.path, '.qcow2'), f.size]))).bytes,
       });
       const row = rows.at(-1) as (typeof rows)[number];
       if (i % 10 === 0 || i === sessions - 1 || i === returnAt) {
@@ -498,7 +489,7 @@ export async function benchYear(): Promise<void> {
     const lastDay = new Date(YEAR_START + (sessions - 1) * 12 * HOUR).toISOString().slice(0, 10);
     console.log(`\nA year of use: ${sessions} sessions, two a day (${sessions / 2} days, ${firstDay} to ${lastDay}; a full year is 730), laptop away for sessions ${awayAt + 1}-${returnAt} (${away}), NAS over SSH on the 1 Gbit link`);
     console.log(
-      `disks: ${plans.map((p) => `${p.target} ${formatMiB(p.size)} (hot ${formatMiB(p.hot)}, new ${p.newSizes.map((s) => s / KiB).join('/')} KiB a session)`).join(', ')}; maxChainDepth ${desk.config.maxChainDepth}, retention ${desk.config.retentionDays} days / ${desk.config.retentionGenerations} generations`,
+      `disks: ${plans.map((p) => `${p.target} ${formatMiB(p.size)} (hot ${formatMiB(p.hot)}, new ${p.newSizes.map((s) => s / KiB).join('/')} KiB a session)`).join(', ')}; maxChainDepth ${desk.config.maxChainDepth}, nasChainDepth ${desk.config.nasChainDepth}, retention: all of ${desk.config.retentionDays} days, daily to ${desk.config.retentionDailyDays}, weekly to ${desk.config.retentionWeeklyDays}, the nearest ${desk.config.retentionGenerations}`,
     );
     console.log(`live data in the head: ${formatMiB(live)} (${plans.map((p) => `${p.target} ${formatMiB(liveByDisk[p.target] as number)}`).join(', ')}; the model says ${formatMiB(final.live)})`);
     console.log(`NAS: ${Object.keys(manifest.generations).length} generations, ${Object.keys(manifest.layers).length} layers in the manifest, ${nasFiles().length} files`);
@@ -528,6 +519,24 @@ export async function benchYear(): Promise<void> {
       );
     }
     console.log(`5) background work after stops: ${stopTotal.toFixed(1)} s in all (median ${median(rows.map((r) => r.stopS)).toFixed(2)} s, max ${maxOf(rows.map((r) => r.stopS)).toFixed(2)} s) for ${formatMiB(pushedTotal)} pushed: ${(stopTotal / (pushedTotal / GB)).toFixed(1)} s per GB pushed`);
+
+    // The NAS upkeep (merged and catch-up layers, retention) as the hosts' logs time it:
+    // from each "stop finished" to the next "NAS upkeep finished".
+    let upkeepSeconds = 0;
+    let mergedBytes = 0;
+    for (const h of hosts) {
+      let stoppedAt: number | undefined;
+      for (const line of readFileSync(h.logFile(), 'utf8').split('\n')) {
+        const at = Date.parse(line.slice(0, 24));
+        if (line.includes(' stop finished')) stoppedAt = at;
+        if (line.includes(' NAS upkeep finished') && stoppedAt !== undefined) {
+          upkeepSeconds += (at - stoppedAt) / 1000;
+          stoppedAt = undefined;
+        }
+        if (/ publishing a (merged|catch-up) layer /u.test(line)) mergedBytes += Number(/ bytes=(\d+)/u.exec(line)?.[1] ?? 0);
+      }
+    }
+    console.log(`   of which the NAS upkeep after the push: ${upkeepSeconds.toFixed(1)} s for ${formatMiB(mergedBytes)} of merged and catch-up layers built and published: ${mergedBytes > 0 ? (upkeepSeconds / (mergedBytes / GB)).toFixed(1) : 'n/a'} s per GB`);
 
     const pullStarts = rows.filter((r) => r.pulled > 0);
     const inStep = rows.filter((r) => r.pulled === 0);

@@ -115,6 +115,8 @@ export async function deltaCommand(o: { domain: string; json: boolean }, context
   if (o.json) return printJson(context, delta);
   const layers = (n: number) => `${n} layer${n === 1 ? '' : 's'}`;
   context.stdout.write(`${o.domain}: to push ${formatBytes(delta.push.bytes)} (${layers(delta.push.layers)}); written since the last stop, pushed after the next one: ${formatBytes(delta.tops.bytes)}\n`);
-  const merged = delta.pull.merged > 0 ? `, ${delta.pull.merged} of them merged: cheaper than the layers they stand for` : '';
+  const without = delta.pull.withoutMerged;
+  const instead = without === null ? 'the NAS no longer has all the layers they stand for' : `the layers themselves: ${formatBytes(without.bytes)} in ${layers(without.layers)}`;
+  const merged = delta.pull.merged > 0 ? `, ${delta.pull.merged} of them merged, instead of ${instead}` : '';
   context.stdout.write(`${o.domain}: to pull ${formatBytes(delta.pull.bytes)} (${layers(delta.pull.layers)}${merged})\n`);
 }

@@ -52,10 +52,16 @@ export function canonicalChain(layers: Record<string, LayerInfo>, layer: string)
 
 /**
  * What a host that already has the layers `have` says yes to must fetch to read
- * `layer`: the files, nearest first, that cost the fewest bytes (then the fewest files).
+ * `layer`: the files, nearest first, that cost the fewest bytes (then the fewest files),
+ * among those `usable` accepts (all by default).
  */
-export function cheapestChain(layers: Record<string, LayerInfo>, layer: string, have: (name: string) => boolean): { steps: ChainStep[]; bytes: number } {
-  const { steps, score } = shortest(layers, layer, (file) => [sizeOf(layers, file), 1], have, () => true);
+export function cheapestChain(
+  layers: Record<string, LayerInfo>,
+  layer: string,
+  have: (name: string) => boolean,
+  usable: (file: string) => boolean = () => true,
+): { steps: ChainStep[]; bytes: number } {
+  const { steps, score } = shortest(layers, layer, (file) => [sizeOf(layers, file), 1], have, usable);
   return { steps, bytes: score[0] };
 }
 

@@ -16,9 +16,11 @@ export interface Delta {
   tops: { bytes: number };
   /**
    * What the next start fetches of the NAS's head: the cheapest files down to layers this
-   * host has (lib/nas/chains.ts); `merged` of them are merged layers standing in for several.
+   * host has (lib/nas/chains.ts); `merged` of them are merged layers standing in for
+   * several. `withoutMerged`: what the layers themselves would cost (null: the NAS no
+   * longer has them all), to show the choice.
    */
-  pull: { bytes: number; layers: number; merged: number };
+  pull: { bytes: number; layers: number; merged: number; withoutMerged: { bytes: number; layers: number } | null };
 }
 
 /** The delta of a domain as things are now. */
@@ -30,18 +32,23 @@ export async function measureDelta(state: LocalState, manifest: Manifest | undef
     if ((await pathExists(top)) && (await hasOwnData(top).catch(() => true))) topBytes += (await stat(top)).blocks * 512;
   }
   const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
-  const pull = new Map<string, number>(); // a layer two disks share moves once
+  // A layer two disks share moves once.
+  const sizes = (steps: Array<{ file: string }>) => new Map(steps.map(({ file }) => [file, manifest?.layers[file]?.size ?? 0]));
+  const sum = (files: Map<string, number>) => [...files.values()].reduce((total, size) => total + size, 0);
+  let pull = new Map<string, number>();
   let merged = 0;
+  let withoutMerged: Delta['pull']['withoutMerged'] = { bytes: 0, layers: 0 };
   if (manifest && head && head.id !== state.synced?.id && !state.pending.some((p) => p.generation.id === head.id)) {
-    for (const { layer, file } of await missingLayers(state, manifest, head)) {
-      if (!pull.has(file) && file !== layer) merged += 1;
-      pull.set(file, manifest.layers[file]?.size ?? 0);
-    }
+    const steps = await missingLayers(state, manifest, head);
+    pull = sizes(steps);
+    merged = new Set(steps.filter(({ layer, file }) => file !== layer).map(({ file }) => file)).size;
+    const plain = await missingLayers(state, manifest, head, (file) => manifest.layers[file]?.readsAs === undefined).catch(() => undefined);
+    withoutMerged = plain ? { bytes: sum(sizes(plain)), layers: sizes(plain).size } : null;
   }
   return {
     domain: state.domain,
     push: { bytes: pushLayers.reduce((sum, layer) => sum + layer.size, 0), layers: pushLayers.length },
     tops: { bytes: topBytes },
-    pull: { bytes: [...pull.values()].reduce((sum, size) => sum + size, 0), layers: pull.size, merged },
+    pull: { bytes: sum(pull), layers: pull.size, merged, withoutMerged },
   };
 }

@@ -312,16 +312,16 @@ export interface PullStep {
 
 /**
  * What this host must fetch for the generation's disks, each disk's base first: per
- * disk the cheapest files (lib/nas/chains.ts cheapestChain) down to a layer it has.
- * Disks it has no layer for are skipped.
+ * disk the cheapest files (lib/nas/chains.ts cheapestChain) down to a layer it has,
+ * among those `usable` accepts (all by default). Disks it has no layer for are skipped.
  */
-export async function missingLayers(state: LocalState, manifest: Manifest, generation: Generation): Promise<PullStep[]> {
+export async function missingLayers(state: LocalState, manifest: Manifest, generation: Generation, usable?: (file: string) => boolean): Promise<PullStep[]> {
   const missing: PullStep[] = [];
   for (const [target, top] of Object.entries(state.disks)) {
     const layer = generation.disks[target];
     if (layer === undefined) continue;
     const here = new Set((await readdir(layersDirOf(top)).catch(() => [] as string[])).map(hashOfLayerFileName));
-    const { steps } = cheapestChain(manifest.layers, layer, (name) => here.has(name));
+    const { steps } = cheapestChain(manifest.layers, layer, (name) => here.has(name), usable);
     for (const step of steps.reverse()) missing.push({ target, top, ...step });
   }
   return missing;

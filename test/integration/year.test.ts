@@ -86,7 +86,14 @@ describe('a year of use on the NAS', () => {
     requireWholeNas(s.nas, s.domain, manifest);
     const catchUps = Object.entries(manifest.layers).filter(([, info]) => info.catchUpFor === 'laptop');
     assert.equal(catchUps.length, 1, `one catch-up layer for the laptop's return, for /home only: ${JSON.stringify(catchUps)}`);
-    // Without it, the laptop would fetch the 8 layers of /home, each at least the 1 MiB rewritten.
+    // Without it, the laptop would fetch the 8 layers of /home, each at least the 1 MiB rewritten: kss delta shows the choice.
+    const delta = s.laptop.kss('delta', s.domain, '--json');
+    assert.equal(delta.status, 0, delta.stderr);
+    const { pull } = JSON.parse(delta.stdout) as { pull: { bytes: number; layers: number; merged: number; withoutMerged: { bytes: number; layers: number } } };
+    assert.deepEqual([pull.layers, pull.merged], [1, 1], 'one file to fetch, the catch-up layer');
+    assert.equal(pull.bytes, catchUps[0]?.[1].size);
+    assert.ok(pull.withoutMerged.layers >= 8 && pull.withoutMerged.bytes > 4 * pull.bytes, `instead of the layers: ${JSON.stringify(pull)}`);
+    assert.match(s.laptop.kss('delta', s.domain).stdout, /to pull .* \(1 layer, 1 of them merged, instead of the layers themselves: .* in \d+ layers\)/u);
     s.ok(s.laptop, 'prepare');
     assert.deepEqual(s.digests(s.laptopDisks), s.digests(s.deskDisks), 'the laptop reads exactly what the desk wrote');
     const pulled = [...s.laptop.log(s.domain).matchAll(/pulling layer .*?bytes=(\d+)/gu)].slice(-8);

@@ -504,6 +504,14 @@ export async function benchYear(): Promise<void> {
       ],
     );
     const verdict = (ok: boolean) => (ok ? 'meets the target' : 'MISSES the target');
+    // After every session, not only at the end: the NAS against its budget, each host against 2 × live.
+    const worst = (score: (r: (typeof rows)[number]) => number) => rows.reduce((best, r) => (score(r) > score(best) ? r : best), rows[0] as (typeof rows)[number]);
+    const nasWorst = worst((r) => r.nas / (TARGETS.nasOverLive * r.live + r.retained));
+    console.log(`worst after any session: NAS ${formatMiB(nasWorst.nas)} against 2 × live + retained = ${formatMiB(TARGETS.nasOverLive * nasWorst.live + nasWorst.retained)} (session ${nasWorst.i + 1}, ${(nasWorst.nas / (TARGETS.nasOverLive * nasWorst.live + nasWorst.retained)).toFixed(2)} of the budget)`);
+    for (const h of hosts) {
+      const r = worst((row) => (row.local[h.name] ?? 0) / row.live);
+      console.log(`worst after any session: local bytes ${h.name} ${formatMiB(r.local[h.name] as number)} = ${((r.local[h.name] as number) / r.live).toFixed(2)} × live (session ${r.i + 1})`);
+    }
     const nasLimit = TARGETS.nasOverLive * live + final.retained;
     console.log(`\n1) NAS bytes ${formatMiB(final.nas)} = ${ratio(final.nas, live).toFixed(2)} × live; target ≤ ${TARGETS.nasOverLive} × live + retained by design (${formatMiB(final.retained)}) = ${formatMiB(nasLimit)}: ${verdict(final.nas <= nasLimit)}`);
     for (const p of plans) console.log(`2) NAS head chain depth ${p.target}: ${final.depth[p.target]} layers; target ≤ ${TARGETS.nasDepth}: ${verdict((final.depth[p.target] as number) <= TARGETS.nasDepth)}`);

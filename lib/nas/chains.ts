@@ -7,9 +7,9 @@
 // (and keeps it under the name the layers above expect), so the same logical chain has
 // several physical ones. Two choices are made here:
 //
-//   canonicalChain  fewest files (then fewest bytes): what the NAS keeps for a
-//                   generation, and the depth that nasChainDepth bounds. Catch-up
-//                   layers (made for one host's return) are not part of it.
+//   canonicalChain  fewest files (then fewest bytes): what the NAS keeps for the head,
+//                   and the depth that nasChainDepth bounds. Catch-up layers (made for
+//                   one host's return) only where nothing else provides a name.
 //   cheapestChain   fewest bytes to fetch for a host that has some layers already: a
 //                   catch-up moves the missing layers, a merged layer, or a full image,
 //                   whichever is smallest.
@@ -27,9 +27,15 @@ export function readsAs(layers: Record<string, LayerInfo>, file: string): string
   return layers[file]?.readsAs ?? file;
 }
 
-/** Every name a chain may use, with the files that provide it (the original first). */
+/** providers() of a layers table, made once: retention asks for many chains of one manifest. */
+const providersOf = new WeakMap<Record<string, LayerInfo>, Map<string, string[]>>();
+
+/** Every name a chain may use, with the files that provide it (the original first). Do not change the table after asking. */
 export function providers(layers: Record<string, LayerInfo>): Map<string, string[]> {
+  const known = providersOf.get(layers);
+  if (known) return known;
   const byName = new Map<string, string[]>();
+  providersOf.set(layers, byName);
   for (const [file, info] of Object.entries(layers)) {
     const name = info.readsAs ?? file;
     const list = byName.get(name) ?? [];
@@ -45,10 +51,17 @@ export function isProvided(layers: Record<string, LayerInfo>, name: string): boo
   return Object.hasOwn(layers, name) || Object.values(layers).some((info) => info.readsAs === name);
 }
 
-/** The chain of `layer` in the fewest files (then bytes), nearest first, down to a base. Catch-up layers are left out. */
+/**
+ * The chain of `layer` in the fewest files (then bytes), nearest first, down to a base.
+ * A catch-up layer is used only where nothing else provides a name (a rollback to a
+ * branch retention kept through one): it is kept for one host's return, not for good.
+ */
 export function canonicalChain(layers: Record<string, LayerInfo>, layer: string): ChainStep[] {
-  return shortest(layers, layer, (file) => [1, sizeOf(layers, file)], () => false, (file) => layers[file]?.catchUpFor === undefined).steps;
+  return shortest(layers, layer, (file) => [layers[file]?.catchUpFor === undefined ? 1 : LAST_RESORT, sizeOf(layers, file)], () => false, () => true).steps;
 }
+
+/** The weight of a catch-up layer in a canonical chain: more than any chain of other files. */
+const LAST_RESORT = 2 ** 32;
 
 /**
  * What a host that already has the layers `have` says yes to must fetch to read

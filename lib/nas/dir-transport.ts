@@ -101,7 +101,7 @@ export class DirTransport implements NasTransport {
   replaceIfUnchanged(
     path: string,
     data: Buffer,
-    guard: { expectedSha256: string | null; required: string[]; lock: LockClaim },
+    guard: { expectedSha256: string | null; required: string[]; remove?: string[]; lock: LockClaim },
   ): Promise<ReplaceResult> {
     return this.small(`update ${path}`, async () => {
       const { lock } = guard;
@@ -115,6 +115,7 @@ export class DirTransport implements NasTransport {
           const current = await this.readBounded(place, MANIFEST_MAX_BYTES);
           const currentSha256 = current === undefined ? null : sha256Of(current);
           if (currentSha256 !== guard.expectedSha256) return { outcome: 'changed' };
+          for (const gone of guard.remove ?? []) await this.at(gone, false, (file) => removeAt(file, this.where));
           await writeFileAtomic(place.path, data, 0o600);
           return { outcome: 'replaced' };
         });

@@ -1,7 +1,7 @@
-// The on-NAS format, version 1. Pure: types, paths, parsing and validation.
+// The on-NAS format, version 2 (1 is read too). Pure: types, paths, parsing and validation.
 //
 //   <nas root>/
-//     kss-nas.json                      {"format": 1}: marks the root, refuses newer formats
+//     kss-nas.json                      {"format": 2}: marks the root, refuses newer formats
 //     domains/<domain>/                 the domain name escaped (lib/file-names.ts)
 //       manifest.json                   generations, head, layers, branches, lease
 //       domain.xml                      the domain definition
@@ -17,7 +17,13 @@ import { escapeFileName, layerFileName } from '../file-names.js';
 import { isSha256, sha256Of } from '../hash.js';
 import { loopIn } from './chains.js';
 
-export const NAS_FORMAT = 1;
+/**
+ * Version 2 added merged layers (`readsAs`, `catchUpFor`), `hosts` and `dropped`: a
+ * version-1 host would take a manifest that uses them for a damaged one, and remove
+ * merged layers' files at once, so it is told to upgrade instead. Version 1 is read,
+ * and written as 2 at the next change.
+ */
+export const NAS_FORMAT = 2;
 
 /** A sealed layer file: its parent layer (null for a base) and its size in bytes. */
 export interface LayerInfo {
@@ -71,7 +77,8 @@ export interface Lease {
 }
 
 export interface Manifest {
-  format: typeof NAS_FORMAT;
+  /** NAS_FORMAT when written by this version; 1 when read from an older one. */
+  format: number;
   domain: string;
   /** Increases by one with every update: tells a reader whether anything changed. */
   revision: number;
@@ -135,7 +142,7 @@ export function serializeManifest(manifest: Manifest): Buffer {
  */
 export const MANIFEST_MAX_BYTES = 16 * 2 ** 20;
 
-/** The largest format marker (`{"format": 1}`) a host reads. */
+/** The largest format marker (`{"format": 2}`) a host reads. */
 export const MARKER_MAX_BYTES = 4096;
 
 /** The largest domain definition a host reads from the NAS. */
@@ -172,15 +179,15 @@ export function manifestProblem(raw: unknown): string | undefined {
   if (raw.format > NAS_FORMAT) {
     return `format ${raw.format} was written by a newer kvm-snapshot-sync (this one reads ${NAS_FORMAT}): upgrade it`;
   }
-  if (raw.format !== NAS_FORMAT) return `unknown format ${raw.format}`;
+  if (raw.format !== NAS_FORMAT && raw.format !== 1) return `unknown format ${raw.format}`;
   if (!isPrintable(raw.domain)) return 'no domain name';
   if (!isCount(raw.revision)) return 'bad revision';
   if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
 
   const layers = raw.layers as Record<string, unknown>;
-  // A name is provided by its own file, or by a merged layer that reads as it.
-  const provided = new Set(Object.keys(layers));
-  for (const info of Object.values(layers)) if (isObject(info) && typeof info.readsAs === 'string') provided.add(info.readsAs);
+  // A name is provided by its own file, or by a merged layer that reads as it (as lib/nas/chains.ts providers).
+  const provided = new Set<string>();
+  for (const [hash, info] of Object.entries(layers)) provided.add(isObject(info) && typeof info.readsAs === 'string' ? info.readsAs : hash);
   for (const [hash, info] of Object.entries(layers)) {
     if (!isSha256(hash) || !isObject(info)) return `bad layer entry ${shown(hash)}`;
     if (info.parent !== null && !(typeof info.parent === 'string' && provided.has(info.parent))) {
@@ -219,6 +226,7 @@ export function manifestProblem(raw: unknown): string | undefined {
     return 'bad lease';
   }
   if (raw.hosts !== undefined && !isObject(raw.hosts)) return 'bad hosts table';
+  if (Object.keys(raw.hosts ?? {}).length > MAX_HOSTS) return `more than ${MAX_HOSTS} hosts in the hosts table`;
   for (const [name, mark] of Object.entries((raw.hosts ?? {}) as Record<string, unknown>)) {
     // Its generation may be gone: retention does not keep a host's old place for ever.
     if (!isPrintable(name) || !isObject(mark) || typeof mark.generation !== 'string' || !isSha256(mark.generation) || !isTime(mark.at)) return `bad host entry ${shown(name)}`;
@@ -229,6 +237,9 @@ export function manifestProblem(raw: unknown): string | undefined {
   }
   return undefined;
 }
+
+/** The most hosts a manifest may name in `hosts`: a VM follows a person between a few machines. */
+export const MAX_HOSTS = 16;
 
 /** A guest device name as libvirt writes it (vda, sdb, nvme0n1): safe in messages and file names. */
 const DISK_TARGET = /^[A-Za-z0-9_-]{1,64}$/u;

@@ -110,15 +110,16 @@ export function mkdirExclusiveScript(root: string, path: string, ownerName: stri
  * A compare-and-swap of a small file in one round trip: takes the lock (as
  * mkdirExclusive, the owner data given here), then prints "missing PATH" when a
  * required path does not exist, "changed" when `path` no longer hashes to
- * `expectedSha256` ("none": must not exist), or replaces it with stdin (temp file,
- * sync, rename, sync the directory) and prints "replaced". The lock is removed after,
+ * `expectedSha256` ("none": must not exist), or removes the files in `remove` and
+ * replaces it with stdin (temp file, sync, rename, sync the directory) and prints
+ * "replaced". The lock is removed after,
  * if it still holds our owner data (it could only have been broken as stale).
  */
 export function replaceIfUnchangedScript(
   root: string,
   path: string,
   temp: string,
-  guard: { expectedSha256: string | null; required: string[]; lockPath: string; ownerName: string; ownerData: string },
+  guard: { expectedSha256: string | null; required: string[]; remove?: string[]; lockPath: string; ownerName: string; ownerData: string },
 ): string {
   const owner = q(`${guard.lockPath}/${guard.ownerName}`);
   const mine = q(guard.ownerData);
@@ -136,6 +137,7 @@ export function replaceIfUnchangedScript(
       '  current=none',
       'fi',
       `[ "$current" = ${q(guard.expectedSha256 ?? 'none')} ] || { unlock; echo changed; exit 0; }`,
+      ...((guard.remove ?? []).length > 0 ? [`rm -f -- ${(guard.remove ?? []).map(q).join(' ')} || { unlock; exit 1; }`] : []),
       `{ mkdir -p -- ${q(parentOf(path))} && cat > ${q(temp)} && sync -- ${q(temp)} && mv -f -T -- ${q(temp)} ${q(path)} && sync -- ${q(parentOf(path))}; } || { rm -f -- ${q(temp)}; unlock; exit 1; }`,
       'unlock',
       'echo replaced',

@@ -68,6 +68,9 @@ export interface GcResult {
  */
 export const GC_GRACE_MS = 24 * 3600_000;
 
+/** At most this many files are removed in one compare-and-swap (the next pass removes the rest). */
+const REMOVALS_PER_PASS = 256;
+
 /** A manifest as read, with the SHA-256 of its bytes (what a compare-and-swap compares). */
 interface ReadManifest {
   manifest: Manifest | undefined;
@@ -77,6 +80,11 @@ interface ReadManifest {
 /** Where a pull of layer `hash` into `localDir` keeps what it has so far (it resumes from there). */
 export function pullPartPath(localDir: string, hash: string): string {
   return join(localDir, `.pull-${hash}.part`);
+}
+
+/** Whether a file name in a layers directory is a pull's part (pullPartPath). */
+export function isPullPartName(name: string): boolean {
+  return /^\.pull-[0-9a-f]{64}\.part$/u.test(name);
 }
 
 export class NasRepository {
@@ -169,7 +177,7 @@ export class NasRepository {
    * manifest is still the one read; if another host changed it in between, `change`
    * runs again on what that host wrote.
    */
-  async updateManifest(domain: string, change: (current: Manifest) => Manifest): Promise<Manifest> {
+  async updateManifest(domain: string, change: (current: Manifest) => Manifest, { remove }: { remove?: (current: Manifest) => string[] } = {}): Promise<Manifest> {
     const lockPath = nasPaths.lock(domain);
     const waiter = new NasLockWaiter(this.transport, lockPath, {
       host: this.options.host,
@@ -184,18 +192,20 @@ export class NasRepository {
       if (read.manifest === undefined) await this.checkMarker();
       const current = read.manifest ?? emptyManifest(domain);
       let changed: Manifest;
+      let removing: string[] = [];
       try {
+        removing = remove?.(current) ?? [];
         changed = change(structuredClone(current));
       } catch (error) {
         if (cached) continue; // maybe refused on an old picture: judge again on a fresh read
         throw error;
       }
-      if (read.manifest !== undefined && JSON.stringify(changed) === JSON.stringify(current)) {
+      if (read.manifest !== undefined && removing.length === 0 && JSON.stringify(changed) === JSON.stringify(current)) {
         if (cached) continue; // nothing to change on an old picture: judge on a fresh read
         this.seen(domain, read);
         return current; // nothing to write
       }
-      const next = { ...changed, revision: current.revision + 1 };
+      const next = { ...changed, format: NAS_FORMAT, revision: current.revision + 1 };
       // A file listed again (a layer pushed once more) is no longer one to remove.
       if (next.dropped) next.dropped = Object.fromEntries(Object.entries(next.dropped).filter(([hash]) => !Object.hasOwn(next.layers, hash)));
       const problem = manifestProblem(next);
@@ -205,6 +215,7 @@ export class NasRepository {
       const result = await this.transport.replaceIfUnchanged(nasPaths.manifest(domain), data, {
         expectedSha256: read.sha256,
         required: added.map((hash) => nasPaths.layer(domain, hash)),
+        remove: removing,
         lock: lockClaim(lockPath, this.options.host, this.options.now?.()),
       });
       switch (result.outcome) {
@@ -344,11 +355,10 @@ export class NasRepository {
    * (the next pass finishes the work):
    *   retention:manifest  old generations, branches and unneeded layer files leave the
    *                       manifest; the files are noted in its `dropped` table, with the time
-   *   retention:remove    dropped files older than the grace period are removed, and so are
-   *                       files the manifest never named (a push that never published) once
-   *                       as old; abandoned uploads after a week
-   *   retention:forget    the removed files (and dropped ones no longer there) leave the
-   *                       `dropped` table
+   *   retention:remove    under the NAS lock, in the compare-and-swap that takes them out
+   *                       of the `dropped` table: the dropped files older than the grace
+   *                       period, and the files no manifest named for as long (a push that
+   *                       never published); then abandoned uploads after a week
    * A host in the middle of fetching a file that just left the manifest has the grace
    * period to finish. With `dryRun` it only says what it would drop and remove.
    */
@@ -363,34 +373,44 @@ export class NasRepository {
     // A dry run decides on the manifest as it is, and changes nothing.
     const manifest = dryRun ? decide((await this.readManifest(domain)) ?? emptyManifest(domain)) : await this.updateManifest(domain, decide);
     const dropped = manifest.dropped ?? {};
-    const removedLayers: string[] = [];
     const layersDir = nasPaths.layersDir(domain);
+    const listing = await this.transport.list(layersDir);
     onStep?.('retention:remove');
-    // Only files whose names this tool makes: anything else there is someone else's.
     const present = new Set<string>();
-    for (const entry of await this.transport.list(layersDir)) {
+    const due: string[] = [];
+    // Only files whose names this tool makes: anything else there is someone else's.
+    for (const entry of listing) {
       const hash = hashOfLayerFileName(entry.name);
       if (hash !== undefined) present.add(hash);
       if (!entry.isFile || hash === undefined || Object.hasOwn(manifest.layers, hash)) continue;
-      const since = Object.hasOwn(dropped, hash) ? Date.parse(dropped[hash] as string) : entry.mtimeMs;
-      if (now.getTime() - since < GC_GRACE_MS) continue;
-      if (!dryRun) await this.transport.remove(`${layersDir}/${entry.name}`);
-      removedLayers.push(hash);
+      // Old enough both since it left the manifest and since it was written (it may have been published again).
+      const since = Math.max(entry.mtimeMs, Object.hasOwn(dropped, hash) ? Date.parse(dropped[hash] as string) : -Infinity);
+      if (now.getTime() - since >= GC_GRACE_MS && due.length < REMOVALS_PER_PASS) due.push(hash);
+    }
+    let removedLayers = dryRun ? due : [];
+    const forgettable = Object.keys(dropped).some((hash) => !present.has(hash));
+    if (!dryRun && (due.length > 0 || forgettable)) {
+      // Under the NAS lock, on the manifest as it is then: a file some host listed again in
+      // the meantime stays, and no host can name a file while it goes.
+      await this.updateManifest(
+        domain,
+        (current) => {
+          const gone = new Set(removedLayers);
+          for (const hash of Object.keys(current.dropped ?? {})) if (gone.has(hash) || !present.has(hash)) delete current.dropped?.[hash];
+          if (current.dropped && Object.keys(current.dropped).length === 0) delete current.dropped;
+          return current;
+        },
+        {
+          remove: (current) => {
+            removedLayers = due.filter((hash) => !Object.hasOwn(current.layers, hash));
+            return removedLayers.map((hash) => nasPaths.layer(domain, hash));
+          },
+        },
+      );
     }
     for (const entry of await this.transport.list(nasPaths.uploadsDir(domain))) {
       if (!entry.isFile || !isUploadName(entry.name) || dryRun) continue;
       if (now.getTime() - entry.mtimeMs >= 7 * GC_GRACE_MS) await this.transport.remove(`${nasPaths.uploadsDir(domain)}/${entry.name}`);
-    }
-    // Removed now, or before by a pass that was cut short of this step.
-    const gone = new Set(removedLayers);
-    const forget = Object.keys(dropped).filter((hash) => gone.has(hash) || !present.has(hash));
-    if (!dryRun && forget.length > 0) {
-      onStep?.('retention:forget');
-      await this.updateManifest(domain, (current) => {
-        if (current.dropped) for (const hash of forget) delete current.dropped[hash];
-        if (current.dropped && Object.keys(current.dropped).length === 0) delete current.dropped;
-        return current;
-      });
     }
     if (!dryRun && (removedLayers.length > 0 || (plan?.dropGenerations.length ?? 0) > 0)) this.options.log?.info('retention applied', { domain, generations: plan?.dropGenerations.length ?? 0, dropped: plan?.dropLayers.length ?? 0, removed: removedLayers.length });
     return { droppedGenerations: plan?.dropGenerations ?? [], droppedBranches: plan?.dropBranches ?? [], droppedLayers: plan?.dropLayers ?? [], removedLayers };

@@ -38,6 +38,27 @@ export interface RetentionPlan {
   dropLayers: string[];
 }
 
+/** How far ahead of this host's clock a host's mark may be and still count (clocks differ a little). */
+const CLOCK_SKEW_MS = 86_400_000;
+
+/** The most host places retention keeps and catch-up layers are made for. */
+export const MAX_PLACES = 4;
+
+/**
+ * The listed generations the other hosts were last in step with (manifest `hosts`),
+ * newest mark first: only marks younger than `days` and not from the future (a mark
+ * from the future would keep its generation for ever), at most MAX_PLACES.
+ */
+export function hostPlaces(manifest: Manifest, now: Date, days: number, except?: string): Array<{ host: string; generation: Generation }> {
+  return Object.entries(manifest.hosts ?? {})
+    .filter(([host, mark]) => host !== except && Object.hasOwn(manifest.generations, mark.generation))
+    .map(([host, mark]) => ({ host, at: Date.parse(mark.at), generation: manifest.generations[mark.generation] as Generation }))
+    .filter(({ at }) => at <= now.getTime() + CLOCK_SKEW_MS && now.getTime() - at < days * DAY_MS)
+    .sort((a, b) => b.at - a.at)
+    .slice(0, MAX_PLACES)
+    .map(({ host, generation }) => ({ host, generation }));
+}
+
 /** The policy a configuration sets (lib/config.ts). */
 export function retentionPolicy(config: { retentionGenerations: number; retentionDays: number; retentionDailyDays: number; retentionWeeklyDays: number; retentionBranchDays: number }): RetentionPolicy {
   return {
@@ -83,9 +104,8 @@ export function planRetention(manifest: Manifest, now: Date, policy: RetentionPo
   }
   for (const snapshot of Object.values(manifest.snapshots ?? {})) keepOne(snapshot.generation);
   // Where each host last was in step: its unpushed work stands on it (a conflict keeps it as a branch).
-  for (const mark of Object.values(manifest.hosts ?? {})) {
-    if (Object.hasOwn(manifest.generations, mark.generation) && (now.getTime() - Date.parse(mark.at)) / DAY_MS < policy.branchDays) keepOne(mark.generation);
-  }
+  const places = hostPlaces(manifest, now, policy.branchDays);
+  for (const { generation } of places) keepOne(generation.id);
 
   const needed = new Set<string>();
   const provided = new Set<string>();
@@ -97,15 +117,13 @@ export function planRetention(manifest: Manifest, now: Date, policy: RetentionPo
   };
   for (const [i, id] of order.entries()) {
     for (const layer of Object.values((manifest.generations[id] as Generation).disks)) {
-      const steps = i === 0 && id === manifest.head ? canonicalChain(manifest.layers, layer) : cheapestChain(manifest.layers, layer, (name) => provided.has(name)).steps;
-      keepFiles(steps.map((step) => step.file));
+      keepFiles(i === 0 && id === manifest.head ? canonicalChain(manifest.layers, layer).map((step) => step.file) : keptChain(manifest, layer, (name) => provided.has(name)));
     }
   }
   // What each other host would fetch to come back to the head: a catch-up layer made for it, or the layers.
   const head = manifest.head === null ? undefined : manifest.generations[manifest.head];
-  for (const mark of Object.values(manifest.hosts ?? {})) {
-    const place = keep.has(mark.generation) ? manifest.generations[mark.generation] : undefined;
-    if (!head || !place) continue;
+  for (const { generation: place } of places) {
+    if (!head) continue;
     for (const [target, layer] of Object.entries(head.disks)) {
       const theirs = place.disks[target];
       if (theirs !== undefined) keepFiles(cheapestChain(manifest.layers, layer, (name) => name === theirs).steps.map((step) => step.file));
@@ -118,6 +136,19 @@ export function planRetention(manifest: Manifest, now: Date, policy: RetentionPo
     neededLayers: needed,
     dropLayers: Object.keys(manifest.layers).filter((hash) => !needed.has(hash)),
   };
+}
+
+/**
+ * The files a kept generation's disk adds to what is kept, by the fewest bytes; without
+ * catch-up layers (kept for one host's return, not for good) unless only they provide it.
+ */
+function keptChain(manifest: Manifest, layer: string, have: (name: string) => boolean): string[] {
+  const lasting = (file: string) => manifest.layers[file]?.catchUpFor === undefined;
+  try {
+    return cheapestChain(manifest.layers, layer, have, lasting).steps.map((step) => step.file);
+  } catch {
+    return cheapestChain(manifest.layers, layer, have).steps.map((step) => step.file);
+  }
 }
 
 /** The manifest with the plan applied: generations, branches and layer entries removed, the files noted as dropped at `now`. */

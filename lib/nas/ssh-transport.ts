@@ -134,13 +134,14 @@ export class SshTransport implements NasTransport {
   async replaceIfUnchanged(
     path: string,
     data: Buffer,
-    guard: { expectedSha256: string | null; required: string[]; lock: LockClaim },
+    guard: { expectedSha256: string | null; required: string[]; remove?: string[]; lock: LockClaim },
   ): Promise<ReplaceResult> {
     const temp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
     const { lock } = guard;
     const script = scripts.replaceIfUnchangedScript(this.options.root, path, temp, {
       expectedSha256: guard.expectedSha256,
       required: guard.required,
+      remove: guard.remove,
       lockPath: lock.path,
       ownerName: lock.ownerName,
       ownerData: lock.ownerData.toString('utf8'),

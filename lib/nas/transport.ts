@@ -125,13 +125,14 @@ export interface NasTransport {
    * Replaces the small file `path` with `data` only if it is unchanged: in one round
    * trip it takes the lock directory (as mkdirExclusive), checks that every path in
    * `required` exists and that `path` still hashes (SHA-256) to `expectedSha256` (null:
-   * that it does not exist), replaces it as writeFileAtomic does, and removes the lock
-   * if the lock still holds its owner data.
+   * that it does not exist), removes the files in `remove` (if there: a removal is
+   * thus never interleaved with a writer that names one of them), replaces `path` as
+   * writeFileAtomic does, and removes the lock if the lock still holds its owner data.
    */
   replaceIfUnchanged(
     path: string,
     data: Buffer,
-    guard: { expectedSha256: string | null; required: string[]; lock: LockClaim },
+    guard: { expectedSha256: string | null; required: string[]; remove?: string[]; lock: LockClaim },
   ): Promise<ReplaceResult>;
 
   /**

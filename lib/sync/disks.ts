@@ -1,15 +1,16 @@
 // The disk side of the lifecycle, for all disks of a domain at once: a generation is
 // one layer per disk, and the disks always move together.
-import { readdir, stat, statfs } from 'node:fs/promises';
+import { readdir, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { DiskStateError } from '../errors.js';
 import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
-import { cheapestChain } from '../nas/chains.js';
+import { cheapestChain, type ChainStep } from '../nas/chains.js';
+import { parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
 import { ancestry, generationId, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
-import { pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
+import { isPullPartName, pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
 import { publishedPending } from './decide.js';
@@ -214,6 +215,7 @@ export async function boundChainDepth(state: LocalState, maxDepth: number, deps?
     await removeMergeLeftovers(layersDirOf(top));
     await compactLayer(layersDirOf(top), published, onto, deps);
     state.compacted = { ...state.compacted, [published]: onto };
+    if (state.fetched) delete state.fetched[published]; // this host's own file now
     compacted.push(target);
   }
   return compacted;
@@ -262,17 +264,27 @@ export async function pullGeneration(
     log.info('pulling layer', { disk: target, layer, ...merged, bytes: info.size });
     const { result } = await repository.pullLayer(state.domain, file, info, layersDirOf(top), progressFor(`pull ${target} ${layer.slice(0, 12)}`), layer);
     // Like a compacted layer: the file reads as its name but stands on another parent.
-    if (file !== layer) state.compacted = { ...state.compacted, [layer]: info.parent as string };
+    if (file !== layer) {
+      state.compacted = { ...state.compacted, [layer]: info.parent as string };
+      state.fetched = { ...state.fetched, [layer]: file };
+    }
     log.info('pulled layer', { disk: target, layer, resumedFrom: result.resumedFrom });
+  }
+  // A pull cut short and then planned otherwise (retention dropped that file, a merged
+  // layer came) left its part: it could be as large as the disk.
+  for (const top of Object.values(state.disks)) {
+    const names = await readdir(layersDirOf(top)).catch(() => [] as string[]);
+    for (const name of names.filter(isPullPartName)) await rm(join(layersDirOf(top), name), { force: true });
   }
 }
 
 /**
- * Refuses a pull that would not fit: the sizes come from the NAS's manifest, which
- * anything that can write to the NAS can write, and the image filesystem also holds
- * the disks of VMs that run now. Each filesystem keeps `roomReserve` of its size free.
+ * Refuses a pull (or a layer built here) that would not fit: a pull's sizes come from
+ * the NAS's manifest, which anything that can write to the NAS can write, and the image
+ * filesystem also holds the disks of VMs that run now. Each filesystem keeps
+ * `roomReserve` of its size free.
  */
-async function requireRoomFor(wanted: Array<{ dir: string; bytes: number }>): Promise<void> {
+export async function requireRoomFor(wanted: Array<{ dir: string; bytes: number }>): Promise<void> {
   const byFilesystem = new Map<number, { dir: string; bytes: number }>();
   for (const wish of wanted) {
     const dir = await existingAncestor(wish.dir); // a first pull makes the layers directory
@@ -320,11 +332,38 @@ export async function missingLayers(state: LocalState, manifest: Manifest, gener
   for (const [target, top] of Object.entries(state.disks)) {
     const layer = generation.disks[target];
     if (layer === undefined) continue;
-    const here = new Set((await readdir(layersDirOf(top)).catch(() => [] as string[])).map(hashOfLayerFileName));
-    const { steps } = cheapestChain(manifest.layers, layer, (name) => here.has(name), usable);
-    for (const step of steps.reverse()) missing.push({ target, top, ...step });
+    const dir = layersDirOf(top);
+    const here = new Set((await readdir(dir).catch(() => [] as string[])).map(hashOfLayerFileName));
+    const planned: ChainStep[] = [];
+    // A layer here counts only with everything below it: a cut in the middle of a local
+    // collection may have left a layer whose parent is gone. What its own header names
+    // and is missing is fetched too.
+    for (let wanted: string | undefined = layer, rounds = 0; wanted !== undefined && rounds < 64; rounds += 1) {
+      const { steps } = cheapestChain(manifest.layers, wanted, (name) => here.has(name), usable);
+      planned.push(...steps);
+      const reached: string | null = steps.length === 0 ? wanted : (manifest.layers[(steps.at(-1) as ChainStep).file]?.parent ?? null);
+      wanted = reached === null ? undefined : await missingBelow(dir, reached);
+    }
+    for (const step of planned.reverse()) missing.push({ target, top, ...step });
   }
   return missing;
+}
+
+/**
+ * The first layer missing here in the chain that the local file of `layer` names
+ * through its own headers (a compacted or fetched file stands on another parent than
+ * its manifest parent), or undefined when that chain is whole.
+ */
+async function missingBelow(dir: string, layer: string): Promise<string | undefined> {
+  const seen = new Set<string>();
+  for (let at: string | undefined = layer; at !== undefined && !seen.has(at); ) {
+    seen.add(at);
+    const path = join(dir, layerFileName(at));
+    if (!(await pathExists(path))) return at;
+    const backing = parseQcow2Header(await readLayerHeader(path)).backingFile;
+    at = backing === undefined ? undefined : hashOfLayerFileName(backing);
+  }
+  return undefined;
 }
 
 /** Puts a fresh empty top on the generation's layer, on every disk. */

@@ -46,6 +46,12 @@ export interface LocalState {
    */
   compacted?: Record<string, string>;
   /**
+   * Layers whose local file was fetched from the NAS as a merged layer that reads as them
+   * (lib/nas/chains.ts), with that file's hash. A host cannot check such a claim without
+   * the layers it stands for, so these files are never published again from here.
+   */
+  fetched?: Record<string, string>;
+  /**
    * A seal of the tops under way on the generation `onto` (lib/sync/disks.ts
    * sealDisks): saved before the first disk is touched, cleared in the write that
    * records the new generation. Found at the next seal, it says that a disk whose top

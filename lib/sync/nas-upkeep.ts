@@ -16,18 +16,19 @@
 // next upkeep finds what is still to do from the manifest alone.
 import { link, readdir, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { hashOfLayerFileName } from '../file-names.js';
+import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { sha256File } from '../hash.js';
 import { pathExists } from '../durable-fs.js';
 import { copyOnto, layersDirOf, readChain } from '../layers.js';
+import { layerHeaderProblem, parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
 import { LockedError } from '../errors.js';
 import { withLock } from '../lock.js';
 import { canonicalChain, cheapestChain, providers } from '../nas/chains.js';
-import { ancestry, type Manifest } from '../nas/format.js';
+import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
-import { retentionPolicy } from '../nas/retention.js';
+import { hostPlaces, retentionPolicy } from '../nas/retention.js';
 import { engineDeps, type SyncDeps } from './deps.js';
-import { layerPathOf, logProgress } from './disks.js';
+import { layerPathOf, logProgress, requireRoomFor } from './disks.js';
 import { domainStateDir, readLocalState, type LocalState } from './local-state.js';
 
 /** A link to a file being published, so that a local collection cannot take it away meanwhile. */
@@ -90,11 +91,19 @@ async function publishMergedLayers(state: LocalState, manifest: Manifest | undef
       const name = names[i] as string;
       const below = names[i + 1] ?? null;
       if ((byName.get(name) ?? []).some((file) => (manifest.layers[file]?.parent ?? null) === below)) continue;
+      // A file fetched as a merged layer is the NAS's claim, not this host's work: never sent back as its own.
+      if (state.fetched?.[name] !== undefined) continue;
       deps.onStep?.('nas-compact:hash');
       const held = join(layersDirOf(top), `${PUBLISHING_PREFIX}${process.pid}-${name}.qcow2`);
       await rm(held, { force: true });
       await link(entry.path, held);
       try {
+        // The file linked must be the one read: its header names `below`, as the manifest will.
+        const problem = layerHeaderProblem(parseQcow2Header(await readLayerHeader(held)), below === null ? undefined : layerFileName(below));
+        if (problem !== undefined) {
+          log.warn('not publishing a local layer whose header changed under us', { disk: target, layer: name, problem });
+          continue;
+        }
         const hash = await sha256File(held);
         const { size } = await stat(held);
         log.info('publishing a merged layer', { disk: target, readsAs: name, on: below ?? 'nothing', bytes: size });
@@ -114,8 +123,8 @@ async function publishMergedLayers(state: LocalState, manifest: Manifest | undef
 const CATCH_UP_SAVING = 0.1;
 
 /**
- * For each other host whose last place (manifest `hosts`) is behind the head, on the
- * head's line: builds here, per disk, one layer with the head layer's content standing
+ * For each other host whose last place (manifest `hosts`) is not the head: builds
+ * here, per disk, one layer with the head layer's content standing
  * on that host's layer (a safe rebase: only the clusters that differ), and publishes it
  * as a catch-up for that host when it is smaller than what the host would fetch now
  * (lib/nas/chains.ts cheapestChain). Its size is the net change since the host left,
@@ -126,16 +135,19 @@ async function publishCatchUps(state: LocalState, manifest: Manifest | undefined
   const { config, log } = deps;
   const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
   if (!manifest || !head || head.id !== state.synced?.id) return;
-  const line = new Set(ancestry(manifest.generations, head.id).map((generation) => generation.id));
-  for (const [host, mark] of Object.entries(manifest.hosts ?? {})) {
-    const place = manifest.generations[mark.generation];
-    if (host === config.host || !place || place.id === head.id || !line.has(place.id)) continue;
+  // Any place will do, on the head's line or not (retention may have dropped the
+  // generations between): the layer built reads as the head whatever it stands on.
+  for (const { host, generation: place } of hostPlaces(manifest, (deps.now ?? (() => new Date()))(), config.retentionBranchDays, config.host)) {
+    if (place.id === head.id) continue;
     for (const [target, top] of Object.entries(state.disks)) {
       const [layer, theirs] = [head.disks[target], place.disks[target]];
       if (layer === undefined || theirs === undefined || layer === theirs) continue;
+      if (!(await pathExists(layerPathOf(top, theirs))) || !(await pathExists(layerPathOf(top, layer)))) continue;
       const now = cheapestChain(manifest.layers, layer, (name) => name === theirs);
       if (now.steps.some((step) => manifest.layers[step.file]?.catchUpFor === host && step.layer === layer)) continue; // made already
-      if (!(await pathExists(layerPathOf(top, theirs)))) continue;
+      // It holds at most what the head's chain here holds: the image filesystem must keep its reserve.
+      const chain = await readChain(layerPathOf(top, layer), engineDeps(deps));
+      await requireRoomFor([{ dir: layersDirOf(top), bytes: chain.reduce((sum, entry) => sum + entry.actualSize, 0) }]);
       deps.onStep?.('catch-up:merge');
       const made = join(layersDirOf(top), `${PUBLISHING_PREFIX}${process.pid}-catch-up.qcow2`);
       await rm(made, { force: true });

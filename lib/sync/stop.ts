@@ -10,7 +10,9 @@
 import { ConflictError } from '../errors.js';
 import type { EngineDeps } from '../layers.js';
 import type { Logger } from '../log.js';
+import type { Config } from '../config.js';
 import type { Generation, Manifest } from '../nas/format.js';
+import { hostPlaces } from '../nas/retention.js';
 import { decideStop, type NasView } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
@@ -129,7 +131,7 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
       await save(state);
     }
     deps.onStep?.('stop:collect'); // outside the catch below: a lost lock stops here, before any file goes
-    await collectLayers(state, othersPlaces(manifest, config.host), engine, log);
+    await collectLayers(state, othersPlaces(manifest, config, now()), engine, log);
     return { outcome, kept };
   } finally {
     await repository?.close();
@@ -140,11 +142,8 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
  * The generations the other hosts were last in step with, as the NAS says: their layers
  * stay here, so that a catch-up layer can be built on them (lib/sync/nas-upkeep.ts).
  */
-function othersPlaces(manifest: Manifest | undefined, host: string): Generation[] {
-  return Object.entries(manifest?.hosts ?? {}).flatMap(([name, mark]) => {
-    const generation = manifest?.generations[mark.generation];
-    return name !== host && generation ? [generation] : [];
-  });
+function othersPlaces(manifest: Manifest | undefined, config: Config, now: Date): Generation[] {
+  return manifest ? hostPlaces(manifest, now, config.retentionBranchDays, config.host).map((place) => place.generation) : [];
 }
 
 /**

@@ -54,7 +54,7 @@ describe('manifest updates (directory NAS)', () => {
     const manifest = (await laptop.readManifest('vm')) as Manifest;
     assert.equal(manifest.head, g1.id);
     assert.equal(manifest.revision, 1);
-    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, 1);
+    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, 2);
 
     // A push made on an old head is refused, names who moved the head, and changes nothing.
     await assert.rejects(
@@ -170,6 +170,51 @@ describe('manifest updates (directory NAS)', () => {
     assert.equal(existsSync(join(root, nasPaths.layer('vm', L('x')))), false);
     assert.equal((await later.readManifest('vm'))?.dropped, undefined, 'and the dropped table is empty again');
     for (const name of ['base', 'a', 'b']) assert.ok(existsSync(join(root, nasPaths.layer('vm', L(name)))), name);
+  });
+});
+
+describe('retention racing a push (directory NAS)', () => {
+  const policy = { keepGenerations: 10, allDays: 7, dailyDays: 30, weeklyDays: 182, branchDays: 90 };
+  it('leaves a file that another host names while retention removes old files (the removal is under the NAS lock, on the manifest as it is then)', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'kss-gc-race-'));
+    try {
+      const t0 = new Date('2026-11-01T10:00:00.000Z');
+      const t2 = new Date(t0.getTime() + 2 * 86_400_000);
+      let clock = t0;
+      const repo = (host: string) => new NasRepository(new DirTransport({ root: work, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host, now: () => clock });
+      const desk = repo('desk');
+      const laptop = repo('laptop');
+      const file = (name: string) => {
+        const data = randomBytes(4096);
+        writeFileSync(join(work, name), data);
+        return createHash('sha256').update(data).digest('hex');
+      };
+      const base = file('base');
+      await desk.pushLayer('vm', join(work, 'base'), base);
+      const g1 = await desk.publishGeneration('vm', { parent: null, created: t0.toISOString(), disks: { vda: base }, layers: { [base]: { parent: null, size: 4096 } } });
+      // The laptop's push of l2 was cut after the upload, before the publish; it comes back two days later.
+      const l2 = file('l2');
+      await laptop.pushLayer('vm', join(work, 'l2'), l2);
+      utimesSync(join(work, nasPaths.layer('vm', l2)), t0, t0);
+      clock = t2;
+      // The desk's upkeep: its retention CAS, then (while it lists and removes) the laptop finishes its push.
+      const transport = desk.transport as DirTransport;
+      const list = transport.list.bind(transport);
+      transport.list = async (path: string) => {
+        if (path === nasPaths.layersDir('vm')) {
+          const pushed = await laptop.pushLayer('vm', join(work, 'l2'), l2);
+          assert.equal(pushed.alreadyThere, true);
+          await laptop.publishGeneration('vm', { parent: g1.id, created: t2.toISOString(), disks: { vda: l2 }, layers: { [l2]: { parent: base, size: 4096 } } });
+        }
+        return list(path);
+      };
+      await desk.collectGarbage('vm', policy);
+      const manifest = (await laptop.readManifest('vm')) as Manifest;
+      assert.equal(manifest.generations[manifest.head as string]?.disks.vda, l2, 'the NAS head names l2');
+      assert.equal(existsSync(join(work, nasPaths.layer('vm', l2))), true, 'and l2 is still on the NAS');
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });
 

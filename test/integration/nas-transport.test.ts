@@ -152,6 +152,16 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       assert.ok(racers.every((r) => r.outcome !== 'missing'));
       assert.match(readFileSync(join(s.root, path), 'utf8'), /^racer \d$/);
       assert.deepEqual(await s.transport.list(dir).then((entries) => entries.map((e) => e.name).sort()), ['layers', 'manifest.json'], 'no temp file, no lock left');
+
+      // Files to remove go only with a write that finds the file unchanged, under the lock.
+      const doomed = [`${dir}/layers/old $(x).qcow2`, `${dir}/layers/older.qcow2`];
+      for (const file of doomed) writeFileSync(join(s.root, file), 'old');
+      const current = readFileSync(join(s.root, path));
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('four'), { ...guard(sha256(Buffer.from('stale'))), remove: doomed }), { outcome: 'changed' });
+      for (const file of doomed) assert.ok(existsSync(join(s.root, file)), `${file} stays when the manifest changed meanwhile`);
+      assert.deepEqual(await s.transport.replaceIfUnchanged(path, Buffer.from('four'), { ...guard(sha256(current)), remove: [...doomed, `${dir}/layers/gone.qcow2`] }), { outcome: 'replaced' });
+      for (const file of doomed) assert.equal(existsSync(join(s.root, file)), false, `${file} is removed with the write`);
+      assert.equal(readFileSync(join(s.root, path), 'utf8'), 'four');
       await s.transport.remove(dir);
     });
 

@@ -37,6 +37,10 @@ describe('manifest validation', () => {
     assert.match(manifestProblem(manifest) ?? '', /layer d{64} names a parent that is not listed/);
   });
 
+  it('reads a manifest of format 1 (written before merged layers)', () => {
+    assert.equal(manifestProblem({ ...valid(), format: 1 }), undefined);
+  });
+
   it('accepts a valid manifest and round-trips it', () => {
     const manifest = valid();
     assert.equal(manifestProblem(manifest), undefined);
@@ -44,7 +48,9 @@ describe('manifest validation', () => {
   });
 
   const broken: Array<[string, (m: Record<string, any>) => void, RegExp]> = [
-    ['a newer format', (m) => (m.format = 2), /format 2 was written by a newer kvm-snapshot-sync .*upgrade/],
+    ['a newer format', (m) => (m.format = 3), /format 3 was written by a newer kvm-snapshot-sync .*upgrade/],
+    ['too many hosts', (m) => (m.hosts = Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`h${i}`, { generation: 'f'.repeat(64), at: '2026-11-21T10:00:00.000Z' }]))), /more than 16 hosts/],
+    ['a name only a merged file\'s own hash gives', (m) => { m.layers[C] = { parent: A, size: 1, readsAs: B }; (Object.values(m.generations)[0] as any).disks.vdb = C; }, /disk vdb names an unlisted layer/],
     ['no format', (m) => delete m.format, /no format version/],
     ['a head that is not listed', (m) => (m.head = 'c'.repeat(64)), /the head is not a listed generation/],
     ['a generation naming an unlisted layer', (m) => (Object.values(m.generations)[0] as any).disks.vdb = 'c'.repeat(64), /disk vdb names an unlisted layer/],

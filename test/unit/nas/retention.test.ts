@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { IntegrityError } from '../../../lib/errors.js';
-import { emptyManifest, type Manifest } from '../../../lib/nas/format.js';
+import { emptyManifest, generationId, manifestProblem, type Manifest } from '../../../lib/nas/format.js';
 import { applyRetention, planRetention, type RetentionPolicy } from '../../../lib/nas/retention.js';
 
 const now = new Date('2026-11-21T00:00:00.000Z');
@@ -151,6 +151,50 @@ describe('planRetention with catch-up layers', () => {
     // Once the laptop is back in step, its catch-up goes.
     manifest.hosts = { laptop: { generation: 'g4', at: daysAgo(0) } };
     assert.ok(planRetention(manifest, now, { keepGenerations: 1, allDays: 0, dailyDays: 0, weeklyDays: 0, branchDays: 90 }).dropLayers.includes(h('c')));
+  });
+});
+
+describe('planRetention of a branch', () => {
+  it('keeps a branch by its own layers, not through a catch-up layer, so a rollback to it leaves the NAS whole', () => {
+    const policy: RetentionPolicy = { keepGenerations: 10, allDays: 7, dailyDays: 30, weeklyDays: 182, branchDays: 90 };
+    const now = new Date('2026-11-21T00:00:00.000Z');
+    const at = (h: number) => new Date(now.getTime() - h * 3600_000).toISOString();
+    const H = (c: string) => c.repeat(64);
+    const [base, p, h2, h3, c, lb] = ['0', '1', '2', '3', 'c', 'b'].map(H) as [string, string, string, string, string, string];
+    const m = emptyManifest('vm');
+    const gen = (parent: string | null, host: string, created: string, layer: string) => {
+      const made = { parent, host, created, disks: { vda: layer } };
+      const id = generationId(made);
+      m.generations[id] = { id, ...made };
+      return id;
+    };
+    m.layers[base] = { parent: null, size: 1000 };
+    m.layers[p] = { parent: base, size: 10 };
+    m.layers[h2] = { parent: p, size: 50 };
+    m.layers[h3] = { parent: h2, size: 50 };
+    const g1 = gen(null, 'laptop', at(10), p); // the laptop's place
+    const g2 = gen(g1, 'desk', at(8), h2);
+    const g3 = gen(g2, 'desk', at(6), h3);
+    // The desk's upkeep made a catch-up for the laptop: reads as h3, on p.
+    m.layers[c] = { parent: p, size: 20, readsAs: h3, catchUpFor: 'laptop' };
+    // The laptop had worked offline on g1: conflict, resolve --keep local: g3 becomes a branch.
+    m.layers[lb] = { parent: p, size: 5 };
+    const gb = gen(g1, 'laptop', at(4), lb);
+    m.head = gb;
+    m.branches['conflict-x'] = { head: g3, host: 'desk', created: at(3), reason: 'kept laptop' };
+    m.hosts = { laptop: { generation: gb, at: at(3) }, desk: { generation: g3, at: at(6) } };
+    assert.equal(manifestProblem(m), undefined);
+    const plan = planRetention(m, now, policy);
+    assert.ok(plan.neededLayers.has(h3) && plan.neededLayers.has(h2), 'the branch is kept by its own layers');
+    assert.ok(plan.dropLayers.includes(c), 'and the catch-up (the laptop is back: its place is the head) leaves');
+    const after = applyRetention(m, plan, now);
+    delete after.dropped; // a day later, removed and forgotten
+    // kss rollback --to conflict-x: a new head whose disk is h3 (accepted: h3 is provided by the catch-up).
+    const rolled = gen(gb, 'desk', at(1), h3);
+    after.generations[rolled] = m.generations[rolled]!;
+    after.head = rolled;
+    assert.equal(manifestProblem(after), undefined, 'the rollback writes a valid manifest');
+    assert.ok(planRetention(after, now, policy).neededLayers.has(h3), 'and retention goes on after the rollback');
   });
 });
 

@@ -6,7 +6,7 @@
 //                local compaction made them: lib/sync/disks.ts boundChainDepth), each as a
 //                new content-addressed file that reads as the layer it replaced here
 //                (lib/nas/chains.ts). The NAS has no qemu-img; the host does the merge.
-//   catch-up     For another host whose last place is behind the head: one layer per disk
+//   catch-up     For another host whose last place is not the head: one layer per disk
 //                with the net change since then, when that is cheaper than what it would
 //                fetch otherwise (lib/nas/chains.ts cheapestChain picks it at its return).
 //   retention    The policy (lib/nas/retention.ts), applied by repository.collectGarbage.

@@ -203,4 +203,43 @@ describe('a year of use on the NAS', () => {
       rmSync(work, { recursive: true, force: true });
     }
   });
+
+  it('keeps every generation retention keeps restorable with kss rollback, on both hosts, byte for byte', async (t) => {
+    const s = await twoHosts(t, root, 'keep', { maxChainDepth: 2, nasChainDepth: 3 });
+    if (!s) return;
+    await s.handOver(s.digests(s.deskDisks));
+    s.ok(s.laptop, 'release');
+    await s.laptop.waitForStop(s.domain);
+    // Sessions on both hosts, each its own writes; what each generation holds is noted.
+    const held = new Map<string, Record<string, string>>();
+    const note = async (host: typeof s.desk) => held.set((await s.manifest()).head as string, s.digests(host === s.desk ? s.deskDisks : s.laptopDisks));
+    await note(s.laptop);
+    for (let i = 1; i <= 6; i += 1) {
+      const host = i % 2 === 1 ? s.desk : s.laptop;
+      await s.session(host, (disks) => qemuIo(disks.vdb, `write -P ${0x30 + i} 0 1M`, `write -P ${0x50 + i} ${2 + i}M 64k`, ...(i === 3 ? [`write -P ${0x70 + i} 0 64k`] : [])));
+      await note(host);
+      // A snapshot named here (kss snapshot create also pushes, which needs libvirt's definition).
+      if (i === 2) await new NasRepository(new DirTransport({ root: s.nas, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'laptop' }).addSnapshot(s.domain, 'early', (await s.manifest()).head as string);
+    }
+    // Retention three and five days on, keeping the nearest 3 (and the snapshot, and each host's place).
+    const config = join(root, 'keep-upkeep.json');
+    writeFileSync(config, JSON.stringify({ ...JSON.parse(readFileSync(s.desk.configFile, 'utf8')), retentionGenerations: 3, retentionDays: 1, retentionDailyDays: 0, retentionWeeklyDays: 0 }));
+    const day = 86_400_000;
+    const passes = [new Date(Date.now() + 3 * day).toISOString(), new Date(Date.now() + 5 * day).toISOString()];
+    const run = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/upkeep-until.ts', JSON.stringify({ configFile: config, domain: s.domain, passes, mode: 'trace' })], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(run.status, 0, run.stderr);
+    const manifest = await s.manifest();
+    requireWholeNas(s.nas, s.domain, manifest);
+    const kept = [...held.keys()].filter((id) => Object.hasOwn(manifest.generations, id));
+    assert.ok(kept.length < held.size, `retention dropped generations (kept ${kept.length} of ${held.size})`);
+    assert.ok(kept.includes(manifest.snapshots?.early?.generation as string), 'the snapshot is kept');
+    assert.ok(Object.keys(manifest.dropped ?? {}).length === 0 && readdirSync(join(s.nas, nasPaths.layersDir(s.domain))).length === Object.keys(manifest.layers).length, 'and the files it dropped are gone');
+    for (const host of [s.desk, s.laptop]) {
+      for (const id of kept) {
+        const back = host.kss('rollback', s.domain, '--to', id);
+        assert.equal(back.status, 0, `${host.name}: rollback to ${id.slice(0, 12)}: ${back.stderr}`);
+        assert.deepEqual(s.digests(host === s.desk ? s.deskDisks : s.laptopDisks), held.get(id), `${host.name} reads generation ${id.slice(0, 12)} exactly`);
+      }
+    }
+  });
 });

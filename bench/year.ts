@@ -39,7 +39,7 @@ import { hashOfLayerFileName } from '../lib/file-names.js';
 import { layersDirOf } from '../lib/layers.js';
 import { Logger, domainLogPath, ensureLogDir, fileSink, type LogEntry } from '../lib/log.js';
 import { DirTransport } from '../lib/nas/dir-transport.js';
-import { canonicalChain } from '../lib/nas/chains.js';
+import { canonicalChain, providers } from '../lib/nas/chains.js';
 import { nasPaths, type Manifest } from '../lib/nas/format.js';
 import { openTransport } from '../lib/nas/open.js';
 import { NasRepository } from '../lib/nas/repository.js';
@@ -83,25 +83,28 @@ export function nasHeadDepth(manifest: Manifest, target: string): number {
 }
 
 /**
- * What the NAS keeps on purpose beyond the head's chain, by the retention design
- * (README "Retention"): the files that only the other kept generations read through
- * (their own layers: the last week's sessions, a day's and a week's newest), the
- * catch-up layers kept for a host that is away, and the files that left the manifest
- * and wait out their day of grace. The target is NAS bytes ≤ 2 × live + this.
+ * What the NAS keeps on purpose, by the retention design (README "Retention"): for each
+ * kept generation but the head, its own session layer per disk (the file that provides
+ * it: every generation of the last week, a day's and a week's newest); the catch-up
+ * layers kept for a host that is away; and the files that left the manifest and wait
+ * out their day of grace. The target is NAS bytes ≤ 2 × live + this.
  */
 function retainedBytes(manifest: Manifest, nasFiles: Map<string, number>): { bytes: number; generations: number; catchUps: number; grace: number } {
-  const head = manifest.head === null ? undefined : manifest.generations[manifest.head];
-  const headFiles = new Set(Object.values(head?.disks ?? {}).flatMap((layer) => canonicalChain(manifest.layers, layer).map((step) => step.file)));
-  let bytes = 0;
-  let catchUps = 0;
-  for (const [hash, info] of Object.entries(manifest.layers)) {
-    if (headFiles.has(hash)) continue;
-    bytes += info.size;
-    if (info.catchUpFor !== undefined) catchUps += info.size;
+  const byName = providers(manifest.layers);
+  const own = new Set<string>();
+  for (const generation of Object.values(manifest.generations)) {
+    if (generation.id === manifest.head) continue;
+    for (const layer of Object.values(generation.disks)) {
+      const file = byName.get(layer)?.[0];
+      if (file !== undefined) own.add(file);
+    }
   }
+  let catchUps = 0;
+  for (const info of Object.values(manifest.layers)) if (info.catchUpFor !== undefined) catchUps += info.size;
   let grace = 0;
   for (const hash of Object.keys(manifest.dropped ?? {})) grace += nasFiles.get(hash) ?? 0;
-  return { bytes: bytes + grace, generations: Object.keys(manifest.generations).length, catchUps, grace };
+  const sessions = [...own].reduce((sum, file) => sum + (manifest.layers[file]?.size ?? 0), 0);
+  return { bytes: sessions + catchUps + grace, generations: Object.keys(manifest.generations).length, catchUps, grace };
 }
 
 /** A clock that stands at a simulated time set by the run, and moves on in real time from there (times stay distinct). */

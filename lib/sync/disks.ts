@@ -203,13 +203,14 @@ export async function mergePending(state: LocalState, host: string, deps?: Engin
  * nothing is transferred (the other host compacts its own copy the same way). Layers
  * not on the NAS yet are never touched. Returns the disks compacted.
  */
-export async function boundChainDepth(state: LocalState, maxDepth: number, deps?: EngineDeps): Promise<string[]> {
+export async function boundChainDepth(state: LocalState, maxDepth: number, deps?: EngineDeps, places: Generation[] = []): Promise<string[]> {
   const compacted: string[] = [];
   for (const [target, top] of Object.entries(state.disks)) {
     const published = state.synced?.disks[target];
     if (published === undefined || !(await pathExists(top))) continue;
     const chain = await readLayerHashes(top, deps); // nearest first, the base last
-    const ontoIndex = compactionOnto(chain.length, chain.indexOf(published), maxDepth);
+    const preferred = places.map((place) => chain.indexOf(place.disks[target] as string)).filter((index) => index >= 0);
+    const ontoIndex = compactionOnto(chain.length, chain.indexOf(published), maxDepth, preferred);
     if (ontoIndex === undefined) continue;
     const onto = chain[ontoIndex] as string;
     await removeMergeLeftovers(layersDirOf(top));
@@ -225,10 +226,18 @@ export async function boundChainDepth(state: LocalState, maxDepth: number, deps?
  * Where a compaction stops, as an index into a chain of `length` layers (nearest first,
  * the base last) whose newest published layer is at `published`: that layer absorbs
  * the ones between it and the returned index, leaving the chain half the limit deep
- * (or as close as the unpublished layers above it allow). Undefined: nothing to do.
+ * (or as close as the unpublished layers above it allow), or stopping at the nearest of
+ * the `preferred` indexes (other hosts' places) that keeps it within the limit.
+ * Undefined: nothing to do.
  */
-export function compactionOnto(length: number, published: number, maxDepth: number): number | undefined {
+export function compactionOnto(length: number, published: number, maxDepth: number, preferred: number[] = []): number | undefined {
   if (length <= maxDepth || published < 0) return undefined;
+  // Onto another host's place, when that keeps the chain within the limit: the merged
+  // layer then holds only what changed since that host left, which is also what it will
+  // fetch at its return, and the layers under it are kept here for it anyway.
+  const depthOnto = (index: number) => published + 1 + (length - index);
+  const place = preferred.filter((index) => index >= published + 2 && depthOnto(index) <= maxDepth).sort((a, b) => a - b)[0];
+  if (place !== undefined) return place;
   const wanted = Math.max(2, Math.ceil(maxDepth / 2));
   // Kept: layers 0..published, then the one returned and everything below it.
   const onto = Math.min(length - 1, length - (wanted - (published + 1)));

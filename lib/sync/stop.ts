@@ -125,13 +125,14 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
     deps.onStep?.('stop:compact');
     // No deeper than the NAS may be either: the NAS gets this host's merged layers (nas-upkeep.ts).
     const depth = Math.min(config.maxChainDepth, config.nasChainDepth);
-    const compacted = await boundChainDepth(state, depth, engine);
+    const places = othersPlaces(manifest, config, now());
+    const compacted = await boundChainDepth(state, depth, engine, places);
     if (compacted.length > 0) {
       log.info('compacted the local chain', { disks: compacted.join(','), maxChainDepth: depth });
       await save(state);
     }
     deps.onStep?.('stop:collect'); // outside the catch below: a lost lock stops here, before any file goes
-    await collectLayers(state, othersPlaces(manifest, config, now()), engine, log);
+    await collectLayers(state, places, engine, log);
     return { outcome, kept };
   } finally {
     await repository?.close();

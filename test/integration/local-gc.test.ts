@@ -2,7 +2,7 @@
 // what a domain takes here and on the NAS. Real qemu-img and qemu-io; the hook and the
 // CLI are the built executable.
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -22,13 +22,22 @@ before(() => {
 });
 after(() => rmSync(root, { recursive: true, force: true }));
 
-/** The files of a disk's layers directory must be exactly the layers its chain (kss chain) reads through. */
-function assertOnlyChain(host: TestHost, disk: string, when: string): void {
-  const shown = host.kss('chain', disk, '--json');
-  assert.equal(shown.status, 0, shown.stderr);
-  const layers = (JSON.parse(shown.stdout) as Array<{ path: string }>).slice(1).map((entry) => entry.path);
+/**
+ * The files of a disk's layers directory must be exactly the layers its chain (kss chain)
+ * reads through, and the chain of `place` (the other host's last place on this disk,
+ * kept for a catch-up layer) when it is here.
+ */
+function assertOnlyChain(host: TestHost, disk: string, when: string, place?: string): void {
+  const chainOf = (path: string) => {
+    const shown = host.kss('chain', path, '--json');
+    assert.equal(shown.status, 0, shown.stderr);
+    return (JSON.parse(shown.stdout) as Array<{ path: string }>).map((entry) => entry.path);
+  };
+  const layers = chainOf(disk).slice(1);
+  const placeFile = place === undefined ? undefined : join(layersDirOf(disk), `${place}.qcow2`);
+  if (placeFile !== undefined && existsSync(placeFile)) layers.push(...chainOf(placeFile));
   for (const path of layers) assert.equal(dirname(path), layersDirOf(disk), `${when}: ${path} is in the layers directory`);
-  assert.deepEqual(readdirSync(layersDirOf(disk)).sort(), layers.map((path) => basename(path)).sort(), `${when}: ${host.name}'s ${basename(disk)}.layers holds its chain and nothing else`);
+  assert.deepEqual(readdirSync(layersDirOf(disk)).sort(), [...new Set(layers.map((path) => basename(path)))].sort(), `${when}: ${host.name}'s ${basename(disk)}.layers holds its chain (and the other host's place) and nothing else`);
 }
 
 /** A generation of one disk layer per target, as the state records them. */
@@ -53,6 +62,12 @@ describe('removing unused local layers', () => {
     const assertEveryPattern = (host: TestHost) => {
       for (const w of written) qemuIo(disksOf(host)[w.disk], `read -P ${w.pattern} ${w.at} ${w.length}`);
     };
+    /** Every disk of `host` holds its chain and the other host's place (from the NAS), nothing else. */
+    const assertOnlyChains = async (host: TestHost, when: string) => {
+      const manifest = await s.manifest();
+      const other = manifest.hosts?.[host === desk ? 'laptop' : 'desk']?.generation;
+      for (const [target, disk] of Object.entries(disksOf(host))) assertOnlyChain(host, disk, when, other === undefined ? undefined : manifest.generations[other]?.disks[target]);
+    };
     let session = 0;
     const day = async (host: TestHost, { noPush = false, noSync = false } = {}) => {
       session += 1;
@@ -68,7 +83,7 @@ describe('removing unused local layers', () => {
       written.push(...mine);
       const state = await host.state('year');
       if (state.pending.length === 0) made.set(n, state.synced?.id as string);
-      for (const disk of Object.values(disksOf(host))) assertOnlyChain(host, disk, `after session ${n} on ${host.name}`);
+      await assertOnlyChains(host, `after session ${n} on ${host.name}`);
       assertEveryPattern(host);
     };
 
@@ -94,7 +109,7 @@ describe('removing unused local layers', () => {
     await day(desk);
     await s.session(laptop);
     for (const host of [desk, laptop]) {
-      for (const disk of Object.values(disksOf(host))) assertOnlyChain(host, disk, `at the end on ${host.name}`);
+      await assertOnlyChains(host, `at the end on ${host.name}`);
       assertEveryPattern(host);
     }
     assert.deepEqual(s.digests(s.laptopDisks), s.digests(s.deskDisks), 'both hosts read the same disks');

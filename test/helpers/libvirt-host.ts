@@ -253,9 +253,19 @@ export class LibvirtHost {
   }
 }
 
+let kvm: boolean | undefined;
+/**
+ * Whether QEMU, run by libvirt as its own user, can open /dev/kvm: a machine without udev
+ * may have the device only for root (crw------- seen here), and TCG runs the same hook calls.
+ */
+function kvmUsable(): boolean {
+  kvm ??= existsSync('/dev/kvm') && spawnSync('runuser', ['-u', 'libvirt-qemu', '--', 'test', '-r', '/dev/kvm', '-a', '-w', '/dev/kvm']).status === 0;
+  return kvm;
+}
+
 /** A tiny domain: 64 MiB, no OS (it sits in the BIOS), virtio disks (qcow2 unless named `raw`), nothing else. */
 export function tinyDomainXml(name: string, disks: Record<string, string>, managed: boolean, raw: string[] = []): string {
-  const type = existsSync('/dev/kvm') ? 'kvm' : 'qemu';
+  const type = kvmUsable() ? 'kvm' : 'qemu';
   const metadata = managed ? `<metadata><kss:sync xmlns:kss="${NAMESPACE_URI}"/></metadata>` : '';
   const devices = Object.entries(disks)
     .map(([target, path]) => `<disk type='file' device='disk'><driver name='qemu' type='${raw.includes(target) ? 'raw' : 'qcow2'}'/><source file='${path}'/><target dev='${target}' bus='virtio'/></disk>`)

@@ -290,7 +290,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     );
     assert.match(l.mustVirsh('dumpxml', 'win'), /urn:kvm-snapshot-sync:domain:1/u);
     const inStep = JSON.parse(l.kss(['delta', 'win', '--json']).stdout);
-    assert.deepEqual([inStep.push, inStep.pull, inStep.tops], [{ bytes: 0, layers: 0 }, { bytes: 0, layers: 0 }, { bytes: 0 }]);
+    assert.deepEqual([inStep.push, inStep.pull, inStep.tops], [{ bytes: 0, layers: 0 }, { bytes: 0, layers: 0, merged: 0, withoutMerged: { bytes: 0, layers: 0 } }, { bytes: 0 }]);
     await l.session('win', ['read -P 0x33 1M 2M', 'read -P 0x44 8M 1M', 'read -P 0x34 31M 1M', 'write -P 0x55 9M 2M']);
     assert.doesNotMatch(l.hookLog('win'), /pulling layer/u, 'the clone had fetched everything');
 

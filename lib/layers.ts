@@ -422,9 +422,11 @@ export async function removeMergeLeftovers(layersDir: string): Promise<void> {
   await removeLeftovers(layersDir, MERGING_PREFIX);
 }
 
-async function removeLeftovers(dir: string, prefix: string): Promise<void> {
+/** Removes the files in `dir` that an interrupted operation left: those named with `prefix`, or that `match` says are. */
+export async function removeLeftovers(dir: string, match: string | ((name: string) => boolean)): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);
-  for (const name of names.filter((n) => n.startsWith(prefix))) await rm(join(dir, name), { force: true });
+  const left = typeof match === 'string' ? (name: string) => name.startsWith(match) : match;
+  for (const name of names.filter(left)) await rm(join(dir, name), { force: true });
 }
 
 /** Runs qemu-img check on one image. */

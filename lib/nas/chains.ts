@@ -30,12 +30,20 @@ export function readsAs(layers: Record<string, LayerInfo>, file: string): string
 /** providers() of a layers table, made once: retention asks for many chains of one manifest. */
 const providersOf = new WeakMap<Record<string, LayerInfo>, Map<string, string[]>>();
 
-/** Every name a chain may use, with the files that provide it (the original first). Do not change the table after asking. */
+/**
+ * Every name a chain may use, with the files that provide it (the original first),
+ * made once per table: do not change the table after asking (validation, which judges
+ * tables as they are changed, indexes them afresh).
+ */
 export function providers(layers: Record<string, LayerInfo>): Map<string, string[]> {
-  const known = providersOf.get(layers);
-  if (known) return known;
+  let known = providersOf.get(layers);
+  if (!known) providersOf.set(layers, (known = indexProviders(layers)));
+  return known;
+}
+
+/** The index providers() keeps, made now. */
+function indexProviders(layers: Record<string, LayerInfo>): Map<string, string[]> {
   const byName = new Map<string, string[]>();
-  providersOf.set(layers, byName);
   for (const [file, info] of Object.entries(layers)) {
     const name = info.readsAs ?? file;
     const list = byName.get(name) ?? [];
@@ -46,9 +54,9 @@ export function providers(layers: Record<string, LayerInfo>): Map<string, string
   return byName;
 }
 
-/** Whether `name` can be read from the listed files. */
+/** Whether `name` can be read from the listed files (the table as it is now). */
 export function isProvided(layers: Record<string, LayerInfo>, name: string): boolean {
-  return Object.hasOwn(layers, name) || Object.values(layers).some((info) => info.readsAs === name);
+  return indexProviders(layers).has(name);
 }
 
 /**
@@ -78,22 +86,12 @@ export function cheapestChain(
   return { steps, bytes: score[0] };
 }
 
-/** The names of layers from `layer` down that no listed file provides, or whose providers' parents loop; undefined when it resolves. */
-export function chainProblem(layers: Record<string, LayerInfo>, layer: string): string | undefined {
-  try {
-    shortest(layers, layer, () => [1, 0], () => false, () => true);
-    return undefined;
-  } catch (error) {
-    return (error as Error).message;
-  }
-}
-
 /**
  * A name whose providers' parents lead back to it, or undefined. Each name is walked
  * once (an iterative depth-first search: a hostile manifest may be deep).
  */
 export function loopIn(layers: Record<string, LayerInfo>): string | undefined {
-  const byName = providers(layers);
+  const byName = indexProviders(layers);
   const parentsOf = (name: string) => (byName.get(name) ?? []).map((file) => layers[file]?.parent ?? null).filter((p): p is string => p !== null);
   const done = new Set<string>();
   const onPath = new Set<string>();

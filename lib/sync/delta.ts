@@ -42,8 +42,8 @@ export async function measureDelta(state: LocalState, manifest: Manifest | undef
     const steps = await missingLayers(state, manifest, head);
     pull = sizes(steps);
     merged = new Set(steps.filter(({ layer, file }) => file !== layer).map(({ file }) => file)).size;
-    const plain = await missingLayers(state, manifest, head, (file) => manifest.layers[file]?.readsAs === undefined).catch(() => undefined);
-    withoutMerged = plain ? { bytes: sum(sizes(plain)), layers: sizes(plain).size } : null;
+    const plain = await missingLayers(state, manifest, head, (file) => manifest.layers[file]?.readsAs === undefined).then(sizes, () => undefined);
+    withoutMerged = plain ? { bytes: sum(plain), layers: plain.size } : null;
   }
   return {
     domain: state.domain,

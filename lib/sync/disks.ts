@@ -1,11 +1,11 @@
 // The disk side of the lifecycle, for all disks of a domain at once: a generation is
 // one layer per disk, and the disks always move together.
-import { readdir, rm, stat, statfs } from 'node:fs/promises';
+import { readdir, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { DiskStateError } from '../errors.js';
-import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
+import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeLeftovers, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { cheapestChain, type ChainStep } from '../nas/chains.js';
 import { parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
@@ -281,10 +281,7 @@ export async function pullGeneration(
   }
   // A pull cut short and then planned otherwise (retention dropped that file, a merged
   // layer came) left its part: it could be as large as the disk.
-  for (const top of Object.values(state.disks)) {
-    const names = await readdir(layersDirOf(top)).catch(() => [] as string[]);
-    for (const name of names.filter(isPullPartName)) await rm(join(layersDirOf(top), name), { force: true });
-  }
+  for (const top of Object.values(state.disks)) await removeLeftovers(layersDirOf(top), isPullPartName);
 }
 
 /**

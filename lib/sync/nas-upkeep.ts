@@ -14,12 +14,12 @@
 // One upkeep at a time per domain (a lock of its own: a second one skips). Every step
 // can be killed: an upload resumes, a manifest change is one compare-and-swap, and the
 // next upkeep finds what is still to do from the manifest alone.
-import { link, readdir, rm, stat } from 'node:fs/promises';
+import { link, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { sha256File } from '../hash.js';
 import { pathExists } from '../durable-fs.js';
-import { copyOnto, layersDirOf, readChain } from '../layers.js';
+import { copyOnto, layersDirOf, readChain, removeLeftovers } from '../layers.js';
 import { layerHeaderProblem, parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
 import { LockedError } from '../errors.js';
 import { withLock } from '../lock.js';
@@ -45,7 +45,7 @@ export async function upkeepNas(domain: string, deps: SyncDeps, skip?: string): 
     if (skip !== undefined) return;
     await withLock(join(domainStateDir(config.stateDir, domain), 'upkeep'), { waitMs: 0 }, async () => {
       const state = await readLocalState(config.stateDir, domain);
-      for (const top of Object.values(state.disks)) await removePublishingLeftovers(layersDirOf(top));
+      for (const top of Object.values(state.disks)) await removeLeftovers(layersDirOf(top), PUBLISHING_PREFIX);
       const repository = deps.openRepository();
       try {
         let manifest = await repository.readManifest(domain);
@@ -135,6 +135,7 @@ async function publishCatchUps(state: LocalState, manifest: Manifest | undefined
   const { config, log } = deps;
   const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
   if (!manifest || !head || head.id !== state.synced?.id) return;
+  const engine = engineDeps(deps);
   // Any place will do, on the head's line or not (retention may have dropped the
   // generations between): the layer built reads as the head whatever it stands on.
   for (const { host, generation: place } of hostPlaces(manifest, (deps.now ?? (() => new Date()))(), config.retentionBranchDays, config.host)) {
@@ -146,13 +147,13 @@ async function publishCatchUps(state: LocalState, manifest: Manifest | undefined
       const now = cheapestChain(manifest.layers, layer, (name) => name === theirs);
       if (now.steps.some((step) => manifest.layers[step.file]?.catchUpFor === host && step.layer === layer)) continue; // made already
       // It holds at most what the head's chain here holds: the image filesystem must keep its reserve.
-      const chain = await readChain(layerPathOf(top, layer), engineDeps(deps));
+      const chain = await readChain(layerPathOf(top, layer), engine);
       await requireRoomFor([{ dir: layersDirOf(top), bytes: chain.reduce((sum, entry) => sum + entry.actualSize, 0) }]);
       deps.onStep?.('catch-up:merge');
       const made = join(layersDirOf(top), `${PUBLISHING_PREFIX}${process.pid}-catch-up.qcow2`);
       await rm(made, { force: true });
       try {
-        await copyOnto(made, layer, theirs, engineDeps(deps));
+        await copyOnto(made, layer, theirs, engine);
         const { size } = await stat(made);
         if (size > now.bytes * (1 - CATCH_UP_SAVING)) continue; // what it would fetch is as small already
         const hash = await sha256File(made);
@@ -168,7 +169,3 @@ async function publishCatchUps(state: LocalState, manifest: Manifest | undefined
   }
 }
 
-async function removePublishingLeftovers(layersDir: string): Promise<void> {
-  const names = await readdir(layersDir).catch(() => [] as string[]);
-  for (const name of names.filter((n) => n.startsWith(PUBLISHING_PREFIX))) await rm(join(layersDir, name), { force: true });
-}

@@ -111,7 +111,7 @@ describe('remote scripts', () => {
     assert.ok(readFileSync(join(root, `y/${hash}`)).equals(data));
   });
 
-  it('say they are alive while they read back a kept prefix and while they flush, not while data comes', async () => {
+  it('say they are alive while they read back a kept prefix and while they flush, not while data comes', async (t) => {
     const data = randomBytes(100_000);
     const hash = createHash('sha256').update(data).digest('hex');
     const prefix = `h/${hash}.h.part`;
@@ -128,6 +128,10 @@ describe('remote scripts', () => {
     });
     child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
     const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
+    // A failed check must not leave the script waiting for input: the test file would never end.
+    t.after(() => {
+      if (child.exitCode === null && child.signalCode === null) process.kill(-(child.pid as number), 'SIGKILL');
+    });
     const alive = () => notes.filter((n) => n.line === scripts.ALIVE_NOTE).length;
     for (let i = 0; i < 100 && alive() === 0; i += 1) await new Promise((r) => setTimeout(r, 20));
     assert.equal(alive(), 1, 'once while it reads back the 30000 bytes it kept');

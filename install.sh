@@ -81,12 +81,33 @@ place() {
 }
 
 # Tells a running libvirtd (or the modular virtqemud) to look for hooks again: it finds
-# a new hook only at start or on SIGHUP. By its pid file, never by name.
+# a new hook only at start or on SIGHUP. By its pid file, never by name. A SIGHUP that
+# comes while the daemon is still reloading is dropped ("Drivers are not initialized,
+# reload ignored"): a reload under way (its thread is named daemon-reload) is waited
+# for before the signal, and the one it starts after it, so that the next run's signal
+# (install.sh --uninstall, then install.sh) is not dropped either.
+reloading() { grep -qsx daemon-reload /proc/"$1"/task/*/comm; }
+until_reloaded() {
+  local pid=$1 daemon=$2 tenths=600
+  while reloading "$pid"; do
+    if ((tenths-- == 0)); then
+      say "$daemon is still reloading after 60 s: if hooks do not run, restart it"
+      return 0
+    fi
+    sleep 0.1
+  done
+}
 reload_libvirt() {
   local daemon pid
   for daemon in libvirtd virtqemud; do
     pid=$(cat "/run/$daemon.pid" 2>/dev/null || true)
-    if [[ $pid =~ ^[0-9]+$ ]] && kill -HUP "$pid" 2>/dev/null; then say "told $daemon to look for hooks again"; fi
+    [[ $pid =~ ^[0-9]+$ ]] || continue
+    until_reloaded "$pid" "$daemon"
+    if kill -HUP "$pid" 2>/dev/null; then
+      say "told $daemon to look for hooks again"
+      sleep 0.2 # the daemon takes up the signal in its own event loop
+      until_reloaded "$pid" "$daemon"
+    fi
   done
 }
 

@@ -12,6 +12,7 @@ import type { SshNas } from './ssh-nas.js';
 
 export const LIBVIRT_TOOLS = ['unshare', 'nsenter', 'libvirtd', 'virtlogd', 'virsh', 'qemu-system-x86_64', 'qemu-img'];
 
+const LIBVIRTD_LOG = '/var/log/libvirt/libvirtd.log';
 const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /**
@@ -62,6 +63,8 @@ export class LibvirtHost {
     mkdirSync(join(dir, 'var-lib-libvirt', 'images'), { recursive: true, mode: 0o711 });
     // Both hosts share one cgroup tree: without this, two domains of one name collide.
     writeFileSync(join(dir, 'etc-libvirt', 'qemu.conf'), 'cgroup_controllers = [ ]\n', { flag: 'a' });
+    // What a failed test shows of libvirtd: its warnings, its reloads and the hooks it called.
+    writeFileSync(join(dir, 'etc-libvirt', 'libvirtd.conf'), `log_filters = "1:util.hook 2:daemon"\nlog_outputs = "1:file:${LIBVIRTD_LOG}"\n`, { flag: 'a' });
     mkdirSync(join(dir, 'etc-libvirt', 'hooks'), { recursive: true });
     if (!options.bare) {
       copyFileSync(BINARY, join(dir, 'etc-libvirt', 'hooks', 'qemu'));
@@ -196,6 +199,12 @@ export class LibvirtHost {
   }
 
   /** The hook's log for a domain. */
+  /** libvirtd's own log (see start). */
+  libvirtdLog(): string {
+    const file = this.outside(LIBVIRTD_LOG);
+    return existsSync(file) ? readFileSync(file, 'utf8') : '';
+  }
+
   hookLog(domain: string): string {
     const file = this.outside(`/var/log/kvm-snapshot-sync/${domain}.log`);
     return existsSync(file) ? readFileSync(file, 'utf8') : '';

@@ -199,14 +199,18 @@ export class LibvirtHost {
   }
 
   /** The hook's log for a domain. */
-  /** libvirtd's own log (see start). */
-  libvirtdLog(): string {
-    const file = this.outside(LIBVIRTD_LOG);
-    return existsSync(file) ? readFileSync(file, 'utf8') : '';
+  hookLog(domain: string): string {
+    return this.readLog(`/var/log/kvm-snapshot-sync/${domain}.log`);
   }
 
-  hookLog(domain: string): string {
-    const file = this.outside(`/var/log/kvm-snapshot-sync/${domain}.log`);
+  /** libvirtd's own log (see start). */
+  libvirtdLog(): string {
+    return this.readLog(LIBVIRTD_LOG);
+  }
+
+  /** A log file inside the host, by inside path: '' while it does not exist. */
+  private readLog(inside: string): string {
+    const file = this.outside(inside);
     return existsSync(file) ? readFileSync(file, 'utf8') : '';
   }
 

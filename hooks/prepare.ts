@@ -4,10 +4,11 @@
 import { syncedDisks } from '../lib/domain-xml.js';
 import { openRepository } from '../lib/nas/open.js';
 import { prepareStart } from '../lib/sync/start.js';
+import { stateSourcesOf } from '../lib/sync/state-volumes.js';
 import type { HookContext } from './dispatch.js';
 
 /** Handles `prepare begin` for a managed domain. */
 export async function prepareBegin({ domain, config, log }: HookContext): Promise<void> {
   const disks = Object.fromEntries(syncedDisks(domain).map((disk) => [disk.target, disk.path as string]));
-  await prepareStart(domain.name, disks, { config, log, openRepository: () => openRepository(config, log) });
+  await prepareStart(domain.name, disks, { config, log, openRepository: () => openRepository(config, log) }, stateSourcesOf(domain, config.swtpmDir));
 }

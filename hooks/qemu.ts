@@ -29,7 +29,7 @@ export async function runHook(args: readonly string[], io: HookIo): Promise<numb
 
   let log: Logger | undefined;
   try {
-    let domain: DomainRecord = { name, uuid: undefined, managed: true, disks: [] };
+    let domain: DomainRecord = { name, uuid: undefined, managed: true, disks: [], nvram: undefined, tpmEmulator: false, tpmSecret: undefined };
     if (!entry.internal) {
       const { parseDomainXml } = await import('../lib/domain-xml.js');
       domain = await parseDomainXml(xml);

@@ -27,6 +27,8 @@ export interface Config {
   stateDir: string;
   /** Per-domain hook and push logs. */
   logDir: string;
+  /** Where libvirt keeps the emulated TPMs' state, one directory per domain UUID (lib/sync/state-volumes.ts). */
+  swtpmDir: string;
   /** How many sealed layers a disk's chain may have before compaction merges some. */
   maxChainDepth: number;
   /** How many files the NAS head's chain of a disk may have before a host publishes merged layers (lib/sync/nas-upkeep.ts). */
@@ -48,6 +50,7 @@ export interface Config {
 export const DEFAULTS = {
   stateDir: '/var/lib/kvm-snapshot-sync',
   logDir: '/var/log/kvm-snapshot-sync',
+  swtpmDir: '/var/lib/libvirt/swtpm',
   maxChainDepth: 8,
   nasChainDepth: 16,
   retentionDays: 7,
@@ -66,6 +69,7 @@ export const CONFIG_KEYS = [
   'sshKnownHosts',
   'stateDir',
   'logDir',
+  'swtpmDir',
   'maxChainDepth',
   'nasChainDepth',
   'retentionDays',
@@ -139,6 +143,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     sshKnownHosts: optionalPath('sshKnownHosts'),
     stateDir: optionalPath('stateDir') ?? DEFAULTS.stateDir,
     logDir: optionalPath('logDir') ?? DEFAULTS.logDir,
+    swtpmDir: optionalPath('swtpmDir') ?? DEFAULTS.swtpmDir,
     maxChainDepth: wholeNumber('maxChainDepth', 2, 64),
     nasChainDepth: wholeNumber('nasChainDepth', 2, 64),
     retentionDays: wholeNumber('retentionDays', 1, 36_500),

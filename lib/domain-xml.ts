@@ -25,6 +25,15 @@ export interface DomainRecord {
   /** True when <metadata> holds our element in our namespace. */
   managed: boolean;
   disks: DiskRecord[];
+  /** The UEFI variable store (`<os><nvram>`, its text or its `<source file>`), when the domain has one. */
+  nvram: string | undefined;
+  /**
+   * An emulated TPM whose state libvirt keeps in its own directory
+   * (`<tpm><backend type='emulator'>` without a `<source>` of its own).
+   */
+  tpmEmulator: boolean;
+  /** The libvirt secret an emulated TPM's state is encrypted with (`<backend><encryption secret=…>`). */
+  tpmSecret: string | undefined;
 }
 
 /**
@@ -124,7 +133,22 @@ export function domainRecordOf(domain: XmlElement): DomainRecord {
     uuid: firstChild(domain, 'uuid')?.text.trim(),
     managed: isManaged(firstChild(domain, 'metadata')),
     disks: childrenNamed(firstChild(domain, 'devices'), 'disk').map(diskRecordOf),
+    nvram: nvramOf(firstChild(firstChild(domain, 'os'), 'nvram')),
+    tpmEmulator: childrenNamed(firstChild(domain, 'devices'), 'tpm').some((tpm) => {
+      const backend = firstChild(tpm, 'backend');
+      return attributeOf(backend, 'type') === 'emulator' && firstChild(backend, 'source') === undefined;
+    }),
+    tpmSecret: childrenNamed(firstChild(domain, 'devices'), 'tpm')
+      .map((tpm) => attributeOf(firstChild(firstChild(tpm, 'backend'), 'encryption'), 'secret'))
+      .find((secret) => secret !== undefined),
   };
+}
+
+function nvramOf(nvram: XmlElement | undefined): string | undefined {
+  if (!nvram) return undefined;
+  const source = firstChild(nvram, 'source');
+  const path = source ? attributeOf(source, 'file') : nvram.text.trim();
+  return path === undefined || path === '' ? undefined : path;
 }
 
 function isManaged(metadata: XmlElement | undefined): boolean {

@@ -20,6 +20,9 @@ export interface QemuSettings {
   group: string | undefined;
   /** `dynamic_ownership = 0` turns off the chown at start. */
   dynamicOwnership: boolean;
+  /** `swtpm_user`, `swtpm_group`: who runs the emulated TPM and owns its state (default tss). */
+  swtpmUser: string | undefined;
+  swtpmGroup: string | undefined;
 }
 
 /** The users a libvirt build runs QEMU as when qemu.conf does not say: Debian's and Ubuntu's, then Fedora's. */
@@ -32,7 +35,30 @@ export function parseQemuConf(text: string): QemuSettings {
     const match = /^\s*([a-z_]+)\s*=\s*("([^"]*)"|[^#\s]+)/u.exec(line);
     if (match?.[1] !== undefined) values.set(match[1], match[3] ?? match[2] ?? '');
   }
-  return { user: values.get('user'), group: values.get('group'), dynamicOwnership: values.get('dynamic_ownership') !== '0' };
+  return {
+    user: values.get('user'),
+    group: values.get('group'),
+    dynamicOwnership: values.get('dynamic_ownership') !== '0',
+    swtpmUser: values.get('swtpm_user'),
+    swtpmGroup: values.get('swtpm_group'),
+  };
+}
+
+/** The user libvirt runs swtpm as when qemu.conf does not say (and its group). */
+export const DEFAULT_SWTPM_USER = 'tss';
+
+/**
+ * Pure: the owner libvirt gives an emulated TPM's state (swtpm runs as it and must open
+ * its files); undefined when that account does not exist here.
+ */
+export function swtpmOwner(settings: QemuSettings, users: readonly UserAccount[], groups: readonly GroupAccount[]): { uid: number; gid: number } | undefined {
+  const userName = settings.swtpmUser ?? DEFAULT_SWTPM_USER;
+  const user = findAccount(userName, users, (u) => u.uid);
+  const uid = user?.uid ?? numeric(userName);
+  if (uid === undefined) return undefined;
+  const groupName = settings.swtpmGroup ?? DEFAULT_SWTPM_USER;
+  const gid = findAccount(groupName, groups, (g) => g.gid)?.gid ?? numeric(groupName) ?? user?.gid;
+  return gid === undefined ? undefined : { uid, gid };
 }
 
 /** Who QEMU runs as: its uid, and every group id it holds. */

@@ -80,6 +80,27 @@ export function flattenCommand(source: string, target: string, sourceFormat: 'qc
   };
 }
 
+/** Copies the guest content of a qcow2 chain into a raw (sparse) file. */
+export function readRawCommand(source: string, target: string): Command {
+  return { file: QEMU_IMG, args: ['convert', '-q', '-f', 'qcow2', '-O', 'raw', requireAbsolute(source), requireAbsolute(target)] };
+}
+
+/** One write of qemu-io: the bytes of `source` (exactly `length` of them) at `offset`, or zeros when it has none. */
+export interface IoWrite {
+  offset: number;
+  length: number;
+  source?: string;
+}
+
+/**
+ * Writes into a qcow2 image, as a guest would (through its chain, into the image
+ * itself): used for the state volumes, which no guest opens.
+ */
+export function ioWriteCommand(path: string, writes: readonly IoWrite[]): Command {
+  const commands = writes.flatMap(({ offset, length, source }) => ['-c', source === undefined ? `write -q -z ${offset} ${length}` : `write -q -s ${requireAbsolute(source)} ${offset} ${length}`]);
+  return { file: 'qemu-io', args: ['-f', 'qcow2', ...commands, requireAbsolute(path)] };
+}
+
 /** The allocation map of an image and its chain, as JSON. */
 export function mapCommand(path: string): Command {
   return { file: QEMU_IMG, args: ['map', '--output=json', '-f', 'qcow2', requireAbsolute(path)] };

@@ -17,6 +17,9 @@ packages=(
   qemu-system-x86        # the VMs of the end-to-end tests
   libvirt-daemon-system  # libvirtd and virtlogd, one pair per simulated host
   libvirt-clients        # virsh
+  ovmf                   # UEFI firmware and its variable store template: the whole-VM tests
+  swtpm                  # the emulated TPM 2.0 of those tests
+  swtpm-tools            # swtpm_setup, which libvirt runs to make a new TPM state
 )
 
 missing=()

@@ -5,11 +5,12 @@
 import { isAbsolute, normalize } from 'node:path';
 import { readConfig } from '../config.js';
 import { buildRefusal, checkDefinition, emulatorOf, formatDefinition, guestOf, planClone, summarizeDefinition } from '../definition-check.js';
-import { parseXmlTree, setDiskPaths, setEmulator } from '../domain-xml.js';
+import { domainRecordOf, parseXmlTree, setDiskPaths, setEmulator } from '../domain-xml.js';
 import { DiskStateError, IntegrityError, UsageError } from '../errors.js';
 import { Logger, streamSink } from '../log.js';
 import { openRepository } from '../nas/open.js';
 import { cloneDisks } from '../sync/clone.js';
+import { stateSourcesOf } from '../sync/state-volumes.js';
 import { barProgress } from '../sync/disks.js';
 import type { CommandContext } from './lifecycle.js';
 import { defineDomain, isDefined, readHostFacts } from './libvirt-domain.js';
@@ -30,7 +31,8 @@ export async function cloneCommand(o: { domain: string; dir: string | undefined 
     if (xml === undefined) throw new DiskStateError(`the NAS has no definition of ${o.domain}`, { remedy: `kss push ${o.domain} on the host where it was enabled puts it there` });
     const definition = await prepareDefinition(xml, { name: o.domain, dir }, context.env);
     context.stdout.write(formatDefinition(definition.summary, definition.emulator));
-    const head = await cloneDisks(o.domain, definition.request.disks, manifest, repository, { config, log, progressFor: barProgress(context.stderr) });
+    const sources = stateSourcesOf(domainRecordOf(definition.root), config.swtpmDir);
+    const head = await cloneDisks(o.domain, definition.request.disks, manifest, repository, { config, log, progressFor: barProgress(context.stderr) }, sources);
     // The pull can take long: a domain of that name or UUID may have been defined meanwhile.
     const late = checkDefinition(definition.xml, definition.root, await readHostFacts(definition.guest, context.env), definition.request);
     if (late.length > 0) throw buildRefusal(o.domain, late, `; its disks were cloned (${Object.values(definition.request.disks).join(', ')}), nothing was defined`);

@@ -15,7 +15,10 @@ import { BTRFS_MAGIC, hasNoCow } from '../nocow.js';
 import { DEFAULT_QEMU_USERS, ancestorsOf, parseQemuConf, qemuIdentity, traversalCheckCommand, traversalFix } from '../qemu-access.js';
 import { runCommand } from '../runner.js';
 import { readLocalState } from '../sync/local-state.js';
+import { isStateVolume } from '../sync/state-volumes.js';
 import { knownDomains } from '../sync/status.js';
+import { libvirtUri, virshCommand } from '../virsh.js';
+import { definedDomain } from './libvirt-domain.js';
 import type { CommandContext } from './lifecycle.js';
 
 type Verdict = { level: 'ok' | 'warn' | 'fail'; what: string; detail: string; fix?: string; error?: KssError };
@@ -103,7 +106,8 @@ async function checkDirectories(config: Config): Promise<Verdict[]> {
   const verdicts: Verdict[] = [];
   const tops = new Set<string>();
   for (const domain of await knownDomains(config)) {
-    for (const top of Object.values((await readLocalState(config.stateDir, domain)).disks)) tops.add(top);
+    // A state volume is never opened by QEMU: its directory is the state directory's.
+    for (const [target, top] of Object.entries((await readLocalState(config.stateDir, domain)).disks)) if (!isStateVolume(target)) tops.add(top);
   }
   const dirs = new Set([...tops].map((top) => dirname(top)));
   for (const dir of [config.stateDir, ...(config.nas.kind === 'dir' ? [config.nas.path] : []), ...dirs]) {
@@ -173,6 +177,39 @@ async function checkQemuAccess(tops: string[]): Promise<Verdict[]> {
   return verdicts;
 }
 
+/**
+ * An encrypted TPM state travels as it is: the libvirt secret it is encrypted with must
+ * be defined, with the same value, on every host that runs the VM (libvirt cannot start
+ * it otherwise). Only that it is defined can be told from here.
+ */
+async function checkTpmSecrets(config: Config, env: NodeJS.ProcessEnv): Promise<Verdict[]> {
+  const verdicts: Verdict[] = [];
+  for (const domain of await knownDomains(config)) {
+    const record = await definedDomain(domain, env).catch(() => undefined);
+    const secret = record?.tpmSecret;
+    if (secret === undefined) continue;
+    // Whether it is defined: its value cannot be read back (a private secret's), nor compared with the other host's.
+    let exitCode: number;
+    try {
+      ({ exitCode } = await runCommand({ ...virshCommand(libvirtUri(env), 'secret-dumpxml', secret), okExitCodes: [0, 1] }));
+    } catch (error) {
+      verdicts.push({ level: 'warn', what: 'secrets', detail: `${domain}: could not ask libvirt for secret ${secret}: ${describeError(error).split('\n')[0] ?? ''}` });
+      continue;
+    }
+    verdicts.push(
+      exitCode === 0
+        ? { level: 'ok', what: 'secrets', detail: `${domain}: its TPM state's secret ${secret} is defined here (it must hold the same value on the other host)` }
+        : {
+            level: 'fail',
+            what: 'secrets',
+            detail: `${domain}: its TPM state is encrypted with libvirt secret ${secret}, which is not defined on this host: the VM cannot start here`,
+            fix: `on the other host: virsh secret-dumpxml ${secret} > secret.xml; here: virsh secret-define secret.xml, then virsh secret-set-value ${secret} --file FILE, FILE holding the same value (base64) as there`,
+          },
+    );
+  }
+  return verdicts;
+}
+
 /** `kss doctor` */
 export async function doctorCommand(context: CommandContext): Promise<void> {
   const verdicts: Verdict[] = [];
@@ -187,6 +224,7 @@ export async function doctorCommand(context: CommandContext): Promise<void> {
   if (config) verdicts.push(...(await checkNas(config)));
   verdicts.push(checkHook());
   if (config) verdicts.push(...(await checkDirectories(config)));
+  if (config) verdicts.push(...(await checkTpmSecrets(config, context.env)));
   for (const v of verdicts) {
     context.stdout.write(`${v.level.toUpperCase().padEnd(4)}  ${v.what.padEnd(8)}  ${v.detail}${v.fix ? `\n      fix: ${v.fix}` : ''}\n`);
   }

@@ -7,6 +7,7 @@ import { Logger, domainLogPath, streamSink } from '../log.js';
 import { METADATA_ELEMENT, METADATA_PREFIX, NAMESPACE_URI } from '../namespace.js';
 import { runCommand } from '../runner.js';
 import { enableDisks } from '../sync/enable.js';
+import { stateSourcesOf } from '../sync/state-volumes.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
 import { pushHere, shutOffSince, type CommandContext } from './lifecycle.js';
 import { defineDomain, definitionXml } from './libvirt-domain.js';
@@ -22,7 +23,8 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
   const uri = libvirtUri(context.env);
   const after = await shutOffSince(o.domain, context, `shut it down first: virsh shutdown ${o.domain}`);
   const xml = await definitionXml(o.domain, context.env);
-  const disks = syncedDisks(await parseDomainXml(xml));
+  const record = await parseDomainXml(xml);
+  const disks = syncedDisks(record);
   if (disks.length === 0) throw new DiskStateError(`${o.domain} has no writable file disk to sync`);
   const other = disks.filter((disk) => disk.format !== undefined && disk.format !== 'qcow2' && disk.format !== 'raw');
   if (other.length > 0) {
@@ -32,7 +34,8 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
   }
   const log = new Logger([streamSink(context.stderr, 'info')]);
   const toEnable = Object.fromEntries(disks.map((d) => [d.target, { path: d.path as string, format: d.format === 'qcow2' ? ('qcow2' as const) : ('raw' as const) }]));
-  const enabled = await enableDisks(o.domain, toEnable, { config, log }, (targets) => defineDomain(setDiskFormatQcow2(xml, targets), context.env));
+  const switchToQcow2 = (targets: string[]) => defineDomain(setDiskFormatQcow2(xml, targets), context.env);
+  const enabled = await enableDisks(o.domain, toEnable, { config, log }, switchToQcow2, stateSourcesOf(record, config.swtpmDir));
   for (const dir of enabled.nocow) log.info('set NOCOW (btrfs) on the new layers directory', { dir });
   await runCommand(
     virshCommand(uri, 'metadata', o.domain, '--uri', NAMESPACE_URI, '--key', METADATA_PREFIX, '--set', `<${METADATA_ELEMENT}/>`, '--config'),

@@ -10,6 +10,7 @@ import { runCommand } from '../runner.js';
 import { barProgress, pullGeneration } from '../sync/disks.js';
 import { readLastEvent, readLocalState, setFlag, takeFlag, type Flag } from '../sync/local-state.js';
 import { withDomainLock } from '../sync/session.js';
+import { attachStateVolumes, stateSourcesOf } from '../sync/state-volumes.js';
 import { managedSaveIdentity } from '../sync/managed-save.js';
 import { retentionPolicy } from '../nas/retention.js';
 import { finishStop, type KeptWhy } from '../sync/stop.js';
@@ -186,9 +187,11 @@ export async function pushHere(
 export async function pullCommand(o: { domain: string }, context: CommandContext): Promise<void> {
   const { config, log } = await syncDeps(context);
   const { syncedDisks } = await import('../domain-xml.js');
-  const disks = Object.fromEntries(syncedDisks(await definedDomain(o.domain, context.env)).map((disk) => [disk.target, disk.path as string]));
+  const defined = await definedDomain(o.domain, context.env);
+  const disks = Object.fromEntries(syncedDisks(defined).map((disk) => [disk.target, disk.path as string]));
   await withDomainLock(config.stateDir, o.domain, log, 60_000, async () => {
     const state = { ...(await readLocalState(config.stateDir, o.domain)), disks };
+    attachStateVolumes(state, stateSourcesOf(defined, config.swtpmDir), config.stateDir);
     const repository = openRepository(config, log);
     try {
       const manifest = await repository.readManifest(o.domain);

@@ -21,9 +21,11 @@ import { loopIn } from './chains.js';
  * Version 2 added merged layers (`readsAs`, `catchUpFor`), `hosts` and `dropped`: a
  * version-1 host would take a manifest that uses them for a damaged one, and remove
  * merged layers' files at once, so it is told to upgrade instead. Version 1 is read,
- * and written as 2 at the next change.
+ * and written as 2 at the next change. Version 3 added state volumes (disks `@nvram`,
+ * `@tpm`: lib/sync/state-volumes.ts), which a version-2 host would refuse as bad disk
+ * names, or, given a generation without them, drop from the machine's state.
  */
-export const NAS_FORMAT = 2;
+export const NAS_FORMAT = 3;
 
 /** A sealed layer file: its parent layer (null for a base) and its size in bytes. */
 export interface LayerInfo {
@@ -179,7 +181,7 @@ export function manifestProblem(raw: unknown): string | undefined {
   if (raw.format > NAS_FORMAT) {
     return `format ${raw.format} was written by a newer kvm-snapshot-sync (this one reads ${NAS_FORMAT}): upgrade it`;
   }
-  if (raw.format !== NAS_FORMAT && raw.format !== 1) return `unknown format ${raw.format}`;
+  if (raw.format !== NAS_FORMAT && raw.format !== 1 && raw.format !== 2) return `unknown format ${raw.format}`;
   if (!isPrintable(raw.domain)) return 'no domain name';
   if (!isCount(raw.revision)) return 'bad revision';
   if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
@@ -242,7 +244,8 @@ export function manifestProblem(raw: unknown): string | undefined {
 export const MAX_HOSTS = 16;
 
 /** A guest device name as libvirt writes it (vda, sdb, nvme0n1): safe in messages and file names. */
-const DISK_TARGET = /^[A-Za-z0-9_-]{1,64}$/u;
+/** A guest device name, or a state volume's (`@nvram`, `@tpm`). */
+const DISK_TARGET = /^([A-Za-z0-9_-]{1,64}|@nvram|@tpm)$/u;
 
 function generationProblem(id: string, generation: unknown, provided: Set<string>): string | undefined {
   if (!isObject(generation) || generation.id !== id || !isSha256(id)) return 'bad entry';

@@ -10,13 +10,16 @@ import type { NasRepository } from '../nas/repository.js';
 import { markNoCowIfEmpty } from '../nocow.js';
 import { pullGeneration, rotateTops, type ProgressFor } from './disks.js';
 import { readLocalState, writeLocalState } from './local-state.js';
+import { attachStateVolumes, isStateVolume, type StateSource } from './state-volumes.js';
 import { withDomainLock } from './session.js';
 import { engineDeps, type SyncDeps } from './deps.js';
 
 /**
  * Fetches the head generation into the disks at `disks` (guest device → top path) and
- * records it as this host's synced generation. Refuses to write over an existing file;
- * a clone that was interrupted is finished by running it again.
+ * the state volumes of `sources` (lib/sync/state-volumes.ts: their files are put in
+ * place at the first start), and records it as this host's synced generation. Refuses
+ * to write over an existing file; a clone that was interrupted is finished by running
+ * it again.
  */
 export async function cloneDisks(
   domain: string,
@@ -24,13 +27,15 @@ export async function cloneDisks(
   manifest: Manifest,
   repository: NasRepository,
   deps: Omit<SyncDeps, 'openRepository'> & { progressFor?: ProgressFor },
+  sources: readonly StateSource[] = [],
 ): Promise<Generation> {
   const { config, log } = deps;
   const head = manifest.head ? manifest.generations[manifest.head] : undefined;
   if (!head) throw new DiskStateError(`the NAS has no generation of ${domain}`, { remedy: `kss enable ${domain} on the host that has it` });
   return withDomainLock(config.stateDir, domain, log, 60_000, async () => {
     const state = await readLocalState(config.stateDir, domain);
-    const same = JSON.stringify(state.disks) === JSON.stringify(disks);
+    const diskTops = Object.fromEntries(Object.entries(state.disks).filter(([target]) => !isStateVolume(target)));
+    const same = JSON.stringify(diskTops) === JSON.stringify(disks);
     if (same && state.pending.length === 0 && state.synced?.id === head.id) return head; // an earlier run got this far
     if (state.synced !== null || state.pending.length > 0) {
       throw new DiskStateError(`this host already has a state for ${domain}`, { remedy: `kss status ${domain}; to clone it afresh, kss disable ${domain} first` });
@@ -40,8 +45,9 @@ export async function cloneDisks(
       for (const path of Object.values(disks)) if (await pathExists(path)) taken.push(path);
       if (taken.length > 0) throw new DiskStateError(`${taken.join(', ')} exists already; nothing was overwritten`, { remedy: 'move it away, or clone into another directory: kss clone --dir DIR' });
       state.disks = disks;
-      await writeLocalState(config.stateDir, state);
     }
+    attachStateVolumes(state, sources, config.stateDir);
+    await writeLocalState(config.stateDir, state);
     for (const path of Object.values(disks)) {
       for (const dir of [dirname(path), layersDirOf(path)]) {
         await mkdirShared(dir);

@@ -3,11 +3,13 @@
 // this host holds is given back, and the local state is put aside, so that `kss enable`
 // can start over. The layers beside the disks and everything on the NAS stay.
 import { rename } from 'node:fs/promises';
+import { join } from 'node:path';
 import { DiskStateError, NasUnreachableError } from '../errors.js';
 import { flattenTop, readChain, recoverSeal } from '../layers.js';
 import { pathExists } from '../durable-fs.js';
 import { engineDeps, underLock, type SyncDeps } from './deps.js';
-import { domainStateDir, readLocalState } from './local-state.js';
+import { domainStateDir, readLocalState, writeLocalState } from './local-state.js';
+import { isStateVolume, placeStateVolumes } from './state-volumes.js';
 import { requireNoEventSince, withDomainLock } from './session.js';
 
 export interface Disabled {
@@ -32,14 +34,22 @@ export async function disableDomain(domain: string, deps: SyncDeps, after: strin
     // to the domain later is already an image of its own.
     for (const [target, top] of Object.entries(state.disks)) {
       await recoverSeal(top, engine);
-      if (!(await pathExists(top))) {
+      if (!isStateVolume(target) && !(await pathExists(top))) {
         throw new DiskStateError(`disk ${target} (${top}) does not exist; nothing was changed`, {
           remedy: `put the disk file back (kss chain shows what its layers directory ${top}.layers holds), then disable again`,
         });
       }
     }
+    // The files beside the disks get the state of the generation the disks are on (a
+    // resolve or rollback since the last start moved them); the volumes are put aside
+    // with the state below.
+    // Disable is the way out: a volume that cannot be placed is told, not a reason to stay.
+    await placeStateVolumes(state, engine, (s) => writeLocalState(config.stateDir, s), log, new Date()).catch((error: Error) => {
+      log.warn('could not put the firmware and TPM state of the current generation in place; the files stay as they are', { error: error.message });
+    });
     const disks: string[] = [];
     for (const [target, top] of Object.entries(state.disks)) {
+      if (isStateVolume(target)) continue;
       // One that is standalone already was done by an earlier disable that did not finish.
       if ((await readChain(top, engine)).length > 1) {
         engine.onStep?.('disable:flatten');
@@ -62,6 +72,9 @@ export async function disableDomain(domain: string, deps: SyncDeps, after: strin
     const stateKept = `${stateDir}.disabled-${new Date().toISOString().replaceAll(/[:.]/gu, '-')}`;
     // The lock file lives in the state directory: move what is beside it, not the lock.
     await rename(`${stateDir}/state.json`, `${stateKept}.state.json`).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOENT') throw error;
+    });
+    await rename(join(stateDir, 'volumes'), `${stateKept}.volumes`).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== 'ENOENT') throw error;
     });
     // An interrupted seal is a session that never reached the NAS either.

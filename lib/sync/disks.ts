@@ -1,10 +1,10 @@
 // The disk side of the lifecycle, for all disks of a domain at once: a generation is
 // one layer per disk, and the disks always move together.
-import { readdir, stat, statfs } from 'node:fs/promises';
+import { readdir, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
-import { DiskStateError } from '../errors.js';
+import { DiskStateError, IntegrityError } from '../errors.js';
 import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeLeftovers, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { cheapestChain, type ChainStep } from '../nas/chains.js';
@@ -15,6 +15,7 @@ import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
 import { publishedPending } from './decide.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
+import { VOLUME_SIZE, isStateVolume } from './state-volumes.js';
 
 /** The path of a disk's layer. */
 export function layerPathOf(top: string, hash: string): string {
@@ -49,19 +50,22 @@ export async function sealDisks(state: LocalState, host: string, now: Date, opti
   const previous = localHead(state);
   const onto = previous?.id ?? null;
   const resumed = state.sealing?.onto === onto ? state.sealing : undefined;
-  const looks = [];
+  const looks: TopLooked[] = [];
   for (const [target, top] of Object.entries(state.disks)) {
     const before = previous?.disks[target];
     looks.push({ target, top, before, look: await lookAtTop(target, top, before, resumed?.tops?.[target], options.deps) });
   }
-  if (!looks.some(({ look }) => look.kind === 'writes' || look.kind === 'sealed-unrecorded')) {
+  // A state volume new to the domain (lib/sync/state-volumes.ts) is sealed as its base.
+  const isNewBase = ({ target, before, look }: TopLooked) => isStateVolume(target) && before === undefined && look.kind === 'not-enabled';
+  if (!looks.some((l) => l.look.kind === 'writes' || l.look.kind === 'sealed-unrecorded' || isNewBase(l))) {
     if (state.sealing) {
       state.sealing = undefined;
       await options.save(state);
     }
     return undefined;
   }
-  const missing = looks.filter(({ before, look }) => look.kind === 'not-enabled' || before === undefined);
+  // A state volume without a layer or anything to seal is left out; a disk cannot be.
+  const missing = looks.filter(({ target, before, look }) => !isStateVolume(target) && (look.kind === 'not-enabled' || before === undefined));
   if (missing.length > 0) {
     // One generation holds every disk: a disk without any layer cannot be left out.
     throw new DiskStateError(`disk ${missing.map(({ target, top }) => `${target} (${top})`).join(', ')} has no sealed layer and nothing to seal`, {
@@ -76,10 +80,17 @@ export async function sealDisks(state: LocalState, host: string, now: Date, opti
   }
   const disks: Record<string, string> = {};
   const layers: Record<string, LayerInfo> = {};
-  for (const { target, top, before, look } of looks) {
-    const sealed = look.kind === 'writes' ? await sealTop(top, options.deps) : look.kind === 'sealed-unrecorded' ? { hash: look.layer, parent: before } : undefined;
+  for (const l of looks) {
+    const { target, top, before, look } = l;
+    const sealed = isNewBase(l)
+      ? await sealTop(top, options.deps, { evenIfEmpty: true })
+      : look.kind === 'writes'
+        ? await sealTop(top, options.deps)
+        : look.kind === 'sealed-unrecorded'
+          ? { hash: look.layer, parent: before }
+          : undefined;
     if (!sealed) {
-      disks[target] = before as string;
+      if (before !== undefined) disks[target] = before;
       continue;
     }
     if ((sealed.parent ?? undefined) !== before) {
@@ -128,6 +139,14 @@ async function recordGeneration(
   return sealed;
 }
 
+/** A disk as a seal finds it. */
+interface TopLooked {
+  target: string;
+  top: string;
+  before: string | undefined;
+  look: TopLook;
+}
+
 /** What a disk's top holds before a seal; `layer`: the layer it stands on. */
 type TopLook =
   | { kind: 'writes'; layer: string | undefined }
@@ -154,7 +173,8 @@ async function lookAtTop(target: string, top: string, before: string | undefined
   }
   const [layer, parent] = layerHashesOf(top, chain);
   if (await hasOwnData(top, deps)) return { kind: 'writes', layer };
-  if (intentTop === before && before !== undefined && layer !== before && layer !== undefined) {
+  // A state volume's base (lib/sync/state-volumes.ts) is sealed on nothing: its intent records null.
+  if (intentTop !== undefined && intentTop === (before ?? null) && layer !== before && layer !== undefined) {
     if (parent !== before) {
       throw new DiskStateError(`disk ${target}: its top stands on layer ${layer}, which is neither its recorded layer ${before} nor one sealed on it`, {
         remedy: `the chain was changed outside kvm-snapshot-sync; check it with kss chain ${top}`,
@@ -178,7 +198,8 @@ export async function mergePending(state: LocalState, host: string, deps?: Engin
   const layers: Record<string, LayerInfo> = {};
   for (const [target, top] of Object.entries(state.disks)) {
     const onto = state.synced?.disks[target];
-    const last = newest.disks[target] as string;
+    const last = newest.disks[target];
+    if (last === undefined) continue; // a state volume the domain no longer has
     const changed = new Set(state.pending.map((p) => p.generation.disks[target]).filter((layer) => layer !== onto));
     let merged = last;
     if (changed.size > 1) {
@@ -253,7 +274,8 @@ export async function pullGeneration(
   log: Logger,
   progressFor: ProgressFor = logProgress(log),
 ): Promise<void> {
-  const lacking = Object.keys(state.disks).find((target) => generation.disks[target] === undefined);
+  // A generation without a state volume was made where the domain had no such state (or before volumes existed).
+  const lacking = Object.keys(state.disks).find((target) => !isStateVolume(target) && generation.disks[target] === undefined);
   if (lacking !== undefined) {
     throw new DiskStateError(`the NAS generation ${generation.id.slice(0, 12)} has no disk ${lacking}`, {
       remedy: 'the domain has other disks here than where that generation was made: compare the definitions (virsh dumpxml)',
@@ -261,8 +283,14 @@ export async function pullGeneration(
   }
   const missing = await missingLayers(state, manifest, generation);
   const wanted = [];
-  for (const { top, file } of missing) {
+  for (const { target, top, file } of missing) {
     const size = (manifest.layers[file] as LayerInfo).size;
+    // The NAS says how large a file is: a state volume's cannot be much more than its virtual size.
+    if (isStateVolume(target) && size > 2 * VOLUME_SIZE) {
+      throw new IntegrityError(`the NAS lists layer ${file} of state volume ${target} at ${size} bytes: no state volume is that large`, {
+        remedy: 'it did not come from kvm-snapshot-sync: roll back to an earlier generation (kss snapshot list), or check the NAS',
+      });
+    }
     const kept = (await stat(pullPartPath(layersDirOf(top), file)).catch(() => undefined))?.size ?? 0; // a pull resumes
     wanted.push({ dir: layersDirOf(top), bytes: kept <= size ? size - kept : size });
   }
@@ -381,9 +409,27 @@ export async function rotateTops(state: LocalState, generation: Generation, deps
     });
   }
   for (const [target, top] of Object.entries(state.disks)) {
+    const layer = generation.disks[target];
+    // A generation without that state (or a state volume not fetched here: a start
+    // without the NAS) leaves the files here as they are.
+    if (layer === undefined || (isStateVolume(target) && !(await pathExists(layerPathOf(top, layer))))) {
+      await removeVolumeTop(target, top, deps);
+      continue;
+    }
     const current = (await pathExists(top)) ? (await readLayerHashes(top, deps))[0] : undefined;
-    if (current !== generation.disks[target]) await createTop(top, generation.disks[target] as string, deps);
+    if (current !== layer) await createTop(top, layer, deps);
   }
+}
+
+/**
+ * Removes a state volume's top (its layers stay for the local collection): it holds
+ * nothing unsealed, and the files it was captured from are still in place.
+ */
+async function removeVolumeTop(target: string, top: string, deps?: EngineDeps): Promise<void> {
+  if (!isStateVolume(target)) throw new DiskStateError(`internal: a generation without disk ${target} to put tops on`);
+  if (!(await pathExists(top))) return;
+  if (await hasOwnData(top, deps)) throw new DiskStateError(`${top} holds state that is not sealed yet`, { remedy: 'seal it first: kss push, or start the VM once' });
+  await rm(top);
 }
 
 /** Pushes every layer of the pending generations (resumable, verified on the NAS). */

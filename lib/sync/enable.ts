@@ -13,6 +13,7 @@ import { DiskStateError } from '../errors.js';
 import { adoptStagedRaw, hasOwnData, incomingPathOf, layersDirOf, readChain, sealTop, stageRawImage, type EngineDeps, type SealResult } from '../layers.js';
 import { markNoCowIfEmpty } from '../nocow.js';
 import { sealFirstGeneration } from './disks.js';
+import { attachStateVolumes, captureStateVolumes, type StateSource } from './state-volumes.js';
 import { readLocalState, writeLocalState } from './local-state.js';
 import { withDomainLock } from './session.js';
 import { engineDeps, underLock, type SyncDeps } from './deps.js';
@@ -31,15 +32,17 @@ export interface Enabled {
 }
 
 /**
- * Seals every disk (a path alone is a qcow2 disk) into the domain's first generation. `switchToQcow2` is called with
- * the raw disks' targets once their content is staged, before the raw files are
- * replaced; it must make the domain name them as qcow2.
+ * Seals every disk (a path alone is a qcow2 disk) and the state kept beside them
+ * (`sources`: lib/sync/state-volumes.ts) into the domain's first generation.
+ * `switchToQcow2` is called with the raw disks' targets once their content is staged,
+ * before the raw files are replaced; it must make the domain name them as qcow2.
  */
 export async function enableDisks(
   domain: string,
   disks: Record<string, string | DiskToEnable>,
   deps: Omit<SyncDeps, 'openRepository'>,
   switchToQcow2: (targets: string[]) => Promise<void> = async () => undefined,
+  sources: readonly StateSource[] = [],
 ): Promise<Enabled> {
   const { config, log } = deps;
   return withDomainLock(config.stateDir, domain, log, 60_000, async (lock) => {
@@ -71,9 +74,15 @@ export async function enableDisks(
     if (raw.length > 0) await switchToQcow2(raw);
 
     state.disks = Object.fromEntries(Object.entries(all).map(([target, disk]) => [target, disk.path]));
+    const save = (s: typeof state) => writeLocalState(config.stateDir, s);
+    attachStateVolumes(state, sources, config.stateDir);
+    await captureStateVolumes(state, engine, save, 'enable');
+    for (const target of Object.keys(state.volumes ?? {})) {
+      const base = await sealedBase(state.disks[target] as string, engine);
+      if (base) bases[target] = base;
+    }
     const sealBase = async (target: string, top: string): Promise<SealResult> =>
       bases[target] ?? (raw.includes(target) ? adoptStagedRaw(top, engine) : (sealTop(top, engine, { evenIfEmpty: true }) as Promise<SealResult>));
-    const save = (s: typeof state) => writeLocalState(config.stateDir, s);
     const sealed = await sealFirstGeneration(state, config.host, (deps.now ?? (() => new Date()))(), sealBase, save);
     log.info('enabled', { generation: sealed.generation.id, disks: Object.keys(disks).join(',') });
     return { generation: sealed.generation.id, resumed: false, nocow };

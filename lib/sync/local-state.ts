@@ -52,6 +52,13 @@ export interface LocalState {
    */
   fetched?: Record<string, string>;
   /**
+   * The state volumes of `disks` (targets `@nvram`, `@tpm`: lib/sync/state-volumes.ts):
+   * where the files they hold live on this host, and the digest of their bundle as this
+   * host last captured or placed it (undefined: never; such files are not part of the
+   * domain's history yet).
+   */
+  volumes?: Record<string, { source: string; seen?: string }>;
+  /**
    * A seal of the tops under way on the generation `onto` (lib/sync/disks.ts
    * sealDisks): saved before the first disk is touched, cleared in the write that
    * records the new generation. Found at the next seal, it says that a disk whose top

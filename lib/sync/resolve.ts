@@ -13,6 +13,7 @@ import type { NasRepository } from '../nas/repository.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
 import { localHead, readLocalState, type LocalState } from './local-state.js';
+import { captureStateVolumes } from './state-volumes.js';
 import { requireNoEventSince, withDomainLock } from './session.js';
 
 export type Keep = 'local' | 'remote';
@@ -136,6 +137,8 @@ async function changeHead<T>(domain: string, deps: SyncDeps, after: string | nul
           remedy: `shut it down there first (its changes then go to the NAS), then run the command again`,
         });
       }
+      // What a run that did not stop cleanly left, in the firmware's state too: the tops move next.
+      await captureStateVolumes(state, engine, save, 'start');
       await sealDisks(state, config.host, (deps.now ?? (() => new Date()))(), { deps: engine, save });
       return await work({ state, seen, repository, engine, save });
     } finally {

@@ -11,16 +11,20 @@ import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
-import { adoptPublished, mergePending, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
+import { adoptPublished, mergePending, missingLayers, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
 import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, type LocalState } from './local-state.js';
 import { managedSaveIdentity } from './managed-save.js';
+import { attachStateVolumes, captureStateVolumes, placeStateVolumes, type StateSource } from './state-volumes.js';
 import { lookAtNas, withDomainLock } from './session.js';
 
 /** How long a start waits for the background work of the last stop (a large push). */
 const START_LOCK_WAIT_MS = 60 * 60_000;
 
-/** Runs everything a start needs; throws a typed error to refuse it. */
-export async function prepareStart(domain: string, disks: Record<string, string>, deps: SyncDeps): Promise<void> {
+/**
+ * Runs everything a start needs; throws a typed error to refuse it. `sources`: the
+ * state the domain keeps beside its disks (lib/sync/state-volumes.ts), put in place last.
+ */
+export async function prepareStart(domain: string, disks: Record<string, string>, deps: SyncDeps, sources: readonly StateSource[] = []): Promise<void> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
   // Ask the NAS at once, before the lock: its answer (a new SSH connection, most of a
@@ -50,6 +54,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         const save = stateSaver(config.stateDir, lock);
         const state = await readLocalState(config.stateDir, domain);
         state.disks = disks;
+        attachStateVolumes(state, sources, config.stateDir);
         // One-shot flags are consumed by this start whatever else asks the same.
         await takeFlag(config.stateDir, domain, 'stopping'); // a stop whose work never ran: this start does it
         if ((await takeFlag(config.stateDir, domain, 'restoring')) && !restoring) {
@@ -71,11 +76,14 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         }
         if (!flags.restoring) {
           guarded.onStep?.('start:seal');
+          await captureStateVolumes(state, engineDeps(guarded), save, 'start');
           const sealed = await sealDisks(state, config.host, now(), { deps: engineDeps(guarded), save });
           if (sealed) log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
         }
         await save(state); // the disks as this start's XML names them, whatever follows
         await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
+        // A restore resumes the VM on the state it was saved with, files and all.
+        if (!flags.restoring) await placeStateVolumes(state, engineDeps(guarded), save, log, now());
         for (const top of Object.values(state.disks)) {
           await makePrivate(top, (path, error) => log.warn('could not make a disk file private', { path, error: error.message }));
         }
@@ -171,6 +179,8 @@ async function sync(
       await repository.setLease(domain, 'take', head.id);
     } else {
       // In step: the fresh top (local) and the lease (the NAS) do not wait for each other.
+      // A state volume new to this host's definition may still lack its layers.
+      if (manifest && (await missingLayers(state, manifest, state.synced!)).length > 0) await pullGeneration(state, manifest, state.synced!, repository, log);
       onStep?.('start:rotate');
       const rotating = rotateTops(state, state.synced!, engine);
       onStep?.('start:take-lease');

@@ -17,6 +17,7 @@ import { decideStop, type NasView } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
 import { removeUnusedLayers } from './local-gc.js';
+import { captureStateVolumes } from './state-volumes.js';
 import { readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
 import { upkeepNas } from './nas-upkeep.js';
 import { lookAtNas, movedOnSince, withDomainLock } from './session.js';
@@ -72,6 +73,7 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
   const noPush = await takeFlag(config.stateDir, domain, 'no-push');
   const engine = engineDeps(deps);
   deps.onStep?.('stop:seal');
+  await captureStateVolumes(state, engine, save, 'stop');
   const sealed = await sealDisks(state, config.host, now(), { deps: engine, save });
   if (sealed) log.info('sealed', { generation: sealed.generation.id, disks: Object.keys(sealed.layers).length });
   const repository = noPush ? undefined : deps.openRepository();

@@ -118,19 +118,27 @@ export class TestHost {
   }
 }
 
-/** Domain XML with our metadata and one file disk per entry (device → path). */
-export function managedDomainXml(name: string, disks: Record<string, string>): string {
+/** The state a UEFI domain with an emulated TPM keeps beside its disks: its UUID and NVRAM file. */
+export interface Firmware {
+  uuid: string;
+  nvram: string;
+}
+
+/** Domain XML with our metadata and one file disk per entry (device → path); with `firmware`, UEFI and an emulated TPM 2.0. */
+export function managedDomainXml(name: string, disks: Record<string, string>, firmware?: Firmware): string {
   const devices = Object.entries(disks)
     .map(
       ([target, path]) =>
         `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${path.replaceAll("'", '&apos;')}'/><target dev='${target}' bus='virtio'/></disk>`,
     )
     .join('\n    ');
+  const uuid = firmware ? `\n  <uuid>${firmware.uuid}</uuid>\n  <os><type>hvm</type><nvram>${firmware.nvram}</nvram></os>` : '';
+  const tpm = firmware ? "\n    <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>" : '';
   return `<domain type='kvm'>
-  <name>${name}</name>
+  <name>${name}</name>${uuid}
   <metadata><kss:sync xmlns:kss="${NAMESPACE_URI}"/></metadata>
   <devices>
-    ${devices}
+    ${devices}${tpm}
   </devices>
 </domain>`;
 }

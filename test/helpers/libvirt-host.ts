@@ -287,3 +287,21 @@ export function tinyDomainXml(name: string, disks: Record<string, string>, manag
 <os><type arch='x86_64' machine='pc'>hvm</type></os><on_poweroff>destroy</on_poweroff>
 <devices>${devices}<memballoon model='none'/></devices></domain>`;
 }
+
+/**
+ * A UEFI domain with an emulated TPM 2.0, as a Windows 11 VM has them: q35, OVMF from
+ * Debian's ovmf (its variable store copied from the template at the first start), and
+ * swtpm (its state encrypted with the libvirt secret `tpmSecret`, when given); 256 MiB,
+ * virtio disks, no OS (OVMF reaches its boot manager and writes its variables).
+ */
+export function firmwareDomainXml(name: string, disks: Record<string, string>, managed: boolean, tpmSecret?: string): string {
+  const type = kvmUsable() ? 'kvm' : 'qemu';
+  const metadata = managed ? `<metadata><kss:sync xmlns:kss="${NAMESPACE_URI}"/></metadata>` : '';
+  const devices = Object.entries(disks)
+    .map(([target, path]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${path}'/><target dev='${target}' bus='virtio'/></disk>`)
+    .join('');
+  return `<domain type='${type}'><name>${name}</name>${metadata}<memory unit='MiB'>256</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='q35'>hvm</type><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'/></os>
+<features><acpi/></features><on_poweroff>destroy</on_poweroff>
+<devices>${devices}<tpm model='tpm-crb'><backend type='emulator' version='2.0'>${tpmSecret ? `<encryption secret='${tpmSecret}'/>` : ''}</backend></tpm><memballoon model='none'/></devices></domain>`;
+}

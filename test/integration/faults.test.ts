@@ -1,15 +1,16 @@
 // Fault injection: the start and the stop work are stopped just before each of their
 // steps, at every time a step comes (each disk of a two-disk domain passes the seal's
-// steps once), by SIGKILL (a power cut) or by a thrown error (a tool failing, a full
-// disk). The next normal run must recover, with every byte the guest wrote on every disk,
-// and the NAS must never name a missing or partial layer. The steps are not listed by
+// steps once, and so do its UEFI variables and TPM state, which travel as state
+// volumes), by SIGKILL (a power cut) or by a thrown error (a tool failing, a full
+// disk). The next normal run must recover, with every byte the guest wrote on every disk
+// and in its firmware's state, and the NAS must never name a missing or partial layer. The steps are not listed by
 // hand: a traced run of the same scenario tells them, so a new step is covered at once.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
 import { nasPaths, type Manifest } from '../../lib/nas/format.js';
@@ -19,7 +20,8 @@ import { openRepository } from '../../lib/nas/open.js';
 import { disableDomain } from '../../lib/sync/disable.js';
 import { domainLockPath, domainStateDir, readLastEvent, setFlag } from '../../lib/sync/local-state.js';
 import { MiB, createImage, guestDigest, qemuIo, qemuIoAs } from '../helpers/disks.js';
-import { TestHost, managedDomainXml } from '../helpers/hosts.js';
+import { TestHost, managedDomainXml, type Firmware } from '../helpers/hosts.js';
+import type { StateSource } from '../../lib/sync/state-volumes.js';
 import { requireTools } from '../helpers/tools.js';
 
 let root: string;
@@ -29,32 +31,45 @@ before(() => {
 after(() => rmSync(root, { recursive: true, force: true }));
 
 let count = 0;
+let firmwareChanges = 0;
+const UUID = '6c2f9a4e-1b3d-4e5f-8a7b-9c0d1e2f3a4b';
 
 type Phase = 'start' | 'stop' | 'disable';
 type Mode = 'kill' | 'throw' | 'trace';
 
-/** Two hosts and a NAS; the desktop has the domain enabled, with a pattern on each disk. */
-async function world(config: Record<string, unknown> = {}) {
+/**
+ * Two hosts and a NAS; the desktop has the domain enabled, with a pattern on each disk;
+ * with `firmware`, it is a UEFI domain with an emulated TPM, whose state travels too.
+ */
+async function world(config: Record<string, unknown> = {}, withFirmware = false) {
   count += 1;
   const base = join(root, `w${count}`);
   const nas = join(base, 'nas');
   mkdirSync(nas, { recursive: true });
-  const desk = new TestHost('desk', join(base, 'desk'), nas, config);
-  const laptop = new TestHost('laptop', join(base, 'laptop'), nas, config);
+  const desk = new TestHost('desk', join(base, 'desk'), nas, { swtpmDir: join(base, 'desk', 'swtpm'), ...config });
+  const laptop = new TestHost('laptop', join(base, 'laptop'), nas, { swtpmDir: join(base, 'laptop', 'swtpm'), ...config });
+  // A UEFI domain with an emulated TPM: the desktop's variable store and TPM state, as OVMF and swtpm left them.
+  const firmware = (host: TestHost): Firmware => ({ uuid: UUID, nvram: join(host.dir, 'nvram', 'vm_VARS.fd') });
+  const tpmFile = (host: TestHost) => join(host.dir, 'swtpm', UUID, 'tpm2', 'tpm2-00.permall');
+  const sources = (host: TestHost): StateSource[] => [{ kind: 'nvram', path: firmware(host).nvram }, { kind: 'tpm', path: join(host.dir, 'swtpm', UUID) }];
+  mkdirSync(dirname(firmware(desk).nvram), { recursive: true });
+  mkdirSync(dirname(tpmFile(desk)), { recursive: true });
+  writeFileSync(firmware(desk).nvram, Buffer.alloc(540_672, 0x5e));
+  writeFileSync(tpmFile(desk), Buffer.alloc(6095, 0x7a));
   const deskDisks = { vda: desk.disk('vm.qcow2'), vdb: desk.disk('vm-home.qcow2') };
   const laptopDisks = { vda: laptop.disk('vm.qcow2'), vdb: laptop.disk('vm-home.qcow2') };
   createImage(deskDisks.vda, 16 * MiB);
   createImage(deskDisks.vdb, 16 * MiB);
   qemuIo(deskDisks.vda, 'write -P 0x11 0 2M');
   qemuIo(deskDisks.vdb, 'write -P 0x12 8M 1M');
-  await enableDisks('vm', deskDisks, { config: await desk.config(), log: desk.quietLog() });
+  await enableDisks('vm', deskDisks, { config: await desk.config(), log: desk.quietLog() }, undefined, withFirmware ? sources(desk) : []);
   const call = (host: TestHost, op: string, subop: string) => {
-    const result = host.call('vm', op, subop, managedDomainXml('vm', host === desk ? deskDisks : laptopDisks));
+    const result = host.call('vm', op, subop, managedDomainXml('vm', host === desk ? deskDisks : laptopDisks, withFirmware ? firmware(host) : undefined));
     assert.equal(result.status, 0, `${host.name} ${op}: ${result.stderr}`);
   };
   /** Runs the start or stop work on `host`, stopped before the occurrence-th `step` (or traced whole). */
   const runUntil = async (host: TestHost, phase: Phase, mode: Mode, disks: Record<string, string>, step?: string, occurrence?: number) => {
-    const job = JSON.stringify({ configFile: host.configFile, domain: 'vm', phase, step, occurrence, mode, disks });
+    const job = JSON.stringify({ configFile: host.configFile, domain: 'vm', phase, step, occurrence, mode, disks, sources: withFirmware ? sources(host) : [] });
     const child = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/lifecycle-until.ts', job], { encoding: 'utf8', timeout: 120_000 });
     const what = `${mode} before ${step} #${occurrence} (stdout: ${child.stdout} stderr: ${child.stderr})`;
     if (mode === 'trace') {
@@ -88,7 +103,20 @@ async function world(config: Record<string, unknown> = {}) {
     }
     return manifest;
   };
-  const digests = (disks: Record<string, string>) => ({ vda: guestDigest(disks.vda as string), vdb: guestDigest(disks.vdb as string) });
+  /** What the guest sees of a host's disks, and of its firmware's state. */
+  const digests = (disks: Record<string, string>) => {
+    const host = disks === deskDisks ? desk : laptop;
+    const file = (path: string) => (existsSync(path) ? createHash('sha256').update(readFileSync(path)).digest('hex') : 'missing');
+    const disksSeen = { vda: guestDigest(disks.vda as string), vdb: guestDigest(disks.vdb as string) };
+    return withFirmware ? { ...disksSeen, nvram: file(firmware(host).nvram), tpm: file(tpmFile(host)) } : disksSeen;
+  };
+  /** What the guest changes of its firmware's state while it runs: some UEFI variables, the TPM's state. */
+  const changeFirmware = (host: TestHost, fill: number) => {
+    const fd = openSync(firmware(host).nvram, 'r+');
+    writeSync(fd, Buffer.alloc(4096, fill), 0, 4096, 0x40000);
+    closeSync(fd);
+    writeFileSync(tpmFile(host), Buffer.alloc(6100, fill));
+  };
   // Both hosts and the NAS live under `base`, by absolute paths: a copy put back at the
   // same place is the same world again, without setting it up anew.
   const template = `${base}.template`;
@@ -105,7 +133,7 @@ async function world(config: Record<string, unknown> = {}) {
     rmSync(base, { recursive: true, force: true });
     execFileSync('cp', ['-a', '--reflink=auto', template, base]);
   };
-  return { desk, laptop, deskDisks, laptopDisks, call, runUntil, assertNasWhole, digests, keep, restore };
+  return { desk, laptop, deskDisks, laptopDisks, withFirmware, call, runUntil, assertNasWhole, digests, changeFirmware, keep, restore };
 }
 type World = Awaited<ReturnType<typeof world>>;
 
@@ -119,6 +147,7 @@ async function deskSession(w: World, writes: Array<['vda' | 'vdb', string]>, { u
   if (noSync) await setFlag(stateDir, 'vm', 'skip-sync');
   w.call(w.desk, 'prepare', 'begin');
   for (const [disk, command] of writes) qemuIo(w.deskDisks[disk], command);
+  if (w.withFirmware) w.changeFirmware(w.desk, (firmwareChanges += 1));
   if (until === 'running') return;
   if (until === 'no-push') await setFlag(stateDir, 'vm', 'no-push');
   w.call(w.desk, 'release', 'end');
@@ -150,6 +179,8 @@ interface Scenario {
   name: string;
   phase: Phase;
   config?: Record<string, unknown>;
+  /** A UEFI domain with an emulated TPM (its guest changes their state in each session). */
+  firmware?: boolean;
   setUp: (w: World) => Promise<{ host: TestHost; disks: Record<string, string>; expected: Record<string, string> }>;
   /** After the recovery on the interrupted host: what else must hold. */
   check: (w: World, expected: Record<string, string>, host: TestHost) => Promise<void>;
@@ -269,6 +300,45 @@ const SCENARIOS: Scenario[] = [
     check: recoveredStart,
     modes: ['kill'],
   },
+  // The firmware's state is sealed like a disk: the steps above cover the disks, these the state volumes.
+  {
+    name: 'the stop work sealing UEFI variables and TPM state',
+    phase: 'stop',
+    firmware: true,
+    setUp: async (w) => {
+      await deskSession(w, [], { until: 'running' });
+      return at(w);
+    },
+    check: recoveredStop,
+    modes: ['kill', 'throw'],
+  },
+  {
+    name: 'a start that seals UEFI variables and TPM state a crash left',
+    phase: 'start',
+    firmware: true,
+    setUp: async (w) => {
+      await deskSession(w, [], { until: 'running' });
+      return at(w);
+    },
+    check: recoveredStart,
+    modes: ['kill'],
+  },
+  {
+    name: 'a start that puts UEFI variables and TPM state in place on the other host',
+    phase: 'start',
+    firmware: true,
+    setUp: async (w) => {
+      // The laptop has run the VM once (its state is synced there), then the desktop changed it.
+      await deskSession(w, []);
+      w.call(w.laptop, 'prepare', 'begin');
+      w.call(w.laptop, 'release', 'end');
+      await w.laptop.waitForStop('vm');
+      await deskSession(w, [['vda', 'write -P 0x48 3M 1M']]);
+      return at(w, w.laptop);
+    },
+    check: recoveredStart,
+    modes: ['kill'],
+  },
 ];
 
 for (const scenario of SCENARIOS) {
@@ -278,7 +348,7 @@ for (const scenario of SCENARIOS) {
     let setUp: Awaited<ReturnType<Scenario['setUp']>>;
     before(async (t) => {
       if (!requireTools(t as unknown as TestContext, 'qemu-img', 'qemu-io')) return;
-      w = await world(scenario.config);
+      w = await world(scenario.config, scenario.firmware);
       setUp = await scenario.setUp(w);
       await w.keep();
       steps = occurrences(await w.runUntil(setUp.host, scenario.phase, 'trace', setUp.disks));
@@ -286,6 +356,9 @@ for (const scenario of SCENARIOS) {
     it('passes the steps it is interrupted at', (t) => {
       if (!requireTools(t, 'qemu-img', 'qemu-io')) return;
       assert.ok(steps.length >= 5, `traced steps: ${JSON.stringify(steps)}`);
+      const names = steps.map(([name]) => name);
+      if (scenario.firmware && scenario.phase === 'stop') assert.ok(names.includes('volume:capture'), 'the firmware state the guest changed is captured');
+      if (scenario.firmware && setUp.host === w.laptop) assert.ok(['volume:place', 'volume:swap', 'volume:swap-in'].every((step) => names.includes(step)), 'the firmware state is put in place');
       if (scenario.phase === 'stop' && scenario.modes.includes('throw')) {
         // Both disks pass every step of a seal: each of them is interrupted in turn.
         for (const step of ['seal:move-aside', 'seal:hash', 'seal:new-top', 'seal:drop-incoming']) {

@@ -42,6 +42,7 @@ describe('validateConfig', () => {
       sshKnownHosts: undefined,
       stateDir: DEFAULTS.stateDir,
       logDir: DEFAULTS.logDir,
+      swtpmDir: '/var/lib/libvirt/swtpm',
       maxChainDepth: DEFAULTS.maxChainDepth,
       nasChainDepth: 16,
       retentionDays: 7,
@@ -62,6 +63,7 @@ describe('validateConfig', () => {
         sshKnownHosts: '/etc/kvm-snapshot-sync/known_hosts',
         stateDir: '/srv/state',
         logDir: '/srv/log',
+        swtpmDir: '/srv/swtpm',
         maxChainDepth: 4,
         nasChainDepth: 12,
         retentionDays: 3,
@@ -77,6 +79,7 @@ describe('validateConfig', () => {
     assert.equal(config.host, 'laptop');
     assert.equal(config.sshIdentity, '/etc/kvm-snapshot-sync/id_ed25519');
     assert.equal(config.maxChainDepth, 4);
+    assert.equal(config.swtpmDir, '/srv/swtpm');
     assert.equal(config.stallSeconds, 10);
     assert.equal(config.nas.kind, 'ssh');
   });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { parseGroups, parsePasswd } from '../../lib/accounts.js';
-import { ancestorsOf, parseQemuConf, qemuIdentity, traversalCheckCommand, traversalFix, type QemuIdentity, type QemuSettings } from '../../lib/qemu-access.js';
+import { ancestorsOf, parseQemuConf, qemuIdentity, swtpmOwner, traversalCheckCommand, traversalFix, type QemuIdentity, type QemuSettings } from '../../lib/qemu-access.js';
 
 const users = parsePasswd('root:x:0:0::/root:/bin/bash\nlibvirt-qemu:x:64055:107::/var/lib/libvirt:/usr/sbin/nologin\nqemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\n');
 const groups = parseGroups('root:x:0:\nkvm:x:107:\nlibvirt-qemu:x:64055:libvirt-qemu\nalice:x:1000:\nvms:x:2000:libvirt-qemu,alice\n');
@@ -10,16 +10,17 @@ const qemu: QemuIdentity = { name: 'libvirt-qemu', uid: 64055, gids: [64055, 107
 
 describe('parseQemuConf', () => {
   const rows: Array<[string, string, QemuSettings]> = [
-    ["Debian's, all commented", '#user = "libvirt-qemu"\n#group = "libvirt-qemu"\n#dynamic_ownership = 1\ncgroup_controllers = [ ]\n', { user: undefined, group: undefined, dynamicOwnership: true }],
-    ['set', 'user = "qemu"   # ours\ngroup="kvm"\n', { user: 'qemu', group: 'kvm', dynamicOwnership: true }],
-    ['by id', 'user = "+0"\ngroup = "+0"\n', { user: '+0', group: '+0', dynamicOwnership: true }],
-    ['no chown at start', 'dynamic_ownership = 0\n', { user: undefined, group: undefined, dynamicOwnership: false }],
+    ["Debian's, all commented", '#user = "libvirt-qemu"\n#group = "libvirt-qemu"\n#dynamic_ownership = 1\ncgroup_controllers = [ ]\n', { user: undefined, group: undefined, dynamicOwnership: true, swtpmUser: undefined, swtpmGroup: undefined }],
+    ['set', 'user = "qemu"   # ours\ngroup="kvm"\n', { user: 'qemu', group: 'kvm', dynamicOwnership: true, swtpmUser: undefined, swtpmGroup: undefined }],
+    ['by id', 'user = "+0"\ngroup = "+0"\n', { user: '+0', group: '+0', dynamicOwnership: true, swtpmUser: undefined, swtpmGroup: undefined }],
+    ['no chown at start', 'dynamic_ownership = 0\n', { user: undefined, group: undefined, dynamicOwnership: false, swtpmUser: undefined, swtpmGroup: undefined }],
+    ["swtpm's own user", 'swtpm_user = "alice"\nswtpm_group = "vms"\n', { user: undefined, group: undefined, dynamicOwnership: true, swtpmUser: 'alice', swtpmGroup: 'vms' }],
   ];
   for (const [name, text, expected] of rows) it(name, () => assert.deepEqual(parseQemuConf(text), expected));
 });
 
 describe('qemuIdentity', () => {
-  const conf = (user?: string, group?: string): QemuSettings => ({ user, group, dynamicOwnership: true });
+  const conf = (user?: string, group?: string): QemuSettings => ({ user, group, dynamicOwnership: true, swtpmUser: undefined, swtpmGroup: undefined });
   const rows: Array<[string, QemuSettings, QemuIdentity | undefined]> = [
     ['the default: libvirt-qemu with its group of that name and its other groups', conf(), qemu],
     ['a named user and group', conf('alice', 'vms'), { name: 'alice', uid: 1000, gids: [2000, 1000] }],
@@ -32,6 +33,18 @@ describe('qemuIdentity', () => {
   it('falls back to qemu (Fedora) when there is no libvirt-qemu', () => {
     assert.deepEqual(qemuIdentity(conf(), users.filter((u) => u.name !== 'libvirt-qemu'), groups), { name: 'qemu', uid: 107, gids: [107] });
   });
+});
+
+describe('swtpmOwner', () => {
+  const withTss = parsePasswd('root:x:0:0::/root:/bin/bash\ntss:x:103:106::/var/lib/tpm:/bin/false\nalice:x:1000:1000::/home/alice:/bin/bash\n');
+  const tssGroups = parseGroups('root:x:0:\ntss:x:106:\nvms:x:2000:alice\n');
+  const conf = (swtpmUser?: string, swtpmGroup?: string): QemuSettings => ({ user: undefined, group: undefined, dynamicOwnership: true, swtpmUser, swtpmGroup });
+  it("is tss:tss by default, as Debian's libvirt runs swtpm", () => assert.deepEqual(swtpmOwner(conf(), withTss, tssGroups), { uid: 103, gid: 106 }));
+  it('is what qemu.conf names, by name or by id', () => {
+    assert.deepEqual(swtpmOwner(conf('alice', 'vms'), withTss, tssGroups), { uid: 1000, gid: 2000 });
+    assert.deepEqual(swtpmOwner(conf('+4242', '+4243'), withTss, tssGroups), { uid: 4242, gid: 4243 });
+  });
+  it('is unknown without such an account', () => assert.equal(swtpmOwner(conf(), users, groups), undefined));
 });
 
 describe('traversalFix', () => {

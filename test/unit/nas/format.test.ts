@@ -37,8 +37,16 @@ describe('manifest validation', () => {
     assert.match(manifestProblem(manifest) ?? '', /layer d{64} names a parent that is not listed/);
   });
 
-  it('reads a manifest of format 1 (written before merged layers)', () => {
+  it('reads manifests of formats 1 and 2 (written before merged layers, before state volumes)', () => {
     assert.equal(manifestProblem({ ...valid(), format: 1 }), undefined);
+    assert.equal(manifestProblem({ ...valid(), format: 2 }), undefined);
+  });
+
+  it('accepts the state volumes @nvram and @tpm as disks of a generation', () => {
+    const manifest = valid();
+    const g = { parent: null, host: 'desk', created: '2026-11-21T10:00:00.000Z', disks: { vda: A, '@nvram': B, '@tpm': B } };
+    manifest.generations[generationId(g)] = { id: generationId(g), ...g };
+    assert.equal(manifestProblem(manifest), undefined);
   });
 
   it('accepts a valid manifest and round-trips it', () => {
@@ -48,7 +56,8 @@ describe('manifest validation', () => {
   });
 
   const broken: Array<[string, (m: Record<string, any>) => void, RegExp]> = [
-    ['a newer format', (m) => (m.format = 3), /format 3 was written by a newer kvm-snapshot-sync .*upgrade/],
+    ['a newer format', (m) => (m.format = 4), /format 4 was written by a newer kvm-snapshot-sync .*upgrade/],
+    ['a state volume of a kind this version does not know', (m) => { (Object.values(m.generations)[0] as any).disks = { vda: A, '@bios': B }; }, /bad disk name "@bios"/],
     ['too many hosts', (m) => (m.hosts = Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`h${i}`, { generation: 'f'.repeat(64), at: '2026-11-21T10:00:00.000Z' }]))), /more than 16 hosts/],
     ['a name only a merged file\'s own hash gives', (m) => { m.layers[C] = { parent: A, size: 1, readsAs: B }; (Object.values(m.generations)[0] as any).disks.vdb = C; }, /disk vdb names an unlisted layer/],
     ['no format', (m) => delete m.format, /no format version/],

@@ -6,8 +6,7 @@
 //   c) a start that pulls that 2 GiB layer first, against `ssh cat` of the same file.
 // Environment: BENCH_RUNS (default 3; a) runs at least 9 times: its margin is small).
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { readConfig } from '../lib/config.js';
 import { DirTransport } from '../lib/nas/dir-transport.js';
@@ -18,7 +17,7 @@ import { enableDisks } from '../lib/sync/enable.js';
 import { nasPaths, type Manifest } from '../lib/nas/format.js';
 import { createImage } from '../test/helpers/disks.js';
 import { LibvirtHost, tinyDomainXml } from '../test/helpers/libvirt-host.js';
-import { startSshNas, type SshNas } from '../test/helpers/ssh-nas.js';
+import { startLibvirtPair } from '../test/helpers/libvirt-pair.js';
 import { median, printTable } from './stats.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -42,15 +41,9 @@ function setHook(h: LibvirtHost, present: boolean): void {
 }
 
 export async function benchLifecycle(): Promise<void> {
-  const work = mkdtempSync(join(tmpdir(), 'kss-bench-life-'));
-  let nas: SshNas | undefined;
-  const hosts: LibvirtHost[] = [];
+  const pair = await startLibvirtPair('kss-bench-life-');
+  const { work, nas, desk, laptop } = pair;
   try {
-    nas = await startSshNas();
-    const desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
-    hosts.push(desk);
-    const laptop = await LibvirtHost.startWithSshNas('laptop', join(work, 'laptop'), nas);
-    hosts.push(laptop);
     const disks = { vda: `${IMAGES}/bench.qcow2` };
     createImage(desk.outside(disks.vda), 4 * 2 ** 30);
     const config = { ...(await readConfig(desk.outside('/etc/kvm-snapshot-sync/config.json'))), stateDir: desk.outside('/var/lib/kvm-snapshot-sync') };
@@ -96,7 +89,7 @@ export async function benchLifecycle(): Promise<void> {
 
       execFileSync('sync'); // both the pull and the raw copy start with no dirty data
       pulls.push(seconds(() => laptop.mustVirsh('start', 'bench')));
-      const root = (nas as SshNas).root;
+      const root = nas.root;
       const manifest = (await new NasRepository(new DirTransport({ root, opTimeoutMs: 10_000, stallTimeoutMs: 10_000 }), { host: 'bench' }).readManifest('bench')) as Manifest;
       const layer = nasPaths.layer('bench', manifest.generations[manifest.head as string]?.disks.vda as string);
       const size = statSync(join(root, layer)).size;
@@ -120,8 +113,6 @@ export async function benchLifecycle(): Promise<void> {
       ],
     );
   } finally {
-    for (const h of hosts) h.stop();
-    nas?.stop();
-    rmSync(work, { recursive: true, force: true });
+    pair.stop();
   }
 }

@@ -412,12 +412,13 @@ export async function rotateTops(state: LocalState, generation: Generation, deps
     const layer = generation.disks[target];
     // A generation without that state (or a state volume not fetched here: a start
     // without the NAS) leaves the files here as they are.
-    if (layer === undefined || (isStateVolume(target) && !(await pathExists(layerPathOf(top, layer))))) {
-      await removeVolumeTop(target, top, deps);
+    if (isStateVolume(target) && (layer === undefined || !(await pathExists(layerPathOf(top, layer))))) {
+      await removeVolumeTop(top, deps);
       continue;
     }
+    // A disk the generation lacks is one added to the domain since (not synced): left alone.
     const current = (await pathExists(top)) ? (await readLayerHashes(top, deps))[0] : undefined;
-    if (current !== layer) await createTop(top, layer, deps);
+    if (current !== layer) await createTop(top, layer as string, deps);
   }
 }
 
@@ -425,8 +426,7 @@ export async function rotateTops(state: LocalState, generation: Generation, deps
  * Removes a state volume's top (its layers stay for the local collection): it holds
  * nothing unsealed, and the files it was captured from are still in place.
  */
-async function removeVolumeTop(target: string, top: string, deps?: EngineDeps): Promise<void> {
-  if (!isStateVolume(target)) throw new DiskStateError(`internal: a generation without disk ${target} to put tops on`);
+async function removeVolumeTop(top: string, deps?: EngineDeps): Promise<void> {
   if (!(await pathExists(top))) return;
   if (await hasOwnData(top, deps)) throw new DiskStateError(`${top} holds state that is not sealed yet`, { remedy: 'seal it first: kss push, or start the VM once' });
   await rm(top);

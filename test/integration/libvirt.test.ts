@@ -3,8 +3,7 @@
 // behind a 1 Gbit link. Guest writes and reads go through the running domain.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { readConfig } from '../../lib/config.js';
@@ -12,11 +11,12 @@ import { Logger } from '../../lib/log.js';
 import { enableDisks } from '../../lib/sync/enable.js';
 import { MiB, createImage, guestDigest, guestDigestAfter, qemuIo, qemuIoAs } from '../helpers/disks.js';
 import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
-import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
+import { startLibvirtPair, type LibvirtPair } from '../helpers/libvirt-pair.js';
+import { SSH_NAS_TOOLS, type SshNas } from '../helpers/ssh-nas.js';
 import { requireTools } from '../helpers/tools.js';
 
 const IMAGES = '/var/lib/libvirt/images';
-let work: string;
+let pair: LibvirtPair | undefined;
 let nas: SshNas | undefined;
 let desk: LibvirtHost | undefined;
 let laptop: LibvirtHost | undefined;
@@ -41,19 +41,10 @@ function digests(host: LibvirtHost, disks: Record<string, string>): Record<strin
 
 before(async (t) => {
   if (!requireTools(t as unknown as TestContext, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS)) return;
-  work = mkdtempSync(join(tmpdir(), 'kss-e2e-'));
-  nas = await startSshNas();
-  desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
-  laptop = await LibvirtHost.startWithSshNas('laptop', join(work, 'laptop'), nas);
-  // The storage pool virt-manager makes: kss clone puts disks only in a pool's directory (or --dir).
-  for (const host of [desk, laptop]) host.mustVirsh('pool-define-as', 'default', 'dir', '--target', IMAGES);
+  pair = await startLibvirtPair('kss-e2e-', { pool: true });
+  ({ nas, desk, laptop } = pair);
 });
-after(() => {
-  desk?.stop();
-  laptop?.stop();
-  nas?.stop();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+after(() => pair?.stop());
 
 function ready(t: TestContext): boolean {
   return desk !== undefined || requireTools(t, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS);

@@ -54,7 +54,7 @@ describe('manifest updates (directory NAS)', () => {
     const manifest = (await laptop.readManifest('vm')) as Manifest;
     assert.equal(manifest.head, g1.id);
     assert.equal(manifest.revision, 1);
-    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, 2);
+    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, 3);
 
     // A push made on an old head is refused, names who moved the head, and changes nothing.
     await assert.rejects(

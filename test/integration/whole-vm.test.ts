@@ -5,13 +5,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { MiB, createImage, qemuIo } from '../helpers/disks.js';
 import { LIBVIRT_TOOLS, LibvirtHost, firmwareDomainXml } from '../helpers/libvirt-host.js';
-import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
+import { startLibvirtPair, type LibvirtPair } from '../helpers/libvirt-pair.js';
+import { SSH_NAS_TOOLS } from '../helpers/ssh-nas.js';
 import { requireTools } from '../helpers/tools.js';
 
 const TOOLS = [...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS, 'swtpm', 'swtpm_setup'];
@@ -19,25 +19,16 @@ const IMAGES = '/var/lib/libvirt/images';
 const nvramOf = (domain: string) => `/var/lib/libvirt/qemu/nvram/${domain}_VARS.fd`;
 const NVRAM = nvramOf('fw');
 const TEMPLATE = '/usr/share/OVMF/OVMF_VARS_4M.fd';
-let work: string;
-let nas: SshNas | undefined;
+let pair: LibvirtPair | undefined;
 let desk: LibvirtHost | undefined;
 let laptop: LibvirtHost | undefined;
 
 before(async (t) => {
   if (!requireTools(t as unknown as TestContext, ...TOOLS) || !existsSync(TEMPLATE)) return;
-  work = mkdtempSync(join(tmpdir(), 'kss-whole-'));
-  nas = await startSshNas();
-  desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
-  laptop = await LibvirtHost.startWithSshNas('laptop', join(work, 'laptop'), nas);
-  for (const host of [desk, laptop]) host.mustVirsh('pool-define-as', 'default', 'dir', '--target', IMAGES);
+  pair = await startLibvirtPair('kss-whole-', { pool: true });
+  ({ desk, laptop } = pair);
 });
-after(() => {
-  desk?.stop();
-  laptop?.stop();
-  nas?.stop();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+after(() => pair?.stop());
 
 /** The machine's state beside its disks on a host: the NVRAM file's digest, and each TPM state file's. */
 function machineState(host: LibvirtHost, uuid: string, domain = 'fw'): { nvram: string; tpm: Record<string, string> } {

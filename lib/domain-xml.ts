@@ -125,6 +125,8 @@ export async function parseDomainXml(xml: string): Promise<DomainRecord> {
 
 /** The record of a parsed <domain> element. */
 export function domainRecordOf(domain: XmlElement): DomainRecord {
+  const devices = firstChild(domain, 'devices');
+  const tpms = childrenNamed(devices, 'tpm');
   if (domain.qualifiedName !== 'domain') throw new DiskStateError('the XML is not a libvirt <domain> definition');
   const name = firstChild(domain, 'name')?.text.trim();
   if (!name) throw new DiskStateError('the domain XML has no <name>');
@@ -132,13 +134,13 @@ export function domainRecordOf(domain: XmlElement): DomainRecord {
     name,
     uuid: firstChild(domain, 'uuid')?.text.trim(),
     managed: isManaged(firstChild(domain, 'metadata')),
-    disks: childrenNamed(firstChild(domain, 'devices'), 'disk').map(diskRecordOf),
+    disks: childrenNamed(devices, 'disk').map(diskRecordOf),
     nvram: nvramOf(firstChild(firstChild(domain, 'os'), 'nvram')),
-    tpmEmulator: childrenNamed(firstChild(domain, 'devices'), 'tpm').some((tpm) => {
+    tpmEmulator: tpms.some((tpm) => {
       const backend = firstChild(tpm, 'backend');
       return attributeOf(backend, 'type') === 'emulator' && firstChild(backend, 'source') === undefined;
     }),
-    tpmSecret: childrenNamed(firstChild(domain, 'devices'), 'tpm')
+    tpmSecret: tpms
       .map((tpm) => attributeOf(firstChild(firstChild(tpm, 'backend'), 'encryption'), 'secret'))
       .find((secret) => secret !== undefined),
   };

@@ -68,6 +68,11 @@ export function layersDirOf(topPath: string): string {
   return `${topPath}.layers`;
 }
 
+/** The path of a disk's layer. */
+export function layerPathOf(topPath: string, hash: string): string {
+  return join(layersDirOf(topPath), layerFileName(hash));
+}
+
 /** The backing reference the top writes to one of its layers (relative to the top's directory). */
 export function topBackingRef(topPath: string, hash: string): string {
   return `${basename(layersDirOf(topPath))}/${layerFileName(hash)}`;
@@ -132,7 +137,7 @@ export async function hasOwnData(path: string, deps: EngineDeps = defaultDeps): 
  * holds data of its own: that would lose guest writes (seal it first).
  */
 export async function createTop(topPath: string, hash: string, deps: EngineDeps = defaultDeps): Promise<void> {
-  const layer = join(layersDirOf(topPath), layerFileName(hash));
+  const layer = layerPathOf(topPath, hash);
   if (!(await pathExists(layer))) {
     throw new DiskStateError(`cannot put a new top on ${topPath}: layer ${layer} does not exist`);
   }

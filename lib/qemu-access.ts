@@ -12,6 +12,9 @@ import { groupIdsOf } from './accounts.js';
 import type { Command } from './runner.js';
 import { shellQuote } from './shell-quote.js';
 
+/** libvirt's QEMU driver configuration. */
+export const QEMU_CONF = '/etc/libvirt/qemu.conf';
+
 /** What qemu.conf says about the identity QEMU runs with. */
 export interface QemuSettings {
   /** `user = "…"`: a name, or `+UID`; undefined: the build's default. */

@@ -12,7 +12,7 @@
 import { IntegrityError } from './errors.js';
 
 export interface BundleFile {
-  /** Relative to the state's place: `VARS.fd`, or `tpm2/tpm2-00.permall` in a TPM directory. */
+  /** Relative to the state's place: `nvram` for the variable store, `tpm2/tpm2-00.permall` in a TPM directory. */
   path: string;
   /** Permission bits only. */
   mode: number;

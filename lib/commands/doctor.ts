@@ -12,7 +12,7 @@ import { openTransport } from '../nas/open.js';
 import { missingRemoteTimeout } from '../nas/ssh-command.js';
 import { NAMESPACE_URI } from '../namespace.js';
 import { BTRFS_MAGIC, hasNoCow } from '../nocow.js';
-import { DEFAULT_QEMU_USERS, ancestorsOf, parseQemuConf, qemuIdentity, traversalCheckCommand, traversalFix } from '../qemu-access.js';
+import { DEFAULT_QEMU_USERS, QEMU_CONF, ancestorsOf, parseQemuConf, qemuIdentity, traversalCheckCommand, traversalFix } from '../qemu-access.js';
 import { runCommand } from '../runner.js';
 import { readLocalState } from '../sync/local-state.js';
 import { isStateVolume } from '../sync/state-volumes.js';
@@ -24,7 +24,6 @@ import type { CommandContext } from './lifecycle.js';
 type Verdict = { level: 'ok' | 'warn' | 'fail'; what: string; detail: string; fix?: string; error?: KssError };
 
 const HOOKS = ['/etc/libvirt/hooks/qemu', '/etc/libvirt/hooks/qemu.d/kvm-snapshot-sync'];
-const QEMU_CONF = '/etc/libvirt/qemu.conf';
 
 /** The programs the tool runs, with how to get them. */
 const TOOLS: Array<{ file: string; args: string[]; pkg: string }> = [

@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { DiskStateError, NasUnreachableError } from '../errors.js';
 import { flattenTop, readChain, recoverSeal } from '../layers.js';
 import { pathExists } from '../durable-fs.js';
-import { engineDeps, underLock, type SyncDeps } from './deps.js';
-import { domainStateDir, readLocalState, writeLocalState } from './local-state.js';
+import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
+import { domainStateDir, readLocalState } from './local-state.js';
 import { isStateVolume, placeStateVolumes } from './state-volumes.js';
 import { requireNoEventSince, withDomainLock } from './session.js';
 
@@ -44,7 +44,7 @@ export async function disableDomain(domain: string, deps: SyncDeps, after: strin
     // resolve or rollback since the last start moved them); the volumes are put aside
     // with the state below.
     // Disable is the way out: a volume that cannot be placed is told, not a reason to stay.
-    await placeStateVolumes(state, engine, (s) => writeLocalState(config.stateDir, s), log, new Date()).catch((error: Error) => {
+    await placeStateVolumes(state, engine, stateSaver(config.stateDir, lock), log, new Date()).catch((error: Error) => {
       log.warn('could not put the firmware and TPM state of the current generation in place; the files stay as they are', { error: error.message });
     });
     const disks: string[] = [];

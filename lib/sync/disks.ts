@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { pathExists } from '../durable-fs.js';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { DiskStateError, IntegrityError } from '../errors.js';
-import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeLeftovers, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
+import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, layerPathOf, layersDirOf, mergeLayers, readChain, readLayerHashes, removeLeftovers, removeMergeLeftovers, sealTop, type EngineDeps, type SealResult } from '../layers.js';
 import type { Logger } from '../log.js';
 import { cheapestChain, type ChainStep } from '../nas/chains.js';
 import { parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
@@ -16,11 +16,6 @@ import { createProgressMeter, formatBytes, progressBarReporter, progressLogRepor
 import { publishedPending } from './decide.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
 import { VOLUME_SIZE, isStateVolume } from './state-volumes.js';
-
-/** The path of a disk's layer. */
-export function layerPathOf(top: string, hash: string): string {
-  return join(layersDirOf(top), layerFileName(hash));
-}
 
 export interface SealOptions {
   /** Saves the state: the intent before the first disk is touched, the generation after the last. */

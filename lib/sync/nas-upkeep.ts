@@ -19,7 +19,7 @@ import { basename, join } from 'node:path';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { sha256File } from '../hash.js';
 import { pathExists } from '../durable-fs.js';
-import { copyOnto, layersDirOf, readChain, removeLeftovers } from '../layers.js';
+import { copyOnto, layerPathOf, layersDirOf, readChain, removeLeftovers } from '../layers.js';
 import { layerHeaderProblem, parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
 import { LockedError } from '../errors.js';
 import { withLock } from '../lock.js';
@@ -28,7 +28,7 @@ import type { Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { hostPlaces, retentionPolicy } from '../nas/retention.js';
 import { engineDeps, type SyncDeps } from './deps.js';
-import { layerPathOf, logProgress, requireRoomFor } from './disks.js';
+import { logProgress, requireRoomFor } from './disks.js';
 import { domainStateDir, readLocalState, type LocalState } from './local-state.js';
 
 /** A link to a file being published, so that a local collection cannot take it away meanwhile. */

@@ -51,6 +51,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         // From here on, the work of any earlier stop is this start's (lib/sync/stop.ts).
         await recordEvent(config.stateDir, domain, 'start', now());
         const guarded = underLock(deps, lock);
+        const engine = engineDeps(guarded);
         const save = stateSaver(config.stateDir, lock);
         const state = await readLocalState(config.stateDir, domain);
         state.disks = disks;
@@ -76,14 +77,14 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         }
         if (!flags.restoring) {
           guarded.onStep?.('start:seal');
-          await captureStateVolumes(state, engineDeps(guarded), save, 'start');
-          const sealed = await sealDisks(state, config.host, now(), { deps: engineDeps(guarded), save });
+          await captureStateVolumes(state, engine, save, 'start');
+          const sealed = await sealDisks(state, config.host, now(), { deps: engine, save });
           if (sealed) log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
         }
         await save(state); // the disks as this start's XML names them, whatever follows
         await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
         // A restore resumes the VM on the state it was saved with, files and all.
-        if (!flags.restoring) await placeStateVolumes(state, engineDeps(guarded), save, log, now());
+        if (!flags.restoring) await placeStateVolumes(state, engine, save, log, now());
         for (const top of Object.values(state.disks)) {
           await makePrivate(top, (path, error) => log.warn('could not make a disk file private', { path, error: error.message }));
         }

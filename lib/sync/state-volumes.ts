@@ -22,10 +22,9 @@ import { fsyncDir, fsyncFile, pathExists, renameDurably, tempPathBeside } from '
 import type { DomainRecord } from '../domain-xml.js';
 import { DiskStateError, IntegrityError } from '../errors.js';
 import { sha256Of } from '../hash.js';
-import { layerFileName } from '../file-names.js';
-import { createTop, incomingPathOf, layersDirOf, readImageInfo, removeLeftovers, type EngineDeps } from '../layers.js';
+import { createTop, incomingPathOf, layerPathOf, readImageInfo, removeLeftovers, type EngineDeps } from '../layers.js';
 import type { Logger } from '../log.js';
-import { parseQemuConf, swtpmOwner } from '../qemu-access.js';
+import { QEMU_CONF, parseQemuConf, swtpmOwner } from '../qemu-access.js';
 import { createImageCommand, ioWriteCommand, readRawCommand, type IoWrite } from '../qemu-img.js';
 import { bundleLength, decodeBundle, encodeBundle, type BundleFile } from '../state-bundle.js';
 import { domainStateDir, localHead, type LocalState } from './local-state.js';
@@ -50,7 +49,8 @@ const NVRAM_ENTRY = 'nvram';
  * each start place the files again.
  */
 const STATE_MODE = 0o600;
-const QEMU_CONF = '/etc/libvirt/qemu.conf';
+/** The most one kind of state may hold, in all: half its volume (a bundle's index and header fit beside). */
+const MAX_STATE_BYTES = VOLUME_SIZE / 2;
 
 /** Whether a generation's disk target is a state volume, not a disk. */
 export function isStateVolume(target: string): boolean {
@@ -105,7 +105,6 @@ export type CaptureMoment = 'enable' | 'stop' | 'start';
  * its base).
  */
 export async function captureStateVolumes(state: LocalState, deps: EngineDeps, save: (state: LocalState) => Promise<void>, moment: CaptureMoment): Promise<void> {
-  const create = moment !== 'start';
   if (state.sealing) return; // capture came before that seal began: it is finished first
   for (const [target, volume] of Object.entries(state.volumes ?? {})) {
     const top = state.disks[target];
@@ -119,12 +118,13 @@ export async function captureStateVolumes(state: LocalState, deps: EngineDeps, s
     // renames leaves no TPM directory (the volume still holds it, and the next place puts
     // it back), and libvirt would make a new TPM, or copy the template, in their stead.
     if (files.length === 0 && exists) continue;
-    const layer = localHead(state)?.disks[target];
-    if (!exists && !create) continue;
-    if (!exists && layer !== undefined) {
-      if (!(await pathExists(join(layersDirOf(top), layerFileName(layer))))) continue; // not fetched here (a start without the NAS)
-      await createTop(top, layer, deps);
-    } else if (!exists) await createVolume(top, deps);
+    if (!exists) {
+      if (moment === 'start') continue;
+      const layer = localHead(state)?.disks[target];
+      if (layer === undefined) await createVolume(top, deps);
+      else if (await pathExists(layerPathOf(top, layer))) await createTop(top, layer, deps);
+      else continue; // not fetched here (a start without the NAS)
+    }
     deps.onStep?.('volume:capture');
     const old = await readVolume(top, deps).catch((error: unknown) => {
       if (error instanceof IntegrityError) return undefined; // overwritten whole
@@ -148,28 +148,23 @@ export async function placeStateVolumes(state: LocalState, deps: EngineDeps, sav
     const top = state.disks[target];
     const kind = kindOf(target);
     const files = top !== undefined && (await pathExists(top)) ? decodeBundle(await readVolume(top, deps)) : undefined;
-    if (files === undefined || files.length === 0) {
-      const here = sha256Of(encodeBundle(await readStateFiles(kind, volume.source)));
-      if (volume.seen !== here) {
-        volume.seen = here;
-        await save(state);
-      }
-      continue;
-    }
-    requirePlaceable(kind, files);
-    const wanted = sha256Of(encodeBundle(files));
     const here = await readStateFiles(kind, volume.source);
-    const hereDigest = sha256Of(encodeBundle(here));
-    if (hereDigest !== wanted) {
-      const keptAside = here.length > 0 && hereDigest !== volume.seen ? `${volume.source}.kss-before-${now.toISOString().replace(/[:.]/gu, '-')}` : undefined;
-      deps.onStep?.('volume:place');
-      if (kind === 'nvram') await placeNvram(volume.source, files, keptAside);
-      else await placeTpmState(volume.source, files, keptAside, deps);
-      log.info('placed state', { volume: target, path: volume.source, files: files.length });
-      if (keptAside) log.warn('kept files this host had never synced aside', { volume: target, keptAs: keptAside });
+    let runsOn = sha256Of(encodeBundle(here));
+    if (files !== undefined && files.length > 0) {
+      requirePlaceable(kind, files);
+      const wanted = sha256Of(encodeBundle(files));
+      if (runsOn !== wanted) {
+        const keptAside = here.length > 0 && runsOn !== volume.seen ? `${volume.source}.kss-before-${now.toISOString().replace(/[:.]/gu, '-')}` : undefined;
+        deps.onStep?.('volume:place');
+        if (kind === 'nvram') await placeNvram(volume.source, files, keptAside);
+        else await placeTpmState(volume.source, files, keptAside, deps);
+        log.info('placed state', { volume: target, path: volume.source, files: files.length });
+        if (keptAside) log.warn('kept files this host had never synced aside', { volume: target, keptAs: keptAside });
+      }
+      runsOn = wanted;
     }
-    if (volume.seen !== wanted) {
-      volume.seen = wanted;
+    if (volume.seen !== runsOn) {
+      volume.seen = runsOn;
       await save(state);
     }
   }
@@ -196,8 +191,8 @@ async function readStateFiles(kind: VolumeKind, path: string): Promise<BundleFil
       if (inner.isFile() && !inner.name.startsWith('.')) await add(`${entry.name}/${inner.name}`);
     }
   }
-  const bytes = files.reduce((sum, file) => sum + file.data.length, 0);
-  if (bytes > VOLUME_SIZE / 2) {
+  const bytes = totalBytes(files);
+  if (bytes > MAX_STATE_BYTES) {
     throw new DiskStateError(`${path} holds ${bytes} bytes: more than a TPM state, and more than its volume takes`, { remedy: 'move what does not belong to the TPM out of that directory' });
   }
   return files;
@@ -216,7 +211,7 @@ async function readRegularFile(path: string): Promise<Buffer | undefined> {
   if (!handle) return undefined;
   try {
     const found = await handle.stat();
-    if (!found.isFile() || found.size > VOLUME_SIZE / 2) throw new DiskStateError(`${path} is not a firmware or TPM state file (not a regular file, or too large)`);
+    if (!found.isFile() || found.size > MAX_STATE_BYTES) throw new DiskStateError(`${path} is not a firmware or TPM state file (not a regular file, or too large)`);
     return await handle.readFile();
   } finally {
     await handle.close();
@@ -228,13 +223,17 @@ async function readRegularFile(path: string): Promise<Buffer | undefined> {
  * file, or at most MAX_FILES TPM files, in all no more than a capture takes.
  */
 function requirePlaceable(kind: VolumeKind, files: readonly BundleFile[]): void {
-  const bytes = files.reduce((sum, file) => sum + file.data.length, 0);
+  const bytes = totalBytes(files);
   const nvramShape = files.length === 1 && files[0]?.path === NVRAM_ENTRY;
-  if (bytes > VOLUME_SIZE / 2 || (kind === 'nvram') !== nvramShape) {
+  if (bytes > MAX_STATE_BYTES || (kind === 'nvram') !== nvramShape) {
     throw new IntegrityError(`the @${kind} volume holds ${files.length} file(s) of ${bytes} bytes (${files.map((f) => f.path).join(', ')}): not what kvm-snapshot-sync captures`, {
       remedy: 'roll back to an earlier generation (kss snapshot list), or check the NAS',
     });
   }
+}
+
+function totalBytes(files: readonly BundleFile[]): number {
+  return files.reduce((sum, file) => sum + file.data.length, 0);
 }
 
 /**
@@ -320,8 +319,8 @@ async function createVolume(top: string, deps: EngineDeps): Promise<void> {
 }
 
 /**
- * Replaces the NVRAM file (what a symlink at its path points to) atomically, with the
- * owner and mode of the file it replaces (libvirt's labels: it relabels at start).
+ * Replaces the NVRAM file atomically (never through a symlink at its path), with the
+ * owner of the file it replaces (libvirt's label: it relabels at start), mode 0600.
  */
 async function placeNvram(path: string, files: BundleFile[], keptAside: string | undefined): Promise<void> {
   const [file] = files as [BundleFile];

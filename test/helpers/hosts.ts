@@ -132,10 +132,10 @@ export function managedDomainXml(name: string, disks: Record<string, string>, fi
         `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${path.replaceAll("'", '&apos;')}'/><target dev='${target}' bus='virtio'/></disk>`,
     )
     .join('\n    ');
-  const uuid = firmware ? `\n  <uuid>${firmware.uuid}</uuid>\n  <os><type>hvm</type><nvram>${firmware.nvram}</nvram></os>` : '';
+  const uuidAndOs = firmware ? `\n  <uuid>${firmware.uuid}</uuid>\n  <os><type>hvm</type><nvram>${firmware.nvram}</nvram></os>` : '';
   const tpm = firmware ? "\n    <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>" : '';
   return `<domain type='kvm'>
-  <name>${name}</name>${uuid}
+  <name>${name}</name>${uuidAndOs}
   <metadata><kss:sync xmlns:kss="${NAMESPACE_URI}"/></metadata>
   <devices>
     ${devices}${tpm}

@@ -7,6 +7,8 @@ import type { Logger } from '../lib/log.js';
 export interface HookContext {
   /** The domain, from the XML on stdin (internal calls: its name only, no disks). */
   domain: DomainRecord;
+  /** The XML on stdin, as libvirt gave it ('' for internal calls). */
+  xml: string;
   op: string;
   subop: string;
   extra: string;
@@ -32,6 +34,9 @@ export interface HookEntry {
 /** The background work after a stop: the release handler starts it with this operation. */
 export const FINISH_STOP_OP = 'kss-finish-stop';
 
+/** The background work after a start refused for a newer definition (hooks/prepare.ts). */
+export const APPLY_DEFINITION_OP = 'kss-apply-definition';
+
 const TABLE: Record<string, HookEntry> = {
   'prepare/begin': { failureAbortsStart: true, load: async () => (await import('./prepare.js')).prepareBegin },
   'release/end': { failureAbortsStart: false, load: async () => (await import('./release.js')).releaseEnd },
@@ -40,6 +45,11 @@ const TABLE: Record<string, HookEntry> = {
     failureAbortsStart: false,
     internal: true,
     load: async () => (await import('./finish-stop.js')).finishStopBegin,
+  },
+  [`${APPLY_DEFINITION_OP}/begin`]: {
+    failureAbortsStart: false,
+    internal: true,
+    load: async () => (await import('./apply-definition.js')).applyDefinitionBegin,
   },
 };
 

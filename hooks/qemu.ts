@@ -48,7 +48,7 @@ export async function runHook(args: readonly string[], io: HookIo): Promise<numb
 
     log.info('hook call', { extra, startupMs: Math.round(process.uptime() * 1000) });
     const handler = await entry.load();
-    await handler({ domain, op, subop, extra, config, log });
+    await handler({ domain, xml, op, subop, extra, config, log });
     log.info('hook call done');
     return 0;
   } catch (error) {

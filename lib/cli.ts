@@ -116,8 +116,14 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
       async (argv) => (await import('./commands/lifecycle.js')).pushCommand({ domain: argv.domain }, context(argv.config)),
     )
     .command(
+      'definition <domain>',
+      "show the domain's definition as it travels (the portable part) and this host's own part, side by side",
+      (y) => y.positional('domain', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+      async (argv) => (await import('./commands/definition.js')).definitionCommand({ domain: argv.domain, json: argv.json }, context(argv.config)),
+    )
+    .command(
       'pull <domain>',
-      "fetch the NAS's newest generation of the domain, with progress, so that the next start has nothing to download",
+      "put the NAS's newest definition of the domain in place and fetch its newest generation, with progress, so that the next start has nothing to download",
       (y) => y.positional('domain', { type: 'string', demandOption: true }),
       async (argv) => (await import('./commands/lifecycle.js')).pullCommand({ domain: argv.domain }, context(argv.config)),
     )

@@ -45,6 +45,8 @@ export interface Config {
   retentionBranchDays: number;
   /** A layer transfer that moves no byte for this many seconds is stopped (both transports). */
   stallSeconds: number;
+  /** The domains' <cpu> is this host's own, not part of the definition that travels (lib/definition.ts). */
+  cpuPerHost: boolean;
 }
 
 export const DEFAULTS = {
@@ -59,6 +61,7 @@ export const DEFAULTS = {
   retentionGenerations: 10,
   retentionBranchDays: 90,
   stallSeconds: 30,
+  cpuPerHost: false,
 } as const;
 
 /** Every key a configuration file may hold (the README's Configuration table lists each). */
@@ -78,6 +81,7 @@ export const CONFIG_KEYS = [
   'retentionGenerations',
   'retentionBranchDays',
   'stallSeconds',
+  'cpuPerHost',
 ] as const;
 type Key = (typeof CONFIG_KEYS)[number];
 
@@ -135,6 +139,12 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     return value as number;
   };
 
+  const flag = (key: 'cpuPerHost'): boolean => {
+    const value = obj[key] ?? DEFAULTS[key];
+    if (typeof value !== 'boolean') fail(key, `must be true or false, got ${JSON.stringify(value)}`);
+    return value as boolean;
+  };
+
   return {
     file,
     host,
@@ -153,6 +163,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     retentionBranchDays: wholeNumber('retentionBranchDays', 1, 36_500),
     // Below 5 s a busy NAS or a loaded 2-core host would be taken for a dead one.
     stallSeconds: wholeNumber('stallSeconds', 5, 3600),
+    cpuPerHost: flag('cpuPerHost'),
   };
 }
 

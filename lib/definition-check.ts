@@ -1,6 +1,6 @@
-// What `kss clone` accepts from the NAS as a domain definition. Anything that can write
-// to the NAS can write domain.xml, and libvirt (root) acts on every path and device in
-// it: it relabels the files it names for QEMU, opens devices, runs scripts and starts
+// What `kss clone` (and a host putting a newer definition in place: lib/sync/definitions.ts)
+// accepts from the NAS as a domain definition. Anything that can write to the NAS can write
+// the definitions there, and libvirt (root) acts on every path and device in it: it relabels the files it names for QEMU, opens devices, runs scripts and starts
 // the emulator. So before anything is pulled or created, the definition is checked here
 // against facts about this host, and refused with every problem found. Pure: the facts
 // are gathered by lib/commands/libvirt-domain.ts, the refusal thrown by the command.
@@ -482,7 +482,7 @@ export function buildRefusal(domain: string, problems: readonly Problem[], when:
   const remedies: string[] = [];
   if (problems.some((p) => p.kind === 'unsafe')) {
     remedies.push(
-      `if it is your own VM, change that where it runs (virsh edit ${domain}, then kss push ${domain}) and clone again, adding what this host needs by hand afterwards; if you did not put it there, someone else can write to the NAS: look at domains/${domain}/domain.xml`,
+      `if it is your own VM, change that where it runs (virsh edit ${domain}, then kss push ${domain}) and run this again, adding what this host needs by hand afterwards (virsh edit here: it stays this host's own where it can); if you did not put it there, someone else can write to the NAS: look at domains/${domain}/ there (manifest.json, definitions/)`,
     );
   }
   if (problems.some((p) => p.kind === 'placement')) {

@@ -1,4 +1,6 @@
-// Parses libvirt domain XML, once, into a typed record. The only module that imports xml2js.
+// Parses libvirt domain XML into a tree and a typed record, edits the tree and writes it
+// back as XML (serializeXml). The only module that imports xml2js, and the one owner of
+// libvirt XML: nothing edits it as text.
 import { parseStringPromise } from 'xml2js';
 import { DiskStateError } from './errors.js';
 import { METADATA_ELEMENT, NAMESPACE_URI } from './namespace.js';
@@ -181,49 +183,86 @@ export function syncedDisks(domain: DomainRecord): DiskRecord[] {
   return domain.disks.filter(isSyncedDisk);
 }
 
-/**
- * Rewrites the <disk> elements of domain XML as printed by libvirt (`virsh dumpxml`),
- * as text, leaving every other byte as it is: `edit` gets each disk's target device and
- * its element, and returns the element to put instead.
- */
-export function editDisks(xml: string, edit: (target: string, element: string) => string): string {
-  return xml.replace(/<disk\b[^>]*>[\s\S]*?<\/disk>/gu, (element) => {
-    const target = /<target\b[^>]*\bdev=(['"])(.*?)\1/u.exec(element)?.[2];
-    return target === undefined ? element : edit(unescapeXml(target), element);
-  });
-}
-
-/** The disks named get driver type qcow2 (a <driver> element is added where none is). */
-export function setDiskFormatQcow2(xml: string, targets: string[]): string {
-  return editDisks(xml, (target, element) => {
-    if (!targets.includes(target)) return element;
-    if (/<driver\b/u.test(element)) {
-      return element.replace(/<driver\b[^>]*?\/?>/u, (driver) =>
-        /\btype=/u.test(driver) ? driver.replace(/\btype=(['"])[^'"]*\1/u, "type='qcow2'") : driver.replace(/<driver\b/u, "<driver type='qcow2'"),
-      );
+/** Serializes an element tree as XML, indented as libvirt writes it; what parseXmlTree reads back as the same tree. */
+export function serializeXml(root: XmlElement): string {
+  const lines: string[] = [];
+  const write = (element: XmlElement, indent: string): void => {
+    const open = `${indent}<${element.qualifiedName}${element.attributes.map((a) => ` ${a.qualifiedName}='${escapeXml(a.value)}'`).join('')}`;
+    if (element.children.length === 0) {
+      lines.push(element.text === '' ? `${open}/>` : `${open}>${escapeXml(element.text)}</${element.qualifiedName}>`);
+      return;
     }
-    return element.replace(/^<disk\b[^>]*>/u, (open) => `${open}\n      <driver name='qemu' type='qcow2'/>`);
-  });
+    lines.push(`${open}>${escapeXml(element.text)}`);
+    for (const child of element.children) write(child, `${indent}  `);
+    lines.push(`${indent}</${element.qualifiedName}>`);
+  };
+  write(root, '');
+  return `${lines.join('\n')}\n`;
 }
 
-/** The disks named get a new source file. */
-export function setDiskPaths(xml: string, paths: Record<string, string>): string {
-  return editDisks(xml, (target, element) => {
-    const path = paths[target];
-    if (path === undefined) return element;
-    return element.replace(/(<source\b[^>]*?\bfile=)(['"])[^'"]*\2/u, (_all, start: string) => `${start}'${escapeXml(path)}'`);
-  });
-}
-
+/** Escapes text for XML content or a quoted attribute; line ends and tabs as references, so that a parser keeps them. */
 function escapeXml(value: string): string {
-  return value.replace(/&/gu, '&amp;').replace(/</gu, '&lt;').replace(/>/gu, '&gt;').replace(/'/gu, '&apos;').replace(/"/gu, '&quot;');
+  return value.replace(/[&<>'"\r\n\t]/gu, (char) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', "'": '&apos;', '"': '&quot;', '\r': '&#13;', '\n': '&#10;', '\t': '&#9;' })[char] as string);
 }
 
-function unescapeXml(value: string): string {
-  return value.replace(/&(lt|gt|quot|apos|amp);/gu, (_all, name: string) => ({ lt: '<', gt: '>', quot: '"', apos: "'", amp: '&' })[name] as string);
+/** A new element of libvirt's own (no namespace). */
+export function newElement(name: string, attributes: Record<string, string> = {}, children: XmlElement[] = [], text = ''): XmlElement {
+  return { qualifiedName: name, name, uri: '', attributes: Object.entries(attributes).map(([qualifiedName, value]) => ({ qualifiedName, uri: '', value })), children, text };
 }
 
-/** Every <emulator> element (libvirt writes it as `<emulator>PATH</emulator>`) names `path` instead. */
-export function setEmulator(xml: string, path: string): string {
-  return xml.replace(/<emulator>[^<]*<\/emulator>/gu, `<emulator>${escapeXml(path)}</emulator>`);
+/** A deep copy of an element, to edit without touching the original. */
+export function copyElement(element: XmlElement): XmlElement {
+  return { ...element, attributes: element.attributes.map((a) => ({ ...a })), children: element.children.map(copyElement) };
+}
+
+/** Sets an attribute (libvirt's own, no namespace), in place where it is, last where it was not. */
+export function setAttribute(element: XmlElement, qualifiedName: string, value: string): void {
+  const existing = element.attributes.find((a) => a.qualifiedName === qualifiedName);
+  if (existing) existing.value = value;
+  else element.attributes.push({ qualifiedName, uri: '', value });
+}
+
+/** Removes an attribute, if there. */
+export function removeAttribute(element: XmlElement, qualifiedName: string): void {
+  element.attributes = element.attributes.filter((a) => a.qualifiedName !== qualifiedName);
+}
+
+/** Every element of that name as written, at any depth, in document order. */
+export function descendantsNamed(element: XmlElement, qualifiedName: string): XmlElement[] {
+  return element.children.flatMap((child) => [...(child.qualifiedName === qualifiedName ? [child] : []), ...descendantsNamed(child, qualifiedName)]);
+}
+
+/** The <disk> elements of <devices>, with their target device. */
+function disksOf(domain: XmlElement): Array<{ target: string; element: XmlElement }> {
+  return childrenNamed(firstChild(domain, 'devices'), 'disk').map((element) => ({ target: attributeOf(firstChild(element, 'target'), 'dev') ?? '', element }));
+}
+
+/** The disks named get driver type qcow2 (a <driver name='qemu'> is added first where none is). In place. */
+export function setDiskFormatQcow2(domain: XmlElement, targets: readonly string[]): void {
+  for (const { target, element } of disksOf(domain)) {
+    if (!targets.includes(target)) continue;
+    const driver = firstChild(element, 'driver');
+    if (driver) setAttribute(driver, 'type', 'qcow2');
+    else element.children.unshift(newElement('driver', { name: 'qemu', type: 'qcow2' }));
+  }
+}
+
+/** The disks named get a new source file (a <source> is added first where none is). In place. */
+export function setDiskPaths(domain: XmlElement, paths: Readonly<Record<string, string>>): void {
+  for (const { target, element } of disksOf(domain)) {
+    const path = paths[target];
+    if (path === undefined) continue;
+    const source = firstChild(element, 'source');
+    if (source) setAttribute(source, 'file', path);
+    else element.children.splice(firstChild(element, 'driver') ? 1 : 0, 0, newElement('source', { file: path }));
+  }
+}
+
+/** The domain's <devices><emulator> names `path` (added first in <devices> where there is none). In place. */
+export function setEmulator(domain: XmlElement, path: string): void {
+  let devices = firstChild(domain, 'devices');
+  if (!devices) domain.children.push((devices = newElement('devices')));
+  const emulators = childrenNamed(devices, 'emulator');
+  if (emulators.length === 0) devices.children.unshift(newElement('emulator', {}, [], path));
+  for (const emulator of emulators) emulator.text = path;
 }

@@ -14,6 +14,7 @@ export const ExitCode = {
   conflict: 9,
   nasFull: 10,
   leaseHeld: 11,
+  definitionChanged: 12,
   internal: 70,
 } as const;
 
@@ -94,6 +95,11 @@ export class NasFullError extends KssError {
 /** Another host has the VM checked out. */
 export class LeaseHeldError extends KssError {
   readonly exitCode = ExitCode.leaseHeld;
+}
+
+/** The VM's definition changed on another host, and is being put in place here: start again. */
+export class DefinitionChangedError extends KssError {
+  readonly exitCode = ExitCode.definitionChanged;
 }
 
 /** Decides the exit code for anything thrown: typed failures keep theirs, the rest are bugs. */

@@ -1,7 +1,7 @@
 // `kss enable VM`, `kss disable VM` and `kss log VM`.
 import { createReadStream, existsSync, watch } from 'node:fs';
 import { readConfig } from '../config.js';
-import { parseDomainXml, setDiskFormatQcow2, syncedDisks } from '../domain-xml.js';
+import { domainRecordOf, parseXmlTree, serializeXml, setDiskFormatQcow2, syncedDisks } from '../domain-xml.js';
 import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError, UsageError } from '../errors.js';
 import { Logger, domainLogPath, streamSink } from '../log.js';
 import { METADATA_ELEMENT, METADATA_PREFIX, NAMESPACE_URI } from '../namespace.js';
@@ -23,7 +23,8 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
   const uri = libvirtUri(context.env);
   const after = await shutOffSince(o.domain, context, `shut it down first: virsh shutdown ${o.domain}`);
   const xml = await definitionXml(o.domain, context.env);
-  const record = await parseDomainXml(xml);
+  const tree = await parseXmlTree(xml);
+  const record = domainRecordOf(tree);
   const disks = syncedDisks(record);
   if (disks.length === 0) throw new DiskStateError(`${o.domain} has no writable file disk to sync`);
   const other = disks.filter((disk) => disk.format !== undefined && disk.format !== 'qcow2' && disk.format !== 'raw');
@@ -34,7 +35,10 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
   }
   const log = new Logger([streamSink(context.stderr, 'info')]);
   const toEnable = Object.fromEntries(disks.map((d) => [d.target, { path: d.path as string, format: d.format === 'qcow2' ? ('qcow2' as const) : ('raw' as const) }]));
-  const switchToQcow2 = (targets: string[]) => defineDomain(setDiskFormatQcow2(xml, targets), context.env);
+  const switchToQcow2 = (targets: string[]) => {
+    setDiskFormatQcow2(tree, targets);
+    return defineDomain(serializeXml(tree), context.env);
+  };
   const enabled = await enableDisks(o.domain, toEnable, { config, log }, switchToQcow2, stateSourcesOf(record, config.swtpmDir));
   for (const dir of enabled.nocow) log.info('set NOCOW (btrfs) on the new layers directory', { dir });
   await runCommand(
@@ -56,7 +60,8 @@ export async function enableCommand(o: { domain: string }, context: CommandConte
     }
     throw new NasUnreachableError(message, { remedy: `kss push ${o.domain} once the NAS is reachable (the first start pushes it too)` });
   }
-  context.stdout.write(`${o.domain}: enabled; generation ${enabled.generation.slice(0, 12)} and the definition are on the NAS\n`);
+  // The push merged the first generation with the one the definition was captured in.
+  context.stdout.write(`${o.domain}: enabled; generation ${(pushed.synced?.id ?? enabled.generation).slice(0, 12)} and the definition are on the NAS\n`);
 }
 
 /** Prints the domain's hook and background log; with `follow`, keeps printing new lines. */

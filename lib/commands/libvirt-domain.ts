@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HostFacts } from '../definition-check.js';
 import type { DomainRecord } from '../domain-xml.js';
+import type { LibvirtDefinitions } from '../sync/definitions.js';
 import { ToolError, UsageError } from '../errors.js';
 import { runCommand } from '../runner.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
@@ -16,8 +17,23 @@ export async function requireShutOff(domain: string, env: NodeJS.ProcessEnv, rem
 }
 
 /** The domain's persistent definition, as libvirt prints it. */
-export async function definitionXml(domain: string, env: NodeJS.ProcessEnv): Promise<string> {
-  return (await runCommand(virshCommand(libvirtUri(env), 'dumpxml', '--inactive', domain))).stdout;
+export async function definitionXml(domain: string, env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<string> {
+  return (await runCommand(virshCommand(libvirtUri(env), 'dumpxml', '--inactive', domain), { timeoutMs })).stdout;
+}
+
+/** How long background work waits for one answer of libvirt's. */
+export const LIBVIRT_DEADLINE_MS = 60_000;
+
+/**
+ * libvirt's definitions, as lib/sync/definitions.ts uses them; `timeoutMs` bounds each
+ * call (background work: a libvirtd that does not answer must not hold the domain lock for ever).
+ */
+export function libvirtDefinitions(env: NodeJS.ProcessEnv, timeoutMs?: number): LibvirtDefinitions {
+  return {
+    read: (domain) => definitionXml(domain, env, timeoutMs),
+    define: (xml) => defineDomain(xml, env, timeoutMs),
+    hostFacts: (guest) => readHostFacts(guest, env, timeoutMs),
+  };
 }
 
 /** The domain's persistent definition, parsed. */
@@ -33,11 +49,11 @@ export async function isDefined(domain: string, env: NodeJS.ProcessEnv): Promise
 }
 
 /** Defines (or redefines) a domain from XML, through a private temporary file virsh reads. */
-export async function defineDomain(xml: string, env: NodeJS.ProcessEnv): Promise<void> {
+export async function defineDomain(xml: string, env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'kss-define-'));
   try {
     await writeFile(join(dir, 'domain.xml'), xml, { mode: 0o600 });
-    await runCommand(virshCommand(libvirtUri(env), 'define', join(dir, 'domain.xml')));
+    await runCommand(virshCommand(libvirtUri(env), 'define', join(dir, 'domain.xml')), { timeoutMs });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -52,17 +68,17 @@ const NVRAM_DIR = '/var/lib/libvirt/qemu/nvram';
  * the emulator and firmware `virsh domcapabilities` gives for the guest's type, arch and
  * machine. Reads only.
  */
-export async function readHostFacts(guest: { type: string | undefined; arch: string | undefined; machine: string | undefined }, env: NodeJS.ProcessEnv): Promise<HostFacts> {
+export async function readHostFacts(guest: { type: string | undefined; arch: string | undefined; machine: string | undefined }, env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<HostFacts> {
   const { parseXmlTree, parseDomainXml } = await import('../domain-xml.js');
   const { poolDirOf, readDomainCapabilities } = await import('../definition-check.js');
   const uri = libvirtUri(env);
-  const virsh = async (...args: string[]) => (await runCommand(virshCommand(uri, ...args))).stdout;
+  const virsh = async (...args: string[]) => (await runCommand(virshCommand(uri, ...args), { timeoutMs })).stdout;
   const lines = (text: string) => text.split('\n').map((line) => line.trim()).filter(Boolean);
 
   const domains: Array<HostFacts['domains'][number]> = [];
   for (const name of lines(await virsh('list', '--all', '--name'))) {
     // one undefined meanwhile is gone: it has nothing left to collide with
-    const dumped = await runCommand({ ...virshCommand(uri, 'dumpxml', '--inactive', name), okExitCodes: [0, 1] });
+    const dumped = await runCommand({ ...virshCommand(uri, 'dumpxml', '--inactive', name), okExitCodes: [0, 1] }, { timeoutMs });
     if (dumped.exitCode !== 0) continue;
     const domain = await parseDomainXml(dumped.stdout);
     domains.push({ name: domain.name, uuid: domain.uuid, disks: domain.disks.filter((d) => d.device === 'disk' && d.path !== undefined).map((d) => d.path as string) });

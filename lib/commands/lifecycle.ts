@@ -17,7 +17,7 @@ import { finishStop, type KeptWhy } from '../sync/stop.js';
 import { resolveConflict, rollback, type Keep } from '../sync/resolve.js';
 import type { SyncDeps } from '../sync/deps.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
-import { definedDomain, definitionXml, requireShutOff } from './libvirt-domain.js';
+import { definedDomain, libvirtDefinitions, requireShutOff } from './libvirt-domain.js';
 import type { Output } from './output.js';
 
 export interface CommandContext extends Output {
@@ -28,7 +28,7 @@ export interface CommandContext extends Output {
 async function syncDeps(context: CommandContext, level: 'info' | 'warn' = 'info'): Promise<SyncDeps> {
   const config = await readConfig(context.configFile);
   const log = new Logger([streamSink(context.stderr, level)]);
-  return { config, log, openRepository: () => openRepository(config, log) };
+  return { config, log, openRepository: () => openRepository(config, log), libvirt: libvirtDefinitions(context.env) };
 }
 
 /** Runs virsh with one-shot flags set for the hook; flags the hook did not take are removed. */
@@ -94,15 +94,26 @@ export async function shutOffSince(domain: string, context: CommandContext, reme
 /** `kss resolve VM --keep local|remote` */
 export async function resolveCommand(o: { domain: string; keep: Keep }, context: CommandContext): Promise<void> {
   const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain})`);
-  const { head, branch } = await resolveConflict(o.domain, o.keep, await syncDeps(context), after);
+  const deps = await syncDeps(context);
+  const { head, branch } = await resolveConflict(o.domain, o.keep, deps, after);
   context.stdout.write(`${o.domain}: kept ${o.keep}; head ${head.slice(0, 12)}; the other side is branch ${branch}\n`);
+  await definitionInPlace(o.domain, deps, context);
+}
+
+/** Puts the definition of the head this host is now on in place (the whole machine moves together), and says so when it changed. */
+async function definitionInPlace(domain: string, deps: SyncDeps, context: CommandContext): Promise<void> {
+  const { putDefinitionInPlace } = await import('../sync/definitions.js');
+  const put = await putDefinitionInPlace(domain, { ...deps, libvirt: deps.libvirt ?? libvirtDefinitions(context.env) });
+  if (put?.changed) context.stdout.write(`${domain}: the definition of generation ${put.generation.id.slice(0, 12)} (from host ${put.generation.host}) is in place here\n`);
 }
 
 /** `kss rollback VM --to GEN|BRANCH` */
 export async function rollbackCommand(o: { domain: string; to: string }, context: CommandContext): Promise<void> {
   const after = await shutOffSince(o.domain, context, `shut it down first (kss stop ${o.domain})`);
-  const generation = await rollback(o.domain, o.to, await syncDeps(context), after);
+  const deps = await syncDeps(context);
+  const generation = await rollback(o.domain, o.to, deps, after);
   context.stdout.write(`${o.domain}: disks as at ${o.to}, as new generation ${generation.id.slice(0, 12)}\n`);
+  await definitionInPlace(o.domain, deps, context);
 }
 
 /** `kss gc VM [--dry-run]`: applies retention on the NAS (old generations, unneeded layers), or says what it would do. */
@@ -153,9 +164,8 @@ function notPushed(domain: string, pushed: { outcome: string; pending: number; k
 }
 
 /**
- * Runs the work after a stop by hand, with a progress bar, and when the NAS then has
- * everything of this host's, puts the domain's current definition there too (for
- * `kss clone` on another host). Returns how it ended, what is still unpushed, the
+ * Runs the work after a stop by hand, with a progress bar (the definition is captured
+ * with the disks: lib/sync/stop.ts). Returns how it ended, what is still unpushed, the
  * generation the disks are now in step with on the NAS, and the configuration it used.
  */
 export async function pushHere(
@@ -171,22 +181,20 @@ export async function pushHere(
     });
   }
   const state = await readLocalState(deps.config.stateDir, domain);
-  if (state.pending.length === 0 && state.synced !== null) {
-    const xml = await definitionXml(domain, context.env);
-    const repository = deps.openRepository();
-    await repository.writeDomainXml(domain, xml).finally(() => repository.close());
-  }
   return { outcome: stopped.outcome, kept: stopped.kept, pending: state.pending.length, synced: state.synced, config: deps.config };
 }
 
 /**
- * `kss pull VM`: fetches and verifies the layers of the NAS's newest generation that this
- * host lacks, with progress, so that the next start has nothing to download. The disks
- * are not changed: the start puts them on it.
+ * `kss pull VM`: puts the NAS's newest definition in place (lib/sync/definitions.ts),
+ * then fetches and verifies the layers of the NAS's newest generation that this host
+ * lacks, with progress, so that the next start has nothing to download or define. The
+ * disks are not changed: the start puts them on it.
  */
 export async function pullCommand(o: { domain: string }, context: CommandContext): Promise<void> {
-  const { config, log } = await syncDeps(context);
+  const deps = await syncDeps(context);
+  const { config, log } = deps;
   const { syncedDisks } = await import('../domain-xml.js');
+  await definitionInPlace(o.domain, deps, context); // first: it may bring another disk
   const defined = await definedDomain(o.domain, context.env);
   const disks = Object.fromEntries(syncedDisks(defined).map((disk) => [disk.target, disk.path as string]));
   await withDomainLock(config.stateDir, o.domain, log, 60_000, async () => {

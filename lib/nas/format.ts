@@ -1,10 +1,11 @@
-// The on-NAS format, version 2 (1 is read too). Pure: types, paths, parsing and validation.
+// The on-NAS format, version 4 (1 to 3 are read too). Pure: types, paths, parsing and validation.
 //
 //   <nas root>/
-//     kss-nas.json                      {"format": 2}: marks the root, refuses newer formats
+//     kss-nas.json                      {"format": 4}: marks the root, refuses newer formats
 //     domains/<domain>/                 the domain name escaped (lib/file-names.ts)
 //       manifest.json                   generations, head, layers, branches, lease
-//       domain.xml                      the domain definition
+//       domain.xml                      the definition as enabled (kss clone of older generations)
+//       definitions/<sha256>.xml        portable definitions (lib/definition.ts): immutable, named by hash
 //       layers/<sha256>.qcow2           sealed layers: immutable, read-only, named by hash
 //       uploads/<sha256>.<host>.part    uploads in progress; never named by a manifest
 //       lock/owner.json                 the manifest lock (a directory: mkdir is atomic)
@@ -23,9 +24,14 @@ import { loopIn } from './chains.js';
  * merged layers' files at once, so it is told to upgrade instead. Version 1 is read,
  * and written as 2 at the next change. Version 3 added state volumes (disks `@nvram`,
  * `@tpm`: lib/sync/state-volumes.ts), which a version-2 host would refuse as bad disk
- * names, or, given a generation without them, drop from the machine's state.
+ * names, or, given a generation without them, drop from the machine's state. Version 4
+ * added a generation's `definition` (part of its id), which a version-3 host would take
+ * for a damaged generation.
  */
-export const NAS_FORMAT = 3;
+export const NAS_FORMAT = 4;
+
+/** The formats this version reads. */
+const READS = new Set([1, 2, 3, NAS_FORMAT]);
 
 /** A sealed layer file: its parent layer (null for a base) and its size in bytes. */
 export interface LayerInfo {
@@ -55,6 +61,11 @@ export interface Generation {
   /** ISO 8601 time of sealing. */
   created: string;
   disks: Record<string, string>;
+  /**
+   * The SHA-256 of the domain's portable definition at rest (definitions/<hash>.xml, as
+   * lib/definition.ts splits it). Absent in generations made before definitions travelled.
+   */
+  definition?: string;
 }
 
 /** A kept line of history that is not the head: the losing side of a conflict. */
@@ -106,6 +117,8 @@ export const nasPaths = {
   domainDir: (domain: string) => `domains/${escapeFileName(domain)}`,
   manifest: (domain: string) => `${nasPaths.domainDir(domain)}/manifest.json`,
   domainXml: (domain: string) => `${nasPaths.domainDir(domain)}/domain.xml`,
+  definitionsDir: (domain: string) => `${nasPaths.domainDir(domain)}/definitions`,
+  definition: (domain: string, hash: string) => `${nasPaths.definitionsDir(domain)}/${hash}.xml`,
   layersDir: (domain: string) => `${nasPaths.domainDir(domain)}/layers`,
   layer: (domain: string, hash: string) => `${nasPaths.layersDir(domain)}/${layerFileName(hash)}`,
   uploadsDir: (domain: string) => `${nasPaths.domainDir(domain)}/uploads`,
@@ -129,7 +142,8 @@ export function generationId(generation: Omit<Generation, 'id'>): string {
   const disks = Object.keys(generation.disks)
     .sort()
     .map((target) => [target, generation.disks[target]]);
-  const canonical = JSON.stringify([generation.parent, generation.host, generation.created, disks]);
+  const made = [generation.parent, generation.host, generation.created, disks];
+  const canonical = JSON.stringify(generation.definition === undefined ? made : [...made, generation.definition]);
   return sha256Of(canonical);
 }
 
@@ -147,7 +161,7 @@ export const MANIFEST_MAX_BYTES = 16 * 2 ** 20;
 /** The largest format marker (`{"format": 2}`) a host reads. */
 export const MARKER_MAX_BYTES = 4096;
 
-/** The largest domain definition a host reads from the NAS. */
+/** The largest domain definition (domain.xml, a portable definition) a host reads from the NAS. */
 export const DOMAIN_XML_MAX_BYTES = 2 ** 20;
 
 /**
@@ -181,7 +195,7 @@ export function manifestProblem(raw: unknown): string | undefined {
   if (raw.format > NAS_FORMAT) {
     return `format ${raw.format} was written by a newer kvm-snapshot-sync (this one reads ${NAS_FORMAT}): upgrade it`;
   }
-  if (raw.format !== NAS_FORMAT && raw.format !== 1 && raw.format !== 2) return `unknown format ${raw.format}`;
+  if (!READS.has(raw.format)) return `unknown format ${raw.format}`;
   if (!isPrintable(raw.domain)) return 'no domain name';
   if (!isCount(raw.revision)) return 'bad revision';
   if (!isObject(raw.generations) || !isObject(raw.layers) || !isObject(raw.branches)) return 'missing tables';
@@ -256,7 +270,14 @@ function generationProblem(id: string, generation: unknown, provided: Set<string
     if (!DISK_TARGET.test(target)) return `bad disk name ${shown(target)}`;
     if (typeof layer !== 'string' || !provided.has(layer)) return `disk ${target} names an unlisted layer`;
   }
-  const made = { parent: generation.parent, host: generation.host, created: generation.created, disks: generation.disks as Record<string, string> };
+  if (generation.definition !== undefined && !(typeof generation.definition === 'string' && isSha256(generation.definition))) return 'bad definition';
+  const made = {
+    parent: generation.parent,
+    host: generation.host,
+    created: generation.created,
+    disks: generation.disks as Record<string, string>,
+    ...(generation.definition === undefined ? {} : { definition: generation.definition as string }),
+  };
   if (generationId(made) !== id) return 'its id is not the hash of its content';
   return undefined;
 }

@@ -46,6 +46,8 @@ export interface NewGeneration {
   parent: string | null;
   created: string;
   disks: Record<string, string>;
+  /** Its portable definition's hash (pushed already: pushDefinition), when it has one. */
+  definition?: string;
   /** The layers it adds, all already pushed. */
   layers: Record<string, LayerInfo>;
 }
@@ -211,10 +213,12 @@ export class NasRepository {
       const problem = manifestProblem(next);
       if (problem) throw new Error(`internal: refusing to write an invalid manifest: ${problem}`);
       const added = Object.keys(next.layers).filter((h) => !Object.hasOwn(current.layers, h));
+      // A generation is listed only once its definition is on the NAS, like its layers.
+      const definitions = Object.values(next.generations).flatMap((g) => (g.definition !== undefined && !Object.hasOwn(current.generations, g.id) ? [g.definition] : []));
       const data = serializeManifest(next);
       const result = await this.transport.replaceIfUnchanged(nasPaths.manifest(domain), data, {
         expectedSha256: read.sha256,
-        required: added.map((hash) => nasPaths.layer(domain, hash)),
+        required: [...added.map((hash) => nasPaths.layer(domain, hash)), ...[...new Set(definitions)].map((hash) => nasPaths.definition(domain, hash))],
         remove: removing,
         lock: lockClaim(lockPath, this.options.host, this.options.now?.()),
       });
@@ -224,8 +228,8 @@ export class NasRepository {
           this.seen(domain, { manifest: next, sha256: sha256Of(data) });
           return next;
         case 'missing':
-          throw new IntegrityError(`layer file ${result.path} is not on the NAS; the manifest was not changed`, {
-            remedy: 'push the layer first',
+          throw new IntegrityError(`${result.path} is not on the NAS; the manifest was not changed`, {
+            remedy: 'push it first',
           });
         case 'locked':
           await waiter.busy(result);
@@ -249,6 +253,7 @@ export class NasRepository {
       host: this.options.host,
       created: generation.created,
       disks: generation.disks,
+      ...(generation.definition === undefined ? {} : { definition: generation.definition }),
     };
     const full: Generation = { id: generationId(made), ...made };
     await this.updateManifest(domain, (manifest) => {
@@ -341,13 +346,30 @@ export class NasRepository {
     return this.transport.close();
   }
 
-  /** Writes the domain definition (not versioned: the newest wins). */
-  async writeDomainXml(domain: string, xml: string): Promise<void> {
-    await this.transport.writeFileAtomic(nasPaths.domainXml(domain), Buffer.from(xml));
-  }
-
+  /** The definition as versions before NAS format 4 kept it (one per domain, the newest). */
   async readDomainXml(domain: string): Promise<string | undefined> {
     return (await this.transport.readFile(nasPaths.domainXml(domain), DOMAIN_XML_MAX_BYTES))?.toString('utf8');
+  }
+
+  /** Puts a portable definition on the NAS under its hash, unless it is there already (a published file is never rewritten, unless damaged). */
+  async pushDefinition(domain: string, hash: string, xml: string): Promise<void> {
+    if (sha256Of(xml) !== hash) throw new Error(`internal: the definition to push does not hash to ${hash}`);
+    // One already there is left as it is, unless it is not what its name says (damaged): then it is put right.
+    const there = await this.transport.readFile(nasPaths.definition(domain, hash), DOMAIN_XML_MAX_BYTES).catch(() => undefined);
+    if (there !== undefined && sha256Of(there) === hash) return;
+    await this.transport.writeFileAtomic(nasPaths.definition(domain, hash), Buffer.from(xml));
+  }
+
+  /** A portable definition from the NAS, verified against its hash; undefined when it is not there. */
+  async readDefinition(domain: string, hash: string): Promise<string | undefined> {
+    const data = await this.transport.readFile(nasPaths.definition(domain, hash), DOMAIN_XML_MAX_BYTES);
+    if (data === undefined) return undefined;
+    if (sha256Of(data) !== hash) {
+      throw new IntegrityError(`${nasPaths.definition(domain, hash)} on the NAS does not hash to its name`, {
+        remedy: 'nothing was used; the file was damaged or replaced on the NAS: the host that made that generation can push it again (kss push), or roll back past it',
+      });
+    }
+    return data.toString('utf8');
   }
 
   /**

@@ -1,6 +1,7 @@
 // Setting a domain up on a host from the NAS (`kss clone` on the second machine): the
 // layers of the NAS's newest generation are fetched and verified, and each disk gets a
-// fresh top on them, so that the first `virsh start` here is in step with the NAS.
+// fresh top on them, so that the first `virsh start` here is in step with the NAS; the
+// definition it is defined with is recorded as this host's (lib/sync/definitions.ts).
 import { dirname } from 'node:path';
 import { mkdirShared, pathExists } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
@@ -9,6 +10,8 @@ import type { Generation, Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { markNoCowIfEmpty } from '../nocow.js';
 import { pullGeneration, rotateTops, type ProgressFor } from './disks.js';
+import type { XmlElement } from '../domain-xml.js';
+import { recordDefinition } from './definitions.js';
 import { readLocalState, writeLocalState } from './local-state.js';
 import { attachStateVolumes, isStateVolume, type StateSource } from './state-volumes.js';
 import { withDomainLock } from './session.js';
@@ -17,7 +20,8 @@ import { engineDeps, type SyncDeps } from './deps.js';
 /**
  * Fetches the head generation into the disks at `disks` (guest device → top path) and
  * the state volumes of `sources` (lib/sync/state-volumes.ts: their files are put in
- * place at the first start), and records it as this host's synced generation. Refuses
+ * place at the first start), and records it as this host's synced generation, with
+ * `definition` (its portable part and this host's own) as libvirt's here. Refuses
  * to write over an existing file; a clone that was interrupted is finished by running
  * it again.
  */
@@ -28,6 +32,7 @@ export async function cloneDisks(
   repository: NasRepository,
   deps: Omit<SyncDeps, 'openRepository'> & { progressFor?: ProgressFor },
   sources: readonly StateSource[] = [],
+  definition?: { portable: string; host: XmlElement },
 ): Promise<Generation> {
   const { config, log } = deps;
   const head = manifest.head ? manifest.generations[manifest.head] : undefined;
@@ -57,6 +62,7 @@ export async function cloneDisks(
     await pullGeneration(state, manifest, head, repository, log, deps.progressFor);
     await rotateTops(state, head, engineDeps(deps));
     state.synced = head;
+    if (definition) await recordDefinition(config.stateDir, state, definition.portable, definition.host);
     state.lastSync = { at: (deps.now ?? (() => new Date()))().toISOString(), outcome: 'cloned' };
     await writeLocalState(config.stateDir, state);
     return head;

@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import type { NasRepository } from '../nas/repository.js';
 import { runCommand, type Runner } from '../runner.js';
 import type { ClientEnvResult } from './client-env.js';
+import type { LibvirtDefinitions } from './definitions.js';
 import type { ProgressFor } from './disks.js';
 import { writeLocalState, type LocalState } from './local-state.js';
 
@@ -23,6 +24,11 @@ export interface SyncDeps {
   onStep?: (step: string) => void;
   /** How transfers show progress (default: log lines). */
   progressFor?: ProgressFor;
+  /**
+   * libvirt, for the work that may ask it (never the hook): the stop work captures the
+   * definition with it. Absent: the definition is not captured (the local head's stands).
+   */
+  libvirt?: LibvirtDefinitions;
 }
 
 /** The layer engine's dependencies for a lifecycle run: the runner, our steps. */

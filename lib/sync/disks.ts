@@ -14,6 +14,7 @@ import { isPullPartName, pullPartPath, type LeaseChange, type NasRepository } fr
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
 import { publishedPending } from './decide.js';
+import { readLocalDefinition } from './definitions.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
 import { VOLUME_SIZE, isStateVolume } from './state-volumes.js';
 
@@ -21,6 +22,13 @@ export interface SealOptions {
   /** Saves the state: the intent before the first disk is touched, the generation after the last. */
   save: (state: LocalState) => Promise<void>;
   deps?: EngineDeps;
+  /**
+   * The domain's portable definition now (lib/sync/definitions.ts captureDefinition):
+   * its hash, and whether it changed here since it was last captured or put in place; a
+   * change made here is sealed even when no disk was written. Undefined: not known (the
+   * hook cannot ask libvirt), the local head's stands.
+   */
+  definition?: { hash: string; changedHere: boolean };
 }
 
 /**
@@ -52,7 +60,10 @@ export async function sealDisks(state: LocalState, host: string, now: Date, opti
   }
   // A state volume new to the domain (lib/sync/state-volumes.ts) is sealed as its base.
   const isNewBase = ({ target, before, look }: TopLooked) => isStateVolume(target) && before === undefined && look.kind === 'not-enabled';
-  if (!looks.some((l) => l.look.kind === 'writes' || l.look.kind === 'sealed-unrecorded' || isNewBase(l))) {
+  const definition = options.definition?.hash ?? previous?.definition;
+  // Not a definition put in place from a newer generation (a start refused for it): one changed here.
+  const redefined = previous !== null && options.definition?.changedHere === true && definition !== previous.definition;
+  if (!redefined && !looks.some((l) => l.look.kind === 'writes' || l.look.kind === 'sealed-unrecorded' || isNewBase(l))) {
     if (state.sealing) {
       state.sealing = undefined;
       await options.save(state);
@@ -98,7 +109,7 @@ export async function sealDisks(state: LocalState, host: string, now: Date, opti
     layers[sealed.hash] = { parent: sealed.parent ?? null, size: (await stat(layerPathOf(top, sealed.hash))).size };
   }
   state.sealing = undefined;
-  return recordGeneration(state, { parent: onto, host, created: now.toISOString(), disks }, layers, options.save);
+  return recordGeneration(state, { parent: onto, host, created: now.toISOString(), disks, ...withDefinition(definition) }, layers, options.save);
 }
 
 /**
@@ -111,6 +122,7 @@ export async function sealFirstGeneration(
   now: Date,
   sealBase: (target: string, top: string) => Promise<SealResult>,
   save: (state: LocalState) => Promise<void>,
+  definition?: string,
 ): Promise<PendingGeneration> {
   const disks: Record<string, string> = {};
   const layers: Record<string, LayerInfo> = {};
@@ -119,7 +131,12 @@ export async function sealFirstGeneration(
     disks[target] = hash;
     layers[hash] = { parent: null, size: (await stat(layerPathOf(top, hash))).size };
   }
-  return recordGeneration(state, { parent: null, host, created: now.toISOString(), disks }, layers, save);
+  return recordGeneration(state, { parent: null, host, created: now.toISOString(), disks, ...withDefinition(definition) }, layers, save);
+}
+
+/** The `definition` field of a generation: absent when not known. */
+export function withDefinition(definition: string | undefined): { definition?: string } {
+  return definition === undefined ? {} : { definition };
 }
 
 async function recordGeneration(
@@ -205,7 +222,7 @@ export async function mergePending(state: LocalState, host: string, deps?: Engin
     disks[target] = merged;
     if (merged !== onto) layers[merged] = { parent: onto ?? null, size: (await stat(layerPathOf(top, merged))).size };
   }
-  const made = { parent: state.synced?.id ?? null, host, created: newest.created, disks };
+  const made = { parent: state.synced?.id ?? null, host, created: newest.created, disks, ...withDefinition(newest.definition) };
   state.pending = [{ generation: { id: generationId(made), ...made }, layers }];
   return true;
 }
@@ -427,9 +444,11 @@ async function removeVolumeTop(top: string, deps?: EngineDeps): Promise<void> {
   await rm(top);
 }
 
-/** Pushes every layer of the pending generations (resumable, verified on the NAS). */
-export async function pushPending(state: LocalState, repository: NasRepository, log: Logger, progressFor: ProgressFor = logProgress(log)): Promise<void> {
+/** Pushes every layer and definition of the pending generations (resumable, verified on the NAS). */
+export async function pushPending(state: LocalState, stateDir: string, repository: NasRepository, log: Logger, progressFor: ProgressFor = logProgress(log)): Promise<void> {
   for (const pending of state.pending) {
+    const { definition } = pending.generation;
+    if (definition !== undefined) await repository.pushDefinition(state.domain, definition, await readLocalDefinition(stateDir, state.domain, definition));
     for (const [target, top] of Object.entries(state.disks)) {
       const hash = pending.generation.disks[target] as string;
       if (!Object.hasOwn(pending.layers, hash)) continue;
@@ -459,9 +478,9 @@ export function adoptPublished(state: LocalState, manifest: Manifest | undefined
 /** Makes the pending generation the NAS head (a compare-and-swap on the synced one). */
 export async function publishPending(state: LocalState, repository: NasRepository, lease: LeaseChange): Promise<Generation> {
   const pending = state.pending.at(-1) as PendingGeneration;
-  const { parent, created, disks } = pending.generation;
+  const { parent, created, disks, definition } = pending.generation;
   const layers = Object.assign({}, ...state.pending.map((p) => p.layers)) as Record<string, LayerInfo>;
-  return repository.publishGeneration(state.domain, { parent, created, disks, layers }, lease);
+  return repository.publishGeneration(state.domain, { parent, created, disks, ...withDefinition(definition), layers }, lease);
 }
 
 /** Makes the progress callback of one transfer, given its label ("push vda 3f2a…"). */

@@ -7,6 +7,8 @@
 //   lock            the per-domain lock (lib/lock.ts) of the hook, the background work
 //                   after a stop, and the CLI
 //   flags/<name>    one-shot flags, consumed by the next hook call that reads them
+//   host.xml, definitions/   the definition: this host's own part, portable parts
+//                   (lib/sync/definitions.ts)
 //
 // Both files are replaced atomically, so a kill at any moment leaves the old or the new
 // content; the disks themselves are the final word (a seal that finished but was not
@@ -58,6 +60,17 @@ export interface LocalState {
    * domain's history yet).
    */
   volumes?: Record<string, { source: string; seen?: string }>;
+  /**
+   * The hash of the portable definition (lib/sync/definitions.ts) that libvirt's
+   * definition here was last captured as or put in place from; undefined: none yet.
+   */
+  definition?: string;
+  /**
+   * A start was refused for the definition of this generation, not yet put in place:
+   * nothing ran on libvirt's definition since, so the stop work after that start takes
+   * it for no change of this host's (lib/sync/definitions.ts captureDefinition).
+   */
+  definitionRefused?: string;
   /**
    * A seal of the tops under way on the generation `onto` (lib/sync/disks.ts
    * sealDisks): saved before the first disk is touched, cleared in the write that

@@ -11,7 +11,7 @@ import { ConflictError, DiskStateError, LeaseHeldError } from '../errors.js';
 import { generationId, type Generation, type Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
-import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
+import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks, withDefinition } from './disks.js';
 import { localHead, readLocalState, type LocalState } from './local-state.js';
 import { captureStateVolumes } from './state-volumes.js';
 import { requireNoEventSince, withDomainLock } from './session.js';
@@ -29,7 +29,7 @@ export async function resolveConflict(domain: string, keep: Keep, deps: SyncDeps
       });
     }
     if (await mergePending(state, config.host, engine)) await save(state);
-    await pushPending(state, repository, log); // the local side goes to the NAS either way
+    await pushPending(state, config.stateDir, repository, log); // the local side goes to the NAS either way
     const local = state.pending[0]!;
     const branchName = `conflict-${now.toISOString().replaceAll(/[:.]/gu, '-')}`;
 
@@ -88,7 +88,7 @@ export async function rollback(domain: string, target: string, deps: SyncDeps, a
       });
     }
     const wanted = seen.generations[matches[0] as string]!;
-    const made = { parent: seen.head, host: config.host, created: now.toISOString(), disks: wanted.disks };
+    const made = { parent: seen.head, host: config.host, created: now.toISOString(), disks: wanted.disks, ...withDefinition(wanted.definition) };
     const generation: Generation = { id: generationId(made), ...made };
     await pullGeneration(state, seen, generation, repository, log);
     await withTopsOn(state, generation, state.synced, engine, () =>

@@ -4,9 +4,10 @@
 // generation, and take the lease. A refusal is a typed error whose message libvirt
 // shows to the person who pressed Start: what happened, since when, and the command
 // that resolves it.
-import { ConflictError, DiskStateError, LeaseHeldError, NasUnreachableError } from '../errors.js';
+import { ConflictError, DefinitionChangedError, DiskStateError, LeaseHeldError, NasUnreachableError } from '../errors.js';
 import { makePrivate, type EngineDeps } from '../layers.js';
-import type { Manifest } from '../nas/format.js';
+import type { Config } from '../config.js';
+import type { Generation, Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
@@ -14,6 +15,7 @@ import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, mergePending, missingLayers, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
 import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, type LocalState } from './local-state.js';
 import { managedSaveIdentity } from './managed-save.js';
+import { recordDefinition, splitHere } from './definitions.js';
 import { attachStateVolumes, captureStateVolumes, placeStateVolumes, type StateSource } from './state-volumes.js';
 import { lookAtNas, withDomainLock } from './session.js';
 
@@ -23,8 +25,10 @@ const START_LOCK_WAIT_MS = 60 * 60_000;
 /**
  * Runs everything a start needs; throws a typed error to refuse it. `sources`: the
  * state the domain keeps beside its disks (lib/sync/state-volumes.ts), put in place last.
+ * `definitionXml`: the definition being started, as the hook got it (undefined: not
+ * known; then what this host last captured or put in place stands for it).
  */
-export async function prepareStart(domain: string, disks: Record<string, string>, deps: SyncDeps, sources: readonly StateSource[] = []): Promise<void> {
+export async function prepareStart(domain: string, disks: Record<string, string>, deps: SyncDeps, sources: readonly StateSource[] = [], definitionXml?: string): Promise<void> {
   const { config, log } = deps;
   const now = deps.now ?? (() => new Date());
   // Ask the NAS at once, before the lock: its answer (a new SSH connection, most of a
@@ -82,7 +86,8 @@ export async function prepareStart(domain: string, disks: Record<string, string>
           if (sealed) log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
         }
         await save(state); // the disks as this start's XML names them, whatever follows
-        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now);
+        const starting = definitionXml ? await splitHere(config.stateDir, state, definitionXml, { cpuPerHost: config.cpuPerHost }) : undefined;
+        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now, starting);
         // A restore resumes the VM on the state it was saved with, files and all.
         if (!flags.restoring) await placeStateVolumes(state, engine, save, log, now());
         for (const top of Object.values(state.disks)) {
@@ -113,6 +118,7 @@ async function decideAndSync(
   deps: SyncDeps,
   save: (state: LocalState) => Promise<void>,
   now: () => Date,
+  starting: Starting | undefined,
 ): Promise<void> {
   const { config, log } = deps;
   const engine = engineDeps(deps);
@@ -132,6 +138,7 @@ async function decideAndSync(
       const head = localHead(state);
       if (!head) throw new DiskStateError(`${domain} has no local generation to start from`, { remedy: `start it with the NAS reachable (without --no-sync): that fetches it` });
       await rotateTops(state, head, engine);
+      state.definitionRefused = undefined; // this definition runs, as asked: its stop captures it
       log.warn(decision.why === 'skip-sync' ? 'started without syncing, as asked' : 'the NAS is unreachable; started on the lease this host holds', {
         problem: decision.problem,
       });
@@ -140,7 +147,7 @@ async function decideAndSync(
     case 'refuse':
       throw refusal(domain, decision, state, manifest);
     case 'sync':
-      await sync(domain, state, manifest, decision, repository as NasRepository, deps, save, now, engine);
+      await sync(domain, state, manifest, decision, repository as NasRepository, deps, save, now, engine, starting);
   }
 }
 
@@ -154,6 +161,7 @@ async function sync(
   save: (state: LocalState) => Promise<void>,
   now: () => Date,
   engine: EngineDeps,
+  starting: Starting | undefined,
 ): Promise<void> {
   if (decision.stealFrom) log.warn('taking the lease from another host, as asked', { from: decision.stealFrom.host, since: decision.stealFrom.since });
   if (decision.push) {
@@ -161,15 +169,16 @@ async function sync(
     onStep?.('start:merge');
     if (await mergePending(state, config.host, engine)) await save(state);
     onStep?.('start:push');
-    await pushPending(state, repository, log);
+    await pushPending(state, config.stateDir, repository, log);
     onStep?.('start:publish');
     const published = await publishPending(state, repository, 'take');
     onStep?.('start:record');
     state.synced = published;
     state.pending = [];
   } else {
+    const head = decision.pull ? (manifest as Manifest).generations[(manifest as Manifest).head as string]! : state.synced!;
+    await requireDefinitionHere(domain, state, head, starting, { config, repository, save });
     if (decision.pull) {
-      const head = (manifest as Manifest).generations[(manifest as Manifest).head as string]!;
       onStep?.('start:pull');
       await pullGeneration(state, manifest as Manifest, head, repository, log);
       onStep?.('start:rotate');
@@ -193,6 +202,49 @@ async function sync(
   state.leaseHeld = true;
   state.lastSync = { at: now().toISOString(), outcome: decision.push ? 'pushed before start' : decision.pull ? 'pulled before start' : 'in step' };
   await save(state);
+}
+
+/** The definition a start starts, split (lib/sync/definitions.ts splitHere). */
+type Starting = Awaited<ReturnType<typeof splitHere>>;
+
+/**
+ * Refuses a start onto a generation whose definition is not the one being started:
+ * the hook cannot define a domain, so the caller (hooks/prepare.ts) has it put in place
+ * in the background, and the next start runs with it. Never an old definition silently.
+ * The one being started is `starting` when known, else the one this host last captured
+ * or put in place; one that is the generation's is recorded as this host's (not saved:
+ * the start's next save does).
+ */
+async function requireDefinitionHere(
+  domain: string,
+  state: LocalState,
+  generation: Generation,
+  starting: Starting | undefined,
+  { config, repository, save }: { config: Config; repository: NasRepository; save: (state: LocalState) => Promise<void> },
+): Promise<void> {
+  const stateDir = config.stateDir;
+  const wanted = generation.definition;
+  if (wanted === undefined) return;
+  if (starting && starting.hash !== wanted && state.definition === undefined) {
+    // Never compared here (a domain defined by hand on each host): its UUID and disk paths are this host's own, against the NAS's.
+    const theirs = await repository.readDefinition(domain, wanted);
+    if (theirs !== undefined) starting = await splitHere(stateDir, state, starting.xml, { cpuPerHost: config.cpuPerHost }, theirs);
+  }
+  if (starting?.hash === wanted) {
+    if (state.definition !== wanted || state.definitionRefused !== undefined) await recordDefinition(stateDir, state, starting.text, starting.host);
+    return;
+  }
+  // Changed here since this host was in step: that change is the newer one (its stop takes it to the NAS).
+  if (wanted === state.definition) {
+    state.definitionRefused = undefined;
+    return;
+  }
+  state.definitionRefused = wanted;
+  await save(state);
+  throw new DefinitionChangedError(
+    `${domain}'s definition is newer on the NAS (generation ${generation.id.slice(0, 12)} from host ${generation.host}, ${generation.created}) than the one libvirt has here; it is being put in place now.`,
+    { remedy: `start ${domain} again in a moment. If this comes back, kss pull ${domain} puts it in place and says what stops it (kss log ${domain} too)` },
+  );
 }
 
 function refusal(domain: string, decision: Extract<StartDecision, { action: 'refuse' }>, state: LocalState, manifest: Manifest | undefined): Error {

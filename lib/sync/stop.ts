@@ -1,5 +1,6 @@
 // After a stop, in the background (started by the hook at release end, detached from
-// it), under the domain's lock: seal the tops into a generation, merge the pending
+// it), under the domain's lock: seal the tops, the firmware's state and the definition
+// (asked of libvirt: this is not the hook) into a generation, merge the pending
 // generations into one, push it and give the lease back, then keep the local chains
 // within maxChainDepth (lib/sync/disks.ts boundChainDepth) and remove the local layers
 // no chain needs any more (lib/sync/local-gc.ts); then, outside the lock, keep the NAS
@@ -17,8 +18,9 @@ import { decideStop, type NasView } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
 import { adoptPublished, boundChainDepth, mergePending, publishPending, pushPending, sealDisks } from './disks.js';
 import { removeUnusedLayers } from './local-gc.js';
+import { captureDefinition } from './definitions.js';
 import { captureStateVolumes } from './state-volumes.js';
-import { readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
+import { localHead, readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
 import { upkeepNas } from './nas-upkeep.js';
 import { lookAtNas, movedOnSince, withDomainLock } from './session.js';
 
@@ -48,13 +50,16 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
     if (flag !== undefined && ((after !== null && flag === after) || (byHand && done))) await takeFlag(config.stateDir, domain, 'stopping');
   };
   try {
+    // Asked before the lock: a start waiting for the lock does so inside libvirt, which
+    // would hold this question up until its deadline.
+    const definitionXml = await readDefinitionXml(domain, deps);
     const result: StopResult = await withDomainLock(config.stateDir, domain, log, STOP_LOCK_WAIT_MS, async (lock) => {
       const latest = await movedOnSince(config.stateDir, domain, after);
       if (latest !== undefined) {
         log.info('not sealing: the domain moved on since this stop', { latest });
         return { superseded: true, latest };
       }
-      const { outcome, kept } = await sealAndPush(domain, underLock(deps, lock), stateSaver(config.stateDir, lock), now);
+      const { outcome, kept } = await sealAndPush(domain, underLock(deps, lock), stateSaver(config.stateDir, lock), now, definitionXml);
       await takeOwnFlag(true); // before the line that tests and people wait for
       log.info('stop finished', { outcome });
       return { superseded: false, outcome, kept };
@@ -67,14 +72,15 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
   }
 }
 
-async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalState) => Promise<void>, now: () => Date): Promise<{ outcome: string; kept: KeptWhy | undefined }> {
+async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalState) => Promise<void>, now: () => Date, definitionXml: string | undefined): Promise<{ outcome: string; kept: KeptWhy | undefined }> {
   const { config, log } = deps;
   const state = await readLocalState(config.stateDir, domain);
   const noPush = await takeFlag(config.stateDir, domain, 'no-push');
   const engine = engineDeps(deps);
   deps.onStep?.('stop:seal');
   await captureStateVolumes(state, engine, save, 'stop');
-  const sealed = await sealDisks(state, config.host, now(), { deps: engine, save });
+  const definition = definitionXml === undefined ? undefined : await captureHere(state, definitionXml, deps.config);
+  const sealed = await sealDisks(state, config.host, now(), { deps: engine, save, definition });
   if (sealed) log.info('sealed', { generation: sealed.generation.id, disks: Object.keys(sealed.layers).length });
   const repository = noPush ? undefined : deps.openRepository();
   try {
@@ -96,7 +102,7 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
     let kept: KeptWhy | undefined;
     if (decision.action === 'push' && repository) {
       deps.onStep?.('stop:push');
-      await pushPending(state, repository, log, deps.progressFor);
+      await pushPending(state, config.stateDir, repository, log, deps.progressFor);
       deps.onStep?.('stop:publish');
       try {
         const published = await publishPending(state, repository, decision.releaseLease ? 'release' : 'keep');
@@ -139,6 +145,24 @@ async function sealAndPush(domain: string, deps: SyncDeps, save: (state: LocalSt
   } finally {
     await repository?.close();
   }
+}
+
+/** The domain's definition as libvirt has it now; undefined when libvirt cannot say (the generation then keeps the local head's). */
+async function readDefinitionXml(domain: string, { log, libvirt }: SyncDeps): Promise<string | undefined> {
+  try {
+    return await libvirt?.read(domain);
+  } catch (error) {
+    log.warn('could not read the definition from libvirt; this generation keeps the one before', { error: (error as Error).message });
+    return undefined;
+  }
+}
+
+/** The definition, captured (lib/sync/definitions.ts), when there is something to capture it into. */
+async function captureHere(state: LocalState, xml: string, config: Config): Promise<{ hash: string; changedHere: boolean } | undefined> {
+  // Without a generation here (a start refused before this host ever synced), nothing to capture it into yet;
+  // after a start refused for a newer definition, nothing ran on this one, and it is about to be replaced.
+  if (localHead(state) === null || state.definitionRefused !== undefined) return undefined;
+  return captureDefinition(config.stateDir, state, xml, { cpuPerHost: config.cpuPerHost });
 }
 
 /**

@@ -13,6 +13,7 @@ import { MiB, createImage, guestDigest, guestDigestAfter, qemuIo, qemuIoAs } fro
 import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
 import { startLibvirtPair, type LibvirtPair } from '../helpers/libvirt-pair.js';
 import { SSH_NAS_TOOLS, type SshNas } from '../helpers/ssh-nas.js';
+import { forgeHeadDefinition, headDefinition } from '../helpers/nas-definitions.js';
 import { requireTools } from '../helpers/tools.js';
 
 const IMAGES = '/var/lib/libvirt/images';
@@ -264,7 +265,7 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.match(xml, /<driver name='qemu' type='qcow2'\/>\s*<source file='\/var\/lib\/libvirt\/images\/win.img'\/>/u, 'the same path, now qcow2');
     assert.match(xml, /urn:kvm-snapshot-sync:domain:1/u);
     assert.equal(guestDigest(d.outside(disk)), original, 'every byte of the raw disk, through the new top');
-    const onNas = readFileSync(join((nas as SshNas).root, 'domains', 'win', 'domain.xml'), 'utf8');
+    const onNas = headDefinition((nas as SshNas).root, 'win');
     assert.match(onNas, /urn:kvm-snapshot-sync:domain:1/u, 'the NAS has the definition, managed');
     await d.session('win', ['read -P 0x33 1M 2M', 'write -P 0x44 8M 1M']);
 
@@ -296,7 +297,6 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
 
   describe('kss clone checks the definition it fetched (anything that can write to the NAS can write it)', () => {
     const evilDisk = `${IMAGES}/evil.qcow2`;
-    const nasFile = () => join((nas as SshNas).root, 'domains', 'evil', 'domain.xml');
     let pushed = ''; // the definition of evil as kss enable put it on the NAS
     before(() => {
       if (!desk || !laptop) return;
@@ -304,15 +304,15 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
       desk.define('evil', tinyDomainXml('evil', { vda: evilDisk }, false));
       const enabled = desk.kss(['enable', 'evil']);
       assert.equal(enabled.status, 0, enabled.stderr);
-      pushed = readFileSync(nasFile(), 'utf8');
+      pushed = headDefinition((nas as SshNas).root, 'evil');
       createImage(laptop.outside(`${IMAGES}/payroll.qcow2`), 16 * MiB);
       laptop.define('payroll', tinyDomainXml('payroll', { vda: `${IMAGES}/payroll.qcow2` }, false));
     });
 
-    /** kss clone evil on the laptop, with this domain.xml on the NAS; it must change nothing there. */
+    /** kss clone evil on the laptop, with this definition on the NAS; it must change nothing there. */
     function refusedClone(xml: string, status: number): string {
       const l = laptop as LibvirtHost;
-      writeFileSync(nasFile(), xml);
+      forgeHeadDefinition((nas as SshNas).root, 'evil', xml);
       const refused = l.kss(['clone', 'evil']);
       assert.equal(refused.status, status, `${refused.stdout}${refused.stderr}`);
       assert.match(refused.stderr, /^kss: error: the definition of evil on the NAS is refused; nothing was changed here:\n/mu);
@@ -376,9 +376,9 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
       }
       d.define('twins', tinyDomainXml('twins', disks, false));
       assert.equal(d.kss(['enable', 'twins']).status, 0);
-      // As a host of another distribution would have it.
-      const twinsFile = join((nas as SshNas).root, 'domains', 'twins', 'domain.xml');
-      writeFileSync(twinsFile, readFileSync(twinsFile, 'utf8').replace(/<emulator>[^<]*<\/emulator>/u, '<emulator>/usr/libexec/qemu-kvm</emulator>'));
+      // As a host of another distribution would have it (this version leaves the emulator out).
+      const root = (nas as SshNas).root;
+      forgeHeadDefinition(root, 'twins', headDefinition(root, 'twins').replace(/<devices>/u, '<devices>\n    <emulator>/usr/libexec/qemu-kvm</emulator>'));
 
       const dir = '/var/lib/libvirt/clones';
       const cloned = l.kss(['clone', 'twins', '--dir', dir]);
@@ -529,7 +529,9 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     assert.equal(manifest.lease, null, 'the lease is given back');
     assert.ok(manifest.revision >= revisionBefore + 2, `the NAS recorded the lease taken and given back (revision ${revisionBefore} -> ${manifest.revision})`);
     assert.deepEqual(digests(d, disks), before);
-    assert.match(thisStart.split('\n').filter((line) => line.includes('stop finished')).at(-1) ?? '', /nothing to push/u);
+    // The definition changed here (undefined and defined anew): the stop work takes it to the NAS, the disks had nothing.
+    assert.match(thisStart.split('\n').filter((line) => line.includes('stop finished')).at(-1) ?? '', /outcome=pushed/u);
+    assert.match(thisStart, /sealed .*disks=0/u);
   });
 
   it('keeps a running VM alive when libvirtd restarts', async (t) => {

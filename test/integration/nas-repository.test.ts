@@ -10,7 +10,7 @@ import type { Readable } from 'node:stream';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { ConflictError, IntegrityError, LockedError, NasFullError, NasUnreachableError } from '../../lib/errors.js';
 import { DirTransport } from '../../lib/nas/dir-transport.js';
-import { generationId, nasPaths, type Manifest } from '../../lib/nas/format.js';
+import { NAS_FORMAT, generationId, nasPaths, type Manifest } from '../../lib/nas/format.js';
 import { NasRepository } from '../../lib/nas/repository.js';
 import { SshTransport } from '../../lib/nas/ssh-transport.js';
 import { SSH_NAS_TOOLS, startSshNas, type SshNas } from '../helpers/ssh-nas.js';
@@ -54,7 +54,7 @@ describe('manifest updates (directory NAS)', () => {
     const manifest = (await laptop.readManifest('vm')) as Manifest;
     assert.equal(manifest.head, g1.id);
     assert.equal(manifest.revision, 1);
-    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, 3);
+    assert.equal(JSON.parse(readFileSync(join(root, 'kss-nas.json'), 'utf8')).format, NAS_FORMAT);
 
     // A push made on an old head is refused, names who moved the head, and changes nothing.
     await assert.rejects(

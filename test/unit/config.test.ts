@@ -51,6 +51,7 @@ describe('validateConfig', () => {
       retentionGenerations: DEFAULTS.retentionGenerations,
       retentionBranchDays: 90,
       stallSeconds: 30,
+      cpuPerHost: false,
     });
   });
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { XMLNS_URI, parseDomainXml, parseXmlTree, setDiskFormatQcow2, setDiskPaths, setEmulator, syncedDisks } from '../../lib/domain-xml.js';
+import { XMLNS_URI, parseDomainXml, parseXmlTree, serializeXml, setDiskFormatQcow2, setDiskPaths, setEmulator, syncedDisks } from '../../lib/domain-xml.js';
 import { DiskStateError } from '../../lib/errors.js';
 import { NAMESPACE_URI, mentionsNamespace } from '../../lib/namespace.js';
 
@@ -88,22 +88,52 @@ describe('mentionsNamespace', () => {
   });
 });
 
-describe('editing disks in libvirt XML, as text', () => {
+describe('editing libvirt XML as a tree', () => {
   it('switches the disks named to qcow2, and changes nothing else', async () => {
-    const xml = domainXml('');
-    const edited = setDiskFormatQcow2(xml, ['vdb']);
-    assert.equal(edited.replace("<driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/libvirt/images/work-home.img'/>", 'X'), xml.replace("<driver name='qemu' type='raw'/>\n      <source file='/var/lib/libvirt/images/work-home.img'/>", 'X'));
-    assert.deepEqual((await parseDomainXml(edited)).disks.map((d) => d.format), ['qcow2', 'qcow2', undefined, undefined, undefined]);
-    const noDriver = setDiskFormatQcow2(xml, ['vdd']);
-    assert.equal((await parseDomainXml(noDriver)).disks[4]?.format, 'qcow2', 'a <driver> is added where there was none');
-    assert.equal(setDiskFormatQcow2(xml, []), xml);
+    const tree = await parseXmlTree(domainXml(''));
+    const untouched = serializeXml(tree);
+    setDiskFormatQcow2(tree, []);
+    assert.equal(serializeXml(tree), untouched);
+    setDiskFormatQcow2(tree, ['vdb', 'vdd']);
+    const edited = await parseDomainXml(serializeXml(tree));
+    assert.deepEqual(edited.disks.map((d) => d.format), ['qcow2', 'qcow2', undefined, undefined, 'qcow2'], 'vdb switched, vdd given a <driver>');
+    assert.deepEqual(edited.disks.map((d) => d.path), (await parseDomainXml(domainXml(''))).disks.map((d) => d.path));
   });
 
   it('points the disks named at new files, escaping what XML needs', async () => {
-    const edited = setDiskPaths(domainXml(''), { vda: "/srv/vm's & <images>/root.qcow2" });
-    const parsed = await parseDomainXml(edited);
+    const tree = await parseXmlTree(domainXml(''));
+    setDiskPaths(tree, { vda: "/srv/vm's & <images>/root.qcow2" });
+    const xml = serializeXml(tree);
+    assert.match(xml, /<source file='\/srv\/vm&apos;s &amp; &lt;images&gt;\/root\.qcow2'\/>/u);
+    const parsed = await parseDomainXml(xml);
     assert.equal(parsed.disks[0]?.path, "/srv/vm's & <images>/root.qcow2");
     assert.equal(parsed.disks[1]?.path, '/var/lib/libvirt/images/work-home.img');
+  });
+
+  it('names another emulator, or adds one first in <devices>', async () => {
+    const tree = await parseXmlTree("<domain type='kvm'><name>a</name><devices><emulator>/usr/libexec/qemu-kvm</emulator></devices></domain>");
+    setEmulator(tree, '/opt/a&b');
+    assert.equal((await parseXmlTree(serializeXml(tree))).children[1]?.children[0]?.text, '/opt/a&b');
+    const none = await parseXmlTree("<domain type='kvm'><name>a</name><devices><disk/></devices></domain>");
+    setEmulator(none, '/usr/bin/qemu-system-x86_64');
+    assert.deepEqual(none.children[1]?.children.map((c) => [c.qualifiedName, c.text]), [['emulator', '/usr/bin/qemu-system-x86_64'], ['disk', '']]);
+  });
+});
+
+describe('serializeXml', () => {
+  it('writes what parseXmlTree reads back as the same tree: namespaces, escapes, line ends in text and attributes', async () => {
+    const xml = `<domain type='kvm' xmlns:q='urn:q'>
+  <name>a &amp; &lt;b&gt;</name>
+  <description>two
+lines	with "quotes" and 'apostrophes'</description>
+  <metadata><q:x q:y='1&#10;2' z="it's"/></metadata>
+  <devices><disk type='file'><source file='/a b/c'/></disk></devices>
+</domain>`;
+    const tree = await parseXmlTree(xml);
+    const written = serializeXml(tree);
+    assert.deepEqual(await parseXmlTree(written), tree);
+    assert.equal(serializeXml(await parseXmlTree(written)), written, 'a fixpoint');
+    assert.match(written, /^<domain type='kvm' xmlns:q='urn:q'>\n {2}<name>a &amp; &lt;b&gt;<\/name>\n/u, 'indented as libvirt writes it');
   });
 });
 
@@ -124,13 +154,5 @@ describe('parseXmlTree', () => {
     await assert.rejects(parseXmlTree(''), DiskStateError);
     await assert.rejects(parseXmlTree('<a><b/>'), DiskStateError);
     await assert.rejects(parseXmlTree('<!DOCTYPE a [<!ENTITY e "x">]><a v="&e;"/>'), DiskStateError);
-  });
-});
-
-describe('setEmulator', () => {
-  it('names another emulator, escaping what XML needs', async () => {
-    const xml = "<domain type='kvm'><name>a</name><devices><emulator>/usr/libexec/qemu-kvm</emulator></devices></domain>";
-    assert.equal(setEmulator(xml, '/usr/bin/qemu-system-x86_64'), xml.replace('/usr/libexec/qemu-kvm', '/usr/bin/qemu-system-x86_64'));
-    assert.equal((await parseXmlTree(setEmulator(xml, '/opt/a&b'))).children[1]?.children[0]?.text, '/opt/a&b');
   });
 });

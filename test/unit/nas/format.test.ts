@@ -37,9 +37,22 @@ describe('manifest validation', () => {
     assert.match(manifestProblem(manifest) ?? '', /layer d{64} names a parent that is not listed/);
   });
 
-  it('reads manifests of formats 1 and 2 (written before merged layers, before state volumes)', () => {
+  it('reads manifests of formats 1, 2 and 3 (written before merged layers, state volumes, definitions)', () => {
     assert.equal(manifestProblem({ ...valid(), format: 1 }), undefined);
     assert.equal(manifestProblem({ ...valid(), format: 2 }), undefined);
+    assert.equal(manifestProblem({ ...valid(), format: 3 }), undefined);
+  });
+
+  it("accepts a generation's definition, part of its id, and refuses one that is not a hash", () => {
+    const manifest = valid();
+    const g = { parent: null, host: 'desk', created: '2026-11-21T10:00:00.000Z', disks: { vda: A }, definition: C };
+    const id = generationId(g);
+    manifest.generations[id] = { id, ...g };
+    assert.equal(manifestProblem(manifest), undefined);
+    (manifest.generations[id] as Generation).definition = B;
+    assert.match(manifestProblem(manifest) ?? '', /its id is not the hash of its content/, 'another definition is another generation');
+    (manifest.generations[id] as Generation).definition = '../../etc/passwd';
+    assert.match(manifestProblem(manifest) ?? '', /bad definition/);
   });
 
   it('accepts the state volumes @nvram and @tpm as disks of a generation', () => {
@@ -56,7 +69,7 @@ describe('manifest validation', () => {
   });
 
   const broken: Array<[string, (m: Record<string, any>) => void, RegExp]> = [
-    ['a newer format', (m) => (m.format = 4), /format 4 was written by a newer kvm-snapshot-sync .*upgrade/],
+    ['a newer format', (m) => (m.format = 5), /format 5 was written by a newer kvm-snapshot-sync .*upgrade/],
     ['a state volume of a kind this version does not know', (m) => { (Object.values(m.generations)[0] as any).disks = { vda: A, '@bios': B }; }, /bad disk name "@bios"/],
     ['too many hosts', (m) => (m.hosts = Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`h${i}`, { generation: 'f'.repeat(64), at: '2026-11-21T10:00:00.000Z' }]))), /more than 16 hosts/],
     ['a name only a merged file\'s own hash gives', (m) => { m.layers[C] = { parent: A, size: 1, readsAs: B }; (Object.values(m.generations)[0] as any).disks.vdb = C; }, /disk vdb names an unlisted layer/],
@@ -125,6 +138,7 @@ describe('generation ids', () => {
     assert.equal(generationId(g), generationId({ ...g, disks: { vdb: B, vda: A } }));
     assert.notEqual(generationId(g), generationId({ ...g, host: 'laptop' }));
     assert.notEqual(generationId(g), generationId({ ...g, parent: A }));
+    assert.notEqual(generationId(g), generationId({ ...g, definition: C }));
     assert.match(generationId(g), /^[0-9a-f]{64}$/);
   });
 });

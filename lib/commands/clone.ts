@@ -35,7 +35,7 @@ export async function cloneCommand(o: { domain: string; dir: string | undefined 
     const definition = await prepareDefinition(nasXml, { name: o.domain, dir }, context.env);
     context.stdout.write(formatDefinition(definition.summary, definition.emulator));
     const sources = stateSourcesOf(domainRecordOf(definition.root), config.swtpmDir);
-    const own = splitDefinition(definition.root, await parseXmlTree(nasXml), { cpuPerHost: config.cpuPerHost }).host;
+    const own = splitDefinition(definition.root, definition.nas, config).host;
     const cloned = await cloneDisks(o.domain, definition.request.disks, manifest, repository, { config, log, progressFor: barProgress(context.stderr) }, sources, { portable: nasXml, host: own });
     // The pull can take long: a domain of that name or UUID may have been defined meanwhile.
     const late = checkDefinition(definition.xml, definition.root, await readHostFacts(definition.guest, context.env), definition.request);
@@ -76,5 +76,5 @@ async function prepareDefinition(nasXml: string, asked: { name: string; dir: str
   // The checks of the text (a DTD, the encoding) are of what came from the NAS.
   const problems = checkDefinition(nasXml, root, host, request);
   if (problems.length > 0) throw buildRefusal(asked.name, problems, '; nothing was changed here');
-  return { xml, root, request, guest, summary: summarizeDefinition(root), emulator: { here: host.emulator, nas: nasEmulator } };
+  return { nas, xml, root, request, guest, summary: summarizeDefinition(root), emulator: { here: host.emulator, nas: nasEmulator } };
 }

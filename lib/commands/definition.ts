@@ -6,7 +6,7 @@ import { serializeXml } from '../domain-xml.js';
 import { Logger } from '../log.js';
 import { openRepository } from '../nas/open.js';
 import { describeHostPart, splitHere } from '../sync/definitions.js';
-import { domainStateDir, readLocalState } from '../sync/local-state.js';
+import { domainStateDir, readLocalState, type LocalState } from '../sync/local-state.js';
 import type { CommandContext } from './lifecycle.js';
 import { definitionXml } from './libvirt-domain.js';
 import { printJson } from './output.js';
@@ -22,10 +22,19 @@ const STANDING_TEXT: Record<Standing, (domain: string) => string> = {
   'nas-unreachable': () => 'the NAS cannot be reached to compare',
 };
 
+/** Pure: where libvirt's definition here (`hash`) stands; `nasHead`: the NAS head's definition (null: none; undefined: not known). */
+function standingOf(hash: string, state: LocalState, nasHead: string | null | undefined): Standing {
+  if (state.definition === undefined) return 'not-captured';
+  if (hash !== state.definition) return 'changed-here';
+  if (nasHead === undefined) return 'nas-unreachable';
+  // With generations of its own waiting to be pushed, this host's is the newer one.
+  return nasHead !== null && nasHead !== state.definition && state.pending.length === 0 ? 'behind' : 'in-step';
+}
+
 export async function definitionCommand(o: { domain: string; json: boolean }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
   const state = await readLocalState(config.stateDir, o.domain);
-  const here = await splitHere(config.stateDir, state, await definitionXml(o.domain, context.env), { cpuPerHost: config.cpuPerHost });
+  const here = await splitHere(config.stateDir, state, await definitionXml(o.domain, context.env), config);
   const repository = openRepository(config, new Logger([]));
   let nasHead: { generation: string; host: string; definition: string | null } | undefined;
   try {
@@ -37,8 +46,7 @@ export async function definitionCommand(o: { domain: string; json: boolean }, co
   } finally {
     await repository.close();
   }
-  const standing: Standing =
-    state.definition === undefined ? 'not-captured' : here.hash !== state.definition ? 'changed-here' : nasHead === undefined ? 'nas-unreachable' : nasHead.definition !== null && nasHead.definition !== state.definition && state.pending.length === 0 ? 'behind' : 'in-step';
+  const standing = standingOf(here.hash, state, nasHead?.definition);
   const own = describeHostPart(here.host);
   if (o.json) {
     return printJson(context, { domain: o.domain, portable: { hash: here.hash, xml: here.text }, host: { items: own, xml: serializeXml(here.host) }, recorded: state.definition ?? null, nasHead: nasHead ?? null, standing });

@@ -68,6 +68,11 @@ export interface Generation {
   definition?: string;
 }
 
+/** The `definition` field of a generation: absent when not known. */
+export function withDefinition(definition: string | undefined): { definition?: string } {
+  return definition === undefined ? {} : { definition };
+}
+
 /** A kept line of history that is not the head: the losing side of a conflict. */
 export interface Branch {
   head: string;
@@ -276,7 +281,7 @@ function generationProblem(id: string, generation: unknown, provided: Set<string
     host: generation.host,
     created: generation.created,
     disks: generation.disks as Record<string, string>,
-    ...(generation.definition === undefined ? {} : { definition: generation.definition as string }),
+    ...withDefinition(generation.definition as string | undefined),
   };
   if (generationId(made) !== id) return 'its id is not the hash of its content';
   return undefined;

@@ -23,6 +23,7 @@ import {
   nasPaths,
   parseManifest,
   serializeManifest,
+  withDefinition,
   type Generation,
   type LayerInfo,
   type Manifest,
@@ -253,7 +254,7 @@ export class NasRepository {
       host: this.options.host,
       created: generation.created,
       disks: generation.disks,
-      ...(generation.definition === undefined ? {} : { definition: generation.definition }),
+      ...withDefinition(generation.definition),
     };
     const full: Generation = { id: generationId(made), ...made };
     await this.updateManifest(domain, (manifest) => {

@@ -10,7 +10,8 @@
 // was last captured as or put in place from. Capturing (the stop work, enable) needs the
 // definition from libvirt; putting one in place (kss pull, clone, resolve, rollback, the
 // background work a refused start runs) defines it through libvirt, after the checks a
-// definition from the NAS needs. The hook itself does neither: it only compares hashes.
+// definition from the NAS needs. The hook never calls libvirt: it splits the XML it is
+// given and compares (lib/sync/start.ts), recording it when it is the generation's.
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import { joinDefinition, splitDefinition, type SplitOptions } from '../definition.js';
@@ -57,7 +58,7 @@ export async function readLocalDefinition(stateDir: string, domain: string, hash
 }
 
 /** Keeps a portable definition here under its hash; returns the hash. */
-export async function keepDefinition(stateDir: string, domain: string, text: string): Promise<string> {
+async function keepDefinition(stateDir: string, domain: string, text: string): Promise<string> {
   const hash = sha256Of(text);
   const path = definitionPath(stateDir, domain, hash);
   if (!(await pathExists(path))) {
@@ -65,15 +66,6 @@ export async function keepDefinition(stateDir: string, domain: string, text: str
     await writeFileAtomic(path, text, 0o600);
   }
   return hash;
-}
-
-/** This host's own part of the definition (lib/definition.ts), when it has been kept. */
-export async function readHostPart(stateDir: string, domain: string): Promise<XmlElement | undefined> {
-  const text = await readFile(hostPartPath(stateDir, domain), 'utf8').catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw error;
-  });
-  return text === undefined ? undefined : parseXmlTree(text);
 }
 
 async function writeHostPart(stateDir: string, domain: string, host: XmlElement): Promise<void> {
@@ -108,7 +100,7 @@ export async function captureDefinition(stateDir: string, state: LocalState, xml
   return { hash, changedHere };
 }
 
-export interface ApplyDeps {
+interface ApplyDeps {
   stateDir: string;
   log: Logger;
   libvirt: LibvirtDefinitions;
@@ -190,7 +182,8 @@ async function requireSafe(domain: string, portable: XmlElement, host: XmlElemen
   if (!domainRecordOf(joined).managed) unsafe('<metadata>', 'lacks the kvm-snapshot-sync element: the domain would no longer be managed here');
   const own = new Map(ownDisks.map((d) => [posix.normalize(d.path as string), d.target]));
   const seen = new Set<string>();
-  for (const disk of childrenNamed(firstChild(joined, 'devices'), 'disk').map(diskRecordOf)) {
+  const joinedDisks = childrenNamed(firstChild(joined, 'devices'), 'disk').map(diskRecordOf);
+  for (const disk of joinedDisks) {
     if (disk.path === undefined) continue;
     const path = posix.normalize(disk.path);
     if (seen.has(path)) unsafe(`<disk> ${disk.target}`, `${disk.path} is the file of another disk of it too`);
@@ -208,12 +201,7 @@ async function requireSafe(domain: string, portable: XmlElement, host: XmlElemen
   const checked = joinDefinition(portable, checkedHost, { newDiskDir });
   const xml = serializeXml(checked);
   const root = await parseXmlTree(xml);
-  const disks = Object.fromEntries(
-    childrenNamed(firstChild(joined, 'devices'), 'disk')
-      .map(diskRecordOf)
-      .filter(isSyncedDisk)
-      .map((d) => [d.target, d.path as string]),
-  );
+  const disks = Object.fromEntries(joinedDisks.filter(isSyncedDisk).map((d) => [d.target, d.path as string]));
   const ownDirs = ownDisks.map((d) => dirname(d.path as string));
   const others = { ...facts, domains: facts.domains.filter((d) => d.name !== domain), poolDirs: [...facts.poolDirs, ...ownDirs] };
   refuse(checkDefinition(xml, root, others, { name: domain, dir: undefined, disks }));
@@ -276,5 +264,5 @@ export async function putDefinitionInPlace(domain: string, deps: SyncDeps & { li
 
 /** What planDefinition needs, from a lifecycle run's deps. */
 function applyDeps(deps: SyncDeps & { libvirt: LibvirtDefinitions }): ApplyDeps {
-  return { stateDir: deps.config.stateDir, log: deps.log, libvirt: deps.libvirt, options: { cpuPerHost: deps.config.cpuPerHost }, now: deps.now };
+  return { stateDir: deps.config.stateDir, log: deps.log, libvirt: deps.libvirt, options: deps.config, now: deps.now };
 }

@@ -9,7 +9,7 @@ import { compactLayer, createTop, hasOwnData, incomingPathOf, layerHashesOf, lay
 import type { Logger } from '../log.js';
 import { cheapestChain, type ChainStep } from '../nas/chains.js';
 import { parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
-import { ancestry, generationId, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
+import { ancestry, generationId, withDefinition, type Generation, type LayerInfo, type Manifest } from '../nas/format.js';
 import { isPullPartName, pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
@@ -134,10 +134,6 @@ export async function sealFirstGeneration(
   return recordGeneration(state, { parent: null, host, created: now.toISOString(), disks, ...withDefinition(definition) }, layers, save);
 }
 
-/** The `definition` field of a generation: absent when not known. */
-export function withDefinition(definition: string | undefined): { definition?: string } {
-  return definition === undefined ? {} : { definition };
-}
 
 async function recordGeneration(
   state: LocalState,

@@ -8,10 +8,10 @@
 // so moving them back costs nothing), and the NAS head changes last; a compare-and-swap
 // that fails puts the tops back.
 import { ConflictError, DiskStateError, LeaseHeldError } from '../errors.js';
-import { generationId, type Generation, type Manifest } from '../nas/format.js';
+import { generationId, withDefinition, type Generation, type Manifest } from '../nas/format.js';
 import type { NasRepository } from '../nas/repository.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
-import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks, withDefinition } from './disks.js';
+import { mergePending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
 import { localHead, readLocalState, type LocalState } from './local-state.js';
 import { captureStateVolumes } from './state-volumes.js';
 import { requireNoEventSince, withDomainLock } from './session.js';

@@ -86,8 +86,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
           if (sealed) log.warn('sealed writes left by a run that did not stop cleanly', { generation: sealed.generation.id });
         }
         await save(state); // the disks as this start's XML names them, whatever follows
-        const starting = definitionXml ? await splitHere(config.stateDir, state, definitionXml, { cpuPerHost: config.cpuPerHost }) : undefined;
-        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now, starting);
+        await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now, definitionXml || undefined);
         // A restore resumes the VM on the state it was saved with, files and all.
         if (!flags.restoring) await placeStateVolumes(state, engine, save, log, now());
         for (const top of Object.values(state.disks)) {
@@ -118,7 +117,7 @@ async function decideAndSync(
   deps: SyncDeps,
   save: (state: LocalState) => Promise<void>,
   now: () => Date,
-  starting: Starting | undefined,
+  starting: string | undefined,
 ): Promise<void> {
   const { config, log } = deps;
   const engine = engineDeps(deps);
@@ -161,7 +160,7 @@ async function sync(
   save: (state: LocalState) => Promise<void>,
   now: () => Date,
   engine: EngineDeps,
-  starting: Starting | undefined,
+  starting: string | undefined,
 ): Promise<void> {
   if (decision.stealFrom) log.warn('taking the lease from another host, as asked', { from: decision.stealFrom.host, since: decision.stealFrom.since });
   if (decision.push) {
@@ -204,32 +203,27 @@ async function sync(
   await save(state);
 }
 
-/** The definition a start starts, split (lib/sync/definitions.ts splitHere). */
-type Starting = Awaited<ReturnType<typeof splitHere>>;
-
 /**
  * Refuses a start onto a generation whose definition is not the one being started:
  * the hook cannot define a domain, so the caller (hooks/prepare.ts) has it put in place
  * in the background, and the next start runs with it. Never an old definition silently.
- * The one being started is `starting` when known, else the one this host last captured
- * or put in place; one that is the generation's is recorded as this host's (not saved:
- * the start's next save does).
+ * The one being started is `starting` (its XML) when known, else the one this host last
+ * captured or put in place; one that is the generation's is recorded as this host's (not
+ * saved: the start's next save does). Split only here, for a generation that has one.
  */
 async function requireDefinitionHere(
   domain: string,
   state: LocalState,
   generation: Generation,
-  starting: Starting | undefined,
+  startingXml: string | undefined,
   { config, repository, save }: { config: Config; repository: NasRepository; save: (state: LocalState) => Promise<void> },
 ): Promise<void> {
   const stateDir = config.stateDir;
   const wanted = generation.definition;
   if (wanted === undefined) return;
-  if (starting && starting.hash !== wanted && state.definition === undefined) {
-    // Never compared here (a domain defined by hand on each host): its UUID and disk paths are this host's own, against the NAS's.
-    const theirs = await repository.readDefinition(domain, wanted);
-    if (theirs !== undefined) starting = await splitHere(stateDir, state, starting.xml, { cpuPerHost: config.cpuPerHost }, theirs);
-  }
+  // Never compared here (a domain defined by hand on each host): its UUID and disk paths are this host's own, against the NAS's.
+  const basis = startingXml !== undefined && state.definition === undefined ? await repository.readDefinition(domain, wanted) : undefined;
+  const starting = startingXml === undefined ? undefined : await splitHere(stateDir, state, startingXml, config, basis);
   if (starting?.hash === wanted) {
     if (state.definition !== wanted || state.definitionRefused !== undefined) await recordDefinition(stateDir, state, starting.text, starting.host);
     return;

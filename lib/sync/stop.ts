@@ -162,7 +162,7 @@ async function captureHere(state: LocalState, xml: string, config: Config): Prom
   // Without a generation here (a start refused before this host ever synced), nothing to capture it into yet;
   // after a start refused for a newer definition, nothing ran on this one, and it is about to be replaced.
   if (localHead(state) === null || state.definitionRefused !== undefined) return undefined;
-  return captureDefinition(config.stateDir, state, xml, { cpuPerHost: config.cpuPerHost });
+  return captureDefinition(config.stateDir, state, xml, config);
 }
 
 /**

@@ -1,6 +1,10 @@
 // The command line (`kvm-snapshot-sync`, `kss`): wiring only, and the only importer of
-// yargs. Each command is a plain async function in lib/commands/, loaded when it runs.
-import yargs from 'yargs';
+// yargs. The commands, their words, positionals and options are lib/command-table.ts;
+// this file gives each one its handler, a plain async function in lib/commands/ loaded
+// when it runs.
+import yargs, { type Argv } from 'yargs';
+import { COMMANDS, GLOBAL_OPTIONS, SUMMARY, allCommands, commandId, yargsCommandString, type CommandSpec } from './command-table.js';
+import type { CommandContext } from './commands/lifecycle.js';
 import type { Output } from './commands/output.js';
 import { configPath } from './config.js';
 import { UsageError } from './errors.js';
@@ -12,238 +16,94 @@ export interface CliIo extends Output {
   runHook: (args: string[]) => Promise<number>;
 }
 
+/** The parsed command line, as yargs gives it (the table says which keys a command has). */
+type Args = Record<string, unknown>;
+const text = (argv: Args, key: string) => argv[key] as string;
+const maybeText = (argv: Args, key: string) => argv[key] as string | undefined;
+const flag = (argv: Args, key: string) => argv[key] as boolean;
+const count = (argv: Args, key: string) => argv[key] as number;
+
+/** What runs each command of the table; returns an exit code when it decides one. */
+type Handler = (argv: Args, context: CommandContext & CliIo) => Promise<number | void>;
+
+const HANDLERS: Record<string, Handler> = {
+  config: async (a, c) => (await import('./commands/config.js')).showConfig({ file: c.configFile, json: flag(a, 'json') }, c),
+  'config set': async (a, c) => (await import('./commands/config.js')).setConfig({ file: c.configFile, settings: a.settings as string[] }, c),
+  chain: async (a, c) => (await import('./commands/chain.js')).showChain({ disk: text(a, 'disk'), json: flag(a, 'json') }, c),
+  check: async (a, c) => (await import('./commands/chain.js')).checkChain({ disk: text(a, 'disk'), json: flag(a, 'json') }, c),
+  enable: async (a, c) => (await import('./commands/domain.js')).enableCommand({ domain: text(a, 'domain') }, c),
+  clone: async (a, c) => (await import('./commands/clone.js')).cloneCommand({ domain: text(a, 'domain'), dir: maybeText(a, 'dir') }, c),
+  delta: async (a, c) => (await import('./commands/status.js')).deltaCommand({ domain: text(a, 'domain'), json: flag(a, 'json') }, c),
+  disable: async (a, c) => (await import('./commands/domain.js')).disableCommand({ domain: text(a, 'domain') }, c),
+  doctor: async (_a, c) => (await import('./commands/doctor.js')).doctorCommand(c),
+  status: async (a, c) => (await import('./commands/status.js')).statusCommand({ domain: maybeText(a, 'domain'), json: flag(a, 'json') }, c),
+  wait: async (a, c) => (await import('./commands/status.js')).waitCommand({ domain: text(a, 'domain'), timeoutSeconds: count(a, 'timeout') }, c),
+  push: async (a, c) => (await import('./commands/lifecycle.js')).pushCommand({ domain: text(a, 'domain') }, c),
+  definition: async (a, c) => (await import('./commands/definition.js')).definitionCommand({ domain: text(a, 'domain'), json: flag(a, 'json') }, c),
+  pull: async (a, c) => (await import('./commands/lifecycle.js')).pullCommand({ domain: text(a, 'domain') }, c),
+  log: async (a, c) => (await import('./commands/domain.js')).logCommand({ domain: text(a, 'domain'), follow: flag(a, 'follow') }, c),
+  start: async (a, c) =>
+    (await import('./commands/lifecycle.js')).startCommand({ domain: text(a, 'domain'), noSync: flag(a, 'no-sync'), stealLease: flag(a, 'steal-lease') }, c),
+  stop: async (a, c) =>
+    (await import('./commands/lifecycle.js')).stopCommand(
+      { domain: text(a, 'domain'), noPush: flag(a, 'no-push'), force: flag(a, 'force'), timeoutSeconds: count(a, 'timeout') },
+      c,
+    ),
+  resolve: async (a, c) => (await import('./commands/lifecycle.js')).resolveCommand({ domain: text(a, 'domain'), keep: text(a, 'keep') as 'local' | 'remote' }, c),
+  rollback: async (a, c) => (await import('./commands/lifecycle.js')).rollbackCommand({ domain: text(a, 'domain'), to: text(a, 'to') }, c),
+  gc: async (a, c) => (await import('./commands/lifecycle.js')).gcCommand({ domain: text(a, 'domain'), dryRun: flag(a, 'dry-run') }, c),
+  'snapshot list': async (a, c) =>
+    (await import('./commands/snapshot.js')).snapshotList({ domain: text(a, 'domain'), remote: flag(a, 'remote'), json: flag(a, 'json'), configFile: c.configFile }, c),
+  'snapshot create': async (a, c) => (await import('./commands/snapshot.js')).snapshotCreate({ domain: text(a, 'domain'), name: maybeText(a, 'name') }, c),
+  'snapshot delete': async (a, c) => (await import('./commands/snapshot.js')).snapshotDelete({ domain: text(a, 'domain'), name: text(a, 'name') }, c),
+  'snapshot merge': async (a, c) => (await import('./commands/snapshot.js')).snapshotMerge({ domain: text(a, 'domain') }, c),
+  hook: async (a, c) => c.runHook([text(a, 'domain'), text(a, 'op'), text(a, 'subop'), text(a, 'extra')]),
+  domains: async (_a, c) => (await import('./commands/status.js')).domainsCommand(c),
+};
+
+/** The ids of the commands that have a handler (a test holds the table to it). */
+export const HANDLED_COMMANDS: readonly string[] = Object.keys(HANDLERS);
+
 /** Parses the arguments, runs the command, and returns the exit code (errors are thrown). */
 export async function runCli(args: string[], io: CliIo): Promise<number> {
   let exitCode = 0;
-  const context = (flag: string | undefined) => ({ ...io, configFile: configPath(flag, io.env) });
-  const cli = yargs(args)
+  const context = (argv: Args): CommandContext & CliIo => ({ ...io, configFile: configPath(maybeText(argv, 'config'), io.env) });
+
+  /** Declares one command of the table, and its subcommands under it. */
+  const declare = (y: Argv, command: CommandSpec): Argv => {
+    const handler = command.group === true ? undefined : HANDLERS[commandId(command)];
+    if (command.group !== true && handler === undefined) throw new Error(`the command "${commandId(command)}" has no handler`);
+    // yargs leaves a command out of --help when its description is false.
+    const describe = (command.hidden === true ? false : command.describe) as string;
+    return y.command(
+      yargsCommandString(command),
+      describe,
+      (z) => {
+        for (const p of command.positionals ?? []) {
+          z.positional(p.name, { type: 'string', demandOption: p.optional !== true && p.default === undefined, describe: p.describe, default: p.default, array: p.variadic });
+        }
+        for (const [name, option] of Object.entries(command.options ?? {})) z.option(name, option);
+        for (const sub of command.subcommands ?? []) declare(z, sub);
+        if (command.group === true) z.demandCommand(1, `name a ${commandId(command)} command: ${(command.subcommands ?? []).map((s) => s.words.at(-1)).join(', ')}`);
+        return z;
+      },
+      handler === undefined
+        ? undefined
+        : async (argv) => {
+            const code = await handler(argv as Args, context(argv as Args));
+            if (typeof code === 'number') exitCode = code;
+          },
+    );
+  };
+
+  let cli = yargs(args)
     // --no-sync and --no-push are flags of their own, not "not --sync".
     .parserConfiguration({ 'boolean-negation': false })
     .scriptName('kss')
-    .usage('kvm-snapshot-sync (kss): keeps KVM virtual machines in sync between hosts through a NAS.\n\nUsage: $0 <command> [options]')
-    .option('config', {
-      type: 'string',
-      describe: 'configuration file (default: $KSS_CONFIG, then /etc/kvm-snapshot-sync/config.json)',
-    })
-    .command(
-      'config',
-      'show the configuration in effect, validated, defaults filled in',
-      (y) =>
-        y.option('json', { type: 'boolean', default: false, describe: 'print JSON' }).command(
-          'set <settings..>',
-          'set keys of the configuration file (KEY=VALUE ...), creating it if needed; nothing is written unless the result is valid',
-          (z) => z.positional('settings', { type: 'string', array: true, demandOption: true }),
-          async (argv) => (await import('./commands/config.js')).setConfig({ file: configPath(argv.config, io.env), settings: argv.settings as string[] }, io),
-        ),
-      async (argv) => (await import('./commands/config.js')).showConfig({ file: configPath(argv.config, io.env), json: argv.json }, io),
-    )
-    .command(
-      'chain <disk>',
-      "show a disk image's backing chain, top first",
-      (y) =>
-        y
-          .positional('disk', { type: 'string', demandOption: true, describe: 'path of the disk image' })
-          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (argv) => (await import('./commands/chain.js')).showChain({ disk: argv.disk, json: argv.json }, io),
-    )
-    .command(
-      'check <disk>',
-      'check every image of a disk chain for corruption (qemu-img check)',
-      (y) =>
-        y
-          .positional('disk', { type: 'string', demandOption: true, describe: 'path of the disk image' })
-          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (argv) => (await import('./commands/chain.js')).checkChain({ disk: argv.disk, json: argv.json }, io),
-    )
-    .command(
-      'enable <domain>',
-      'take a shut-off domain under management on this host (its disks become the first generation)',
-      (y) => y.positional('domain', { type: 'string', demandOption: true }),
-      async (argv) => (await import('./commands/domain.js')).enableCommand({ domain: argv.domain }, context(argv.config)),
-    )
-    .command(
-      'clone <domain>',
-      'on another host: define the domain from the NAS, with its newest disks, ready for virsh start',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('dir', { type: 'string', describe: "put the disks in this directory (default: the paths of the host that enabled it, which must be in one of this host's storage pools)" }),
-      async (argv) => (await import('./commands/clone.js')).cloneCommand({ domain: argv.domain, dir: argv.dir }, context(argv.config)),
-    )
-    .command(
-      'delta <domain>',
-      'what would move between this host and the NAS, in bytes, each way',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (argv) => (await import('./commands/status.js')).deltaCommand({ domain: argv.domain, json: argv.json }, context(argv.config)),
-    )
-    .command(
-      'disable <domain>',
-      'take a shut-off domain out of management here, losing nothing: its disks become standalone images again',
-      (y) => y.positional('domain', { type: 'string', demandOption: true }),
-      async (argv) => (await import('./commands/domain.js')).disableCommand({ domain: argv.domain }, context(argv.config)),
-    )
-    .command(
-      'doctor',
-      'check the configuration, the NAS, the tools, the hook, space and the image directories; each problem with its fix',
-      (y) => y,
-      async (argv) => (await import('./commands/doctor.js')).doctorCommand(context(argv.config)),
-    )
-    .command(
-      'status [domain]',
-      'where each managed domain stands: synced, behind, ahead (push pending), busy, conflict, checked out by another host, offline',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', describe: 'one domain (default: every domain managed here)' })
-          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (argv) => (await import('./commands/status.js')).statusCommand({ domain: argv.domain, json: argv.json }, context(argv.config)),
-    )
-    .command(
-      'wait <domain>',
-      'wait until no sync work runs for the domain; exit 0 when the NAS has everything of this host and the VM is not checked out here',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('timeout', { type: 'number', default: 3600, describe: 'seconds to wait for work in flight' }),
-      async (argv) => (await import('./commands/status.js')).waitCommand({ domain: argv.domain, timeoutSeconds: argv.timeout }, context(argv.config)),
-    )
-    .command(
-      'push <domain>',
-      'push what this host has and the NAS lacks, with progress (the work a stop does in the background); the VM must be shut off',
-      (y) => y.positional('domain', { type: 'string', demandOption: true }),
-      async (argv) => (await import('./commands/lifecycle.js')).pushCommand({ domain: argv.domain }, context(argv.config)),
-    )
-    .command(
-      'definition <domain>',
-      "show the domain's definition as it travels (the portable part) and this host's own part, side by side",
-      (y) => y.positional('domain', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (argv) => (await import('./commands/definition.js')).definitionCommand({ domain: argv.domain, json: argv.json }, context(argv.config)),
-    )
-    .command(
-      'pull <domain>',
-      "put the NAS's newest definition of the domain in place and fetch its newest generation, with progress, so that the next start has nothing to download",
-      (y) => y.positional('domain', { type: 'string', demandOption: true }),
-      async (argv) => (await import('./commands/lifecycle.js')).pullCommand({ domain: argv.domain }, context(argv.config)),
-    )
-    .command(
-      'log <domain>',
-      "show the domain's hook and background log",
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'keep printing new lines' }),
-      async (argv) => (await import('./commands/domain.js')).logCommand({ domain: argv.domain, follow: argv.follow }, context(argv.config)),
-    )
-    .command(
-      'start <domain>',
-      'start a VM (virsh start) with one-shot sync options',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('no-sync', { type: 'boolean', default: false, describe: 'start without the NAS, this once' })
-          .option('steal-lease', { type: 'boolean', default: false, describe: 'take the VM over from the host that has it' }),
-      async (argv) =>
-        (await import('./commands/lifecycle.js')).startCommand(
-          { domain: argv.domain, noSync: argv['no-sync'], stealLease: argv['steal-lease'] },
-          context(argv.config),
-        ),
-    )
-    .command(
-      'stop <domain>',
-      'shut a VM down (virsh shutdown) and wait until it is off',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('no-push', { type: 'boolean', default: false, describe: 'keep its changes here this once (the lease stays here)' })
-          .option('force', { type: 'boolean', default: false, describe: 'virsh destroy: like pulling the plug' })
-          .option('timeout', { type: 'number', default: 300, describe: 'seconds to wait for the guest to shut down' }),
-      async (argv) =>
-        (await import('./commands/lifecycle.js')).stopCommand(
-          { domain: argv.domain, noPush: argv['no-push'], force: argv.force, timeoutSeconds: argv.timeout },
-          context(argv.config),
-        ),
-    )
-    .command(
-      'resolve <domain>',
-      'end a conflict: keep this host\'s side or the NAS\'s; the other is kept as a branch',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('keep', { choices: ['local', 'remote'] as const, demandOption: true, describe: 'which side becomes current' }),
-      async (argv) => (await import('./commands/lifecycle.js')).resolveCommand({ domain: argv.domain, keep: argv.keep }, context(argv.config)),
-    )
-    .command(
-      'rollback <domain>',
-      'put the disks back as they were at a generation or branch, as a new generation',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('to', { type: 'string', demandOption: true, describe: 'generation id (a prefix will do) or branch name' }),
-      async (argv) => (await import('./commands/lifecycle.js')).rollbackCommand({ domain: argv.domain, to: argv.to }, context(argv.config)),
-    )
-    .command(
-      'gc <domain>',
-      'apply retention on the NAS: remove old generations and layers nothing needs',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .option('dry-run', { type: 'boolean', default: false, describe: 'say what would be removed, change nothing' }),
-      async (argv) => (await import('./commands/lifecycle.js')).gcCommand({ domain: argv.domain, dryRun: argv['dry-run'] }, context(argv.config)),
-    )
-    .command('snapshot', 'generations and snapshots: list, create, delete, merge', (y) =>
-      y
-        .command(
-          'list <domain>',
-          'list generations here and on the NAS, with the head, branches and snapshots',
-          (z) =>
-            z
-              .positional('domain', { type: 'string', demandOption: true })
-              .option('remote', { type: 'boolean', default: false, describe: 'only the NAS' })
-              .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-          async (argv) =>
-            (await import('./commands/snapshot.js')).snapshotList(
-              { domain: argv.domain, remote: argv.remote, json: argv.json, configFile: configPath(argv.config, io.env) },
-              io,
-            ),
-        )
-        .command(
-          'create <domain>',
-          'push what this host has (the VM shut off), then name that generation a snapshot, kept on the NAS until deleted',
-          (z) =>
-            z
-              .positional('domain', { type: 'string', demandOption: true })
-              .option('name', { type: 'string', describe: 'its name (default: the time, like 2026-11-22T153012)' }),
-          async (argv) => (await import('./commands/snapshot.js')).snapshotCreate({ domain: argv.domain, name: argv.name }, context(argv.config)),
-        )
-        .command(
-          'delete <domain> <name>',
-          "delete a snapshot's name; its generation is then left to retention",
-          (z) => z.positional('domain', { type: 'string', demandOption: true }).positional('name', { type: 'string', demandOption: true }),
-          async (argv) => (await import('./commands/snapshot.js')).snapshotDelete({ domain: argv.domain, name: argv.name }, context(argv.config)),
-        )
-        .command(
-          'merge <domain>',
-          "merge this host's chain of each disk into as few layers as it safely can (the NAS is not changed)",
-          (z) => z.positional('domain', { type: 'string', demandOption: true }),
-          async (argv) => (await import('./commands/snapshot.js')).snapshotMerge({ domain: argv.domain }, context(argv.config)),
-        )
-        .demandCommand(1, 'name a snapshot command: list, create, delete or merge'),
-    )
-    .command(
-      'hook qemu <domain> <op> <subop> [extra]',
-      'run as the libvirt qemu hook (what /etc/libvirt/hooks/qemu does)',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', demandOption: true })
-          .positional('op', { type: 'string', demandOption: true })
-          .positional('subop', { type: 'string', demandOption: true })
-          .positional('extra', { type: 'string', default: '-' }),
-      async (argv) => {
-        exitCode = await io.runHook([argv.domain, argv.op, argv.subop, argv.extra]);
-      },
-    )
+    .usage(`kvm-snapshot-sync (kss): ${SUMMARY}.\n\nUsage: $0 <command> [options]`);
+  for (const [name, option] of Object.entries(GLOBAL_OPTIONS)) cli = cli.option(name, option);
+  for (const command of COMMANDS) cli = declare(cli, command);
+  cli = cli
     .demandCommand(1, 'name a command (kss --help lists them)')
     .strict()
     .version(VERSION)

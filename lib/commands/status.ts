@@ -120,3 +120,9 @@ export async function deltaCommand(o: { domain: string; json: boolean }, context
   const merged = delta.pull.merged > 0 ? `, ${delta.pull.merged} of them merged, instead of ${instead}` : '';
   context.stdout.write(`${o.domain}: to pull ${formatBytes(delta.pull.bytes)} (${layers(delta.pull.layers)}${merged})\n`);
 }
+
+/** `kss domains` (hidden): the domains managed here, one a line, for shell completion; never asks the NAS. */
+export async function domainsCommand(context: CommandContext): Promise<void> {
+  const config = await readConfig(context.configFile);
+  for (const domain of await knownDomains(config)) context.stdout.write(`${domain}\n`);
+}

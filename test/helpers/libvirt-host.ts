@@ -34,6 +34,9 @@ const BINDS: Record<string, string> = {
   '/root/.ssh': 'root-ssh',
 };
 
+/** What a host with its own system writes to as its own (overlays; see start). */
+const OWN_SYSTEM = ['/usr', '/var'];
+
 export class LibvirtHost {
   private readonly mntns: string;
   private readonly utsns: string;
@@ -53,10 +56,13 @@ export class LibvirtHost {
   /**
    * Sets the host up and starts its daemons; `config` is written as the tool's config
    * and the built executable is its hook. A `bare` host has neither (install.sh's job),
-   * and a /usr/local of its own.
+   * and a /usr/local of its own. A host with `ownSystem` is bare and has its own /usr and
+   * /var as well, overlays on this machine's (what dpkg and apt write stays in it): a
+   * package can be installed, upgraded and purged there for real.
    */
-  static async start(name: string, dir: string, config: Record<string, unknown>, options: { bare?: boolean } = {}): Promise<LibvirtHost> {
-    const host = new LibvirtHost(name, dir, options.bare ? { ...BINDS, '/usr/local': 'usr-local' } : BINDS);
+  static async start(name: string, dir: string, config: Record<string, unknown>, options: { bare?: boolean; ownSystem?: boolean } = {}): Promise<LibvirtHost> {
+    const bare = options.bare === true || options.ownSystem === true;
+    const host = new LibvirtHost(name, dir, bare ? { ...BINDS, '/usr/local': 'usr-local' } : BINDS);
     mkdirSync(join(dir, 'ns'), { recursive: true });
     for (const sub of Object.values(host.binds)) mkdirSync(join(dir, sub), { recursive: true });
     cpSync('/etc/libvirt', join(dir, 'etc-libvirt'), { recursive: true });
@@ -66,7 +72,7 @@ export class LibvirtHost {
     // What a failed test shows of libvirtd: its warnings, its reloads and the hooks it called.
     writeFileSync(join(dir, 'etc-libvirt', 'libvirtd.conf'), `log_filters = "1:util.hook 2:daemon"\nlog_outputs = "1:file:${LIBVIRTD_LOG}"\n`, { flag: 'a' });
     mkdirSync(join(dir, 'etc-libvirt', 'hooks'), { recursive: true });
-    if (!options.bare) {
+    if (!bare) {
       copyFileSync(BINARY, join(dir, 'etc-libvirt', 'hooks', 'qemu'));
       execFileSync('chmod', ['755', join(dir, 'etc-libvirt', 'hooks', 'qemu')]);
       writeFileSync(join(dir, 'etc-kss', 'config.json'), JSON.stringify({ host: name, ...config }, null, 2));
@@ -78,10 +84,15 @@ export class LibvirtHost {
     execFileSync('mount', ['--make-private', join(dir, 'ns')]);
     writeFileSync(host.mntns, '');
     writeFileSync(host.utsns, '');
-    const binds = Object.entries(host.binds)
-      .map(([inside, sub]) => `mkdir -p ${inside} && mount --bind '${join(dir, sub)}' ${inside}`)
-      .join(' && ');
-    execFileSync('unshare', [`--mount=${host.mntns}`, `--uts=${host.utsns}`, '--propagation', 'private', 'sh', '-c', `${binds} && hostname ${name}`]);
+    const overlays = (options.ownSystem === true ? OWN_SYSTEM : []).map((inside) => {
+      const layer = join(dir, 'system', inside.slice(1));
+      mkdirSync(join(layer, 'upper'), { recursive: true });
+      mkdirSync(join(layer, 'work'), { recursive: true });
+      return `mount -t overlay overlay -o 'lowerdir=${inside},upperdir=${join(layer, 'upper')},workdir=${join(layer, 'work')}' ${inside}`;
+    });
+    const binds = Object.entries(host.binds).map(([inside, sub]) => `mkdir -p ${inside} && mount --bind '${join(dir, sub)}' ${inside}`);
+    const setUp = [...overlays, ...binds, `hostname ${name}`].join(' && ');
+    execFileSync('unshare', [`--mount=${host.mntns}`, `--uts=${host.utsns}`, '--propagation', 'private', 'sh', '-c', setUp]);
     mkdirSync(join(dir, 'run', 'libvirt'), { recursive: true });
     host.startDaemon('virtlogd');
     host.startDaemon('libvirtd');

@@ -4,7 +4,7 @@
 // kss doctor on what QEMU's user needs, --uninstall, a copy that fails (the installed hook stays), and one copy of our hook
 // whichever of the two places it moves between.
 import assert from 'node:assert/strict';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -57,6 +57,12 @@ async function startCallsOurHook(h: LibvirtHost, domain: string): Promise<boolea
   return true;
 }
 const HOOK_DIRS = ['/etc/libvirt/hooks', '/etc/libvirt/hooks/qemu.d'];
+const DOCS = [
+  '/usr/local/share/man/man1/kss.1',
+  '/usr/local/share/bash-completion/completions/kss',
+  '/usr/local/share/bash-completion/completions/kvm-snapshot-sync',
+  '/usr/local/share/zsh/site-functions/_kss',
+];
 const LIB = '/usr/local/lib/kvm-snapshot-sync/kvm-snapshot-sync';
 
 /** Every copy of our hook in hooks/ and hooks/qemu.d/ (an executable holding our namespace), by inside path. */
@@ -89,6 +95,15 @@ describe('install.sh in a simulated host', () => {
     assert.equal(statSync(h.outside('/var/lib/kvm-snapshot-sync')).mode & 0o777, 0o700);
     assert.equal(statSync(h.outside('/var/log/kvm-snapshot-sync')).mode & 0o777, 0o750);
     assert.match(h.inside(['kss', '--version']).stdout, /^\d+\.\d+\.\d+\n$/u);
+    // The man page and completion, where man, bash-completion and zsh look under /usr/local.
+    const page = h.inside(['man', 'kss'], undefined, { MANPAGER: 'cat' });
+    assert.equal(page.status, 0, page.stderr);
+    assert.match(page.stdout, /^EXIT STATUS$/mu);
+    for (const file of DOCS) assert.ok(existsSync(h.outside(file)), file);
+    const bash = h.inside(['bash', '--norc', '-c', 'source /usr/share/bash-completion/bash_completion; _completion_loader kss; complete -p kss']);
+    assert.equal(bash.stdout, 'complete -F _kss kss\n', bash.stderr);
+    const zsh = h.inside(['zsh', '-f', '-c', 'autoload -U compinit && compinit -u -D && print -r -- $_comps[kss]']);
+    assert.equal(zsh.stdout, '_kss\n', zsh.stderr);
 
     const disk = '/var/lib/libvirt/images/vm.qcow2';
     createImage(h.outside(disk), 16 * MiB);
@@ -173,7 +188,7 @@ describe('install.sh in a simulated host', () => {
     t.after(() => rmSync(h.outside(slowReload), { force: true }));
     const said = install(h, '--uninstall');
     assert.match(said, /removed the hook \/etc\/libvirt\/hooks\/qemu/u);
-    for (const gone of [HOOK, '/usr/local/bin/kss', '/usr/local/lib/kvm-snapshot-sync']) assert.ok(!existsSync(h.outside(gone)), `${gone} is removed`);
+    for (const gone of [HOOK, '/usr/local/bin/kss', '/usr/local/lib/kvm-snapshot-sync', ...DOCS]) assert.ok(!existsSync(h.outside(gone)), `${gone} is removed`);
     const noHook = h.inside([BINARY, 'doctor']);
     assert.equal(noHook.status, 3);
     assert.match(noHook.stdout, /^FAIL  hook      no kvm-snapshot-sync hook in .*\n      fix: run install.sh$/mu);
@@ -207,6 +222,10 @@ describe('install.sh in a simulated host', () => {
       const clone = join(work, `clone-${name}`);
       mkdirSync(join(clone, 'dist'), { recursive: true });
       copyFileSync(INSTALL, join(clone, 'install.sh'));
+      mkdirSync(join(clone, 'packaging'));
+      copyFileSync(resolve('packaging/layout.sh'), join(clone, 'packaging', 'layout.sh'));
+      cpSync(resolve('dist/completion'), join(clone, 'dist', 'completion'), { recursive: true });
+      copyFileSync(resolve('dist/kss.1'), join(clone, 'dist', 'kss.1'));
       writeFileSync(join(clone, 'dist', 'kvm-snapshot-sync'), `#!/bin/sh\n# ${NAMESPACE_URI}\n${body}\n`, { mode: 0o755 });
       const run = h.inside([join(clone, 'install.sh')]);
       for (const path of [LIB, HOOK]) assert.ok(sameBytes(h.outside(path), BINARY), `${name}: ${path} is as it was`);

@@ -1,6 +1,7 @@
 // "A new person moves a VM between two machines using only the README": the README's
 // walkthrough blocks, run line by line as root inside two bare simulated hosts (their
-// own /etc, /var, /usr/local and a real libvirtd; nothing of ours installed), with the
+// own /usr, /var, the /etc directories of libvirt and ours, and a real libvirtd; nothing
+// of ours installed, the package built from this clone at hand), with the
 // simulated NAS (real sshd behind a 1 Gbit link) in place of `nas.lan`. The guest's
 // work and its shutdown are the harness's part: writes through the running domain,
 // then `virsh destroy`.
@@ -45,11 +46,13 @@ function run(host: LibvirtHost, name: string): string {
 }
 
 before(async (t) => {
-  if (!requireTools(t as unknown as TestContext, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS, 'ssh-keyscan')) return;
+  if (!requireTools(t as unknown as TestContext, ...LIBVIRT_TOOLS, ...SSH_NAS_TOOLS, 'ssh-keyscan', 'dpkg-deb', 'apt-get', 'objdump')) return;
   work = mkdtempSync(join(tmpdir(), 'kss-walk-'));
+  // What `npm run package` makes after the build that npm test did.
+  execFileSync('node', [join(REPO, 'scripts', 'package.mjs')], { stdio: ['ignore', 'ignore', 'pipe'] });
   nas = await startSshNas();
-  desktop = await LibvirtHost.start('desktop', join(work, 'desktop'), {}, { bare: true });
-  laptop = await LibvirtHost.start('laptop', join(work, 'laptop'), {}, { bare: true });
+  desktop = await LibvirtHost.start('desktop', join(work, 'desktop'), {}, { ownSystem: true });
+  laptop = await LibvirtHost.start('laptop', join(work, 'laptop'), {}, { ownSystem: true });
   // The person's own SSH key, accepted by the NAS account.
   for (const host of [desktop, laptop]) copyFileSync((nas.target.identity as string), host.outside('/root/.ssh/id_ed25519'));
 });

@@ -24,9 +24,18 @@ describe('README', () => {
     assert.match(markedCommand('build-line'), /npm run build/);
   });
 
-  it('documents every exit code', async () => {
-    const { ExitCode } = await import('../../lib/errors.js');
-    for (const code of Object.values(ExitCode)) assert.match(readme, new RegExp(`^\\| ${code} \\|`, 'mu'), `exit code ${code}`);
+  it('installs the package that npm run package makes, of the version in package.json', () => {
+    assert.match(markedCommand('package-line'), /npm run package$/u);
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    const named = [...readme.matchAll(/kvm-snapshot-sync_([^_\s]+)_amd64\.deb/gu)].map((m) => m[1]);
+    assert.ok(named.length >= 2, 'the Install section and the walkthrough name it');
+    assert.deepEqual([...new Set(named)], [version]);
+  });
+
+  it('documents every exit code, as lib/errors.ts explains it (the man page says the same)', async () => {
+    const { EXIT_CODE_MEANINGS } = await import('../../lib/errors.js');
+    const rows = [...readme.matchAll(/^\| (\d+) \| (.+) \|$/gmu)].map((m) => [m[1] as string, m[2] as string]);
+    assert.deepEqual(rows, Object.entries(EXIT_CODE_MEANINGS));
   });
 
   it('documents every configuration key', async () => {
@@ -42,11 +51,11 @@ describe('README', () => {
     assert.ok(readme.includes(NAMESPACE_URI));
   });
 
-  it('documents every command of the CLI in its command table', () => {
-    const cli = readFileSync('lib/cli.ts', 'utf8');
-    const top = [...cli.matchAll(/^ {4}\.command\(\n? *'([a-z]+)/gmu)].map((m) => m[1] as string);
-    const snapshot = [...cli.matchAll(/^ {8}\.command\(\n *'([a-z]+) </gmu)].map((m) => `snapshot ${m[1] as string}`);
-    const names = [...top.filter((name) => name !== 'hook' && name !== 'snapshot'), ...snapshot];
+  it('documents every command of the CLI in its command table', async () => {
+    const { shownCommands } = await import('../../lib/command-table.js');
+    const names = shownCommands()
+      .filter((command) => command.group !== true && command.words[0] !== 'hook')
+      .map((command) => command.words.join(' '));
     assert.ok(names.length >= 20, `found the commands: ${names.join(', ')}`);
     for (const name of names) assert.match(readme, new RegExp(`^\\| \`kss ${name}\\b`, 'mu'), `kss ${name}`);
   });

@@ -46,18 +46,12 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-# The files beside the executable: what the build writes into dist/ → where they go.
-docs() {
-  printf '%s\n' "dist/kss.1:$MAN1_DIR/kss.1" "dist/completion/kss:$BASH_COMPLETION_DIR/kss" \
-    "dist/completion/kss:$BASH_COMPLETION_DIR/kvm-snapshot-sync" "dist/completion/_kss:$ZSH_COMPLETION_DIR/_kss"
-}
-
 if $uninstall; then
   remove_hooks
   for name in "${COMMANDS[@]}"; do rm -f -- "$BIN_DIR/$name"; done
   rm -f -- "$KSS"
   rmdir "$LIB_DIR" 2>/dev/null || true
-  while IFS=: read -r _ target; do rm -f -- "$target"; done < <(docs)
+  for entry in "${DOC_FILES[@]}" "${DOC_LINKS[@]}"; do rm -f -- "${entry#*:}"; done
   reload_libvirt
   say "kvm-snapshot-sync removed; kept $CONFIG_DIR, $STATE_DIR and $LOG_DIR"
   exit 0
@@ -85,9 +79,14 @@ install -d -m 0755 "$BIN_DIR"
 for name in "${COMMANDS[@]}"; do
   [[ $(readlink "$BIN_DIR/$name" 2>/dev/null) == "$KSS" ]] || ln -sfn "$KSS" "$BIN_DIR/$name"
 done
-while IFS=: read -r source target; do
-  cmp -s "$source" "$target" || install -D -m 0644 "$source" "$target" || fail "cannot install $target"
-done < <(docs)
+for entry in "${DOC_FILES[@]}"; do
+  from="dist/${entry%%:*}" target=${entry#*:}
+  cmp -s "$from" "$target" || install -D -m 0644 "$from" "$target" || fail "cannot install $target"
+done
+for entry in "${DOC_LINKS[@]}"; do
+  link=${entry%%:*} target=$(basename "${entry#*:}")
+  [[ $(readlink "$link" 2>/dev/null) == "$target" ]] || ln -sfn "$target" "$link" || fail "cannot link $link"
+done
 
 install_hook
 make_dirs

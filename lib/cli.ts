@@ -3,7 +3,7 @@
 // this file gives each one its handler, a plain async function in lib/commands/ loaded
 // when it runs.
 import yargs, { type Argv } from 'yargs';
-import { COMMANDS, GLOBAL_OPTIONS, SUMMARY, allCommands, commandId, yargsCommandString, type CommandSpec } from './command-table.js';
+import { COMMANDS, GLOBAL_OPTIONS, SUMMARY, allCommands, commandId, yargsCommandString, type CommandSpec, type OptionSpec } from './command-table.js';
 import type { CommandContext } from './commands/lifecycle.js';
 import type { Output } from './commands/output.js';
 import { configPath } from './config.js';
@@ -61,6 +61,16 @@ const HANDLERS: Record<string, Handler> = {
   domains: async (_a, c) => (await import('./commands/status.js')).domainsCommand(c),
 };
 
+/** An option as yargs takes it: without what the table says for completion. */
+function yargsOption(option: OptionSpec): Omit<OptionSpec, 'completes'> {
+  const { completes, ...rest } = option;
+  void completes;
+  return rest;
+}
+
+/** A list in words: "a, b or c". */
+const inWords = (items: readonly string[]) => (items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} or ${items.at(-1)}`);
+
 /** The ids of the commands that have a handler (a test holds the table to it). */
 export const HANDLED_COMMANDS: readonly string[] = Object.keys(HANDLERS);
 
@@ -82,9 +92,9 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
         for (const p of command.positionals ?? []) {
           z.positional(p.name, { type: 'string', demandOption: p.optional !== true && p.default === undefined, describe: p.describe, default: p.default, array: p.variadic });
         }
-        for (const [name, option] of Object.entries(command.options ?? {})) z.option(name, option);
+        for (const [name, option] of Object.entries(command.options ?? {})) z.option(name, yargsOption(option));
         for (const sub of command.subcommands ?? []) declare(z, sub);
-        if (command.group === true) z.demandCommand(1, `name a ${commandId(command)} command: ${(command.subcommands ?? []).map((s) => s.words.at(-1)).join(', ')}`);
+        if (command.group === true) z.demandCommand(1, `name a ${commandId(command)} command: ${inWords((command.subcommands ?? []).map((s) => s.words.at(-1) as string))}`);
         return z;
       },
       handler === undefined
@@ -101,7 +111,7 @@ export async function runCli(args: string[], io: CliIo): Promise<number> {
     .parserConfiguration({ 'boolean-negation': false })
     .scriptName('kss')
     .usage(`kvm-snapshot-sync (kss): ${SUMMARY}.\n\nUsage: $0 <command> [options]`);
-  for (const [name, option] of Object.entries(GLOBAL_OPTIONS)) cli = cli.option(name, option);
+  for (const [name, option] of Object.entries(GLOBAL_OPTIONS)) cli = cli.option(name, yargsOption(option));
   for (const command of COMMANDS) cli = declare(cli, command);
   cli = cli
     .demandCommand(1, 'name a command (kss --help lists them)')

@@ -9,6 +9,8 @@ export interface OptionSpec {
   alias?: string;
   choices?: readonly string[];
   demandOption?: boolean;
+  /** What the value names, for completion: a file or a directory (default: anything). */
+  completes?: 'file' | 'dir';
 }
 
 /** What a word of the command line stands for: completion offers names of that kind. */
@@ -43,7 +45,7 @@ export interface CommandSpec {
 
 /** The global options, before or after the command. */
 export const GLOBAL_OPTIONS: Readonly<Record<string, OptionSpec>> = {
-  config: { type: 'string', describe: 'configuration file (default: $KSS_CONFIG, then /etc/kvm-snapshot-sync/config.json)' },
+  config: { type: 'string', describe: 'configuration file (default: $KSS_CONFIG, then /etc/kvm-snapshot-sync/config.json)', completes: 'file' },
 };
 
 export const SUMMARY = 'keeps KVM virtual machines in sync between hosts through a NAS';
@@ -74,7 +76,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     describe: 'on another host: define the domain from the NAS, with its newest disks, ready for virsh start',
     positionals: [{ name: 'domain', completes: 'none' }],
     options: {
-      dir: { type: 'string', describe: "put the disks in this directory (default: the paths of the host that enabled it, which must be in one of this host's storage pools)" },
+      dir: { type: 'string', describe: "put the disks in this directory (default: the paths of the host that enabled it, which must be in one of this host's storage pools)", completes: 'dir' },
     },
   },
   { words: ['delta'], describe: 'what would move between this host and the NAS, in bytes, each way', positionals: [domain], options: json },

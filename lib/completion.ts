@@ -5,12 +5,10 @@
 import { GLOBAL_OPTIONS, shownCommands, type CommandSpec, type OptionSpec } from './command-table.js';
 
 /** What a flag's value completes to. */
-function valueKind(name: string, option: OptionSpec): string {
+function valueKind(option: OptionSpec): string {
   if (option.type === 'boolean') return 'flag';
   if (option.choices !== undefined) return `choices:${option.choices.join(' ')}`;
-  if (name === 'dir') return 'dir';
-  if (name === 'config') return 'file';
-  return 'any';
+  return option.completes ?? 'any';
 }
 
 const id = (command: CommandSpec) => command.words.join(' ');
@@ -36,8 +34,8 @@ export function bashCompletion(): string {
   const options = commands.map((c) => entry(id(c), Object.keys(c.options ?? {}).map((n) => `--${n}`).join(' ')));
   const positionals = commands.map((c) => entry(id(c), (c.positionals ?? []).map((p) => (p.variadic === true ? `${p.completes}...` : p.completes)).join(' ')));
   const values = [
-    ...Object.entries(GLOBAL_OPTIONS).map(([n, o]) => entry(`--${n}`, valueKind(n, o))),
-    ...commands.flatMap((c) => Object.entries(c.options ?? {}).map(([n, o]) => entry(`${id(c)} --${n}`, valueKind(n, o)))),
+    ...Object.entries(GLOBAL_OPTIONS).map(([n, o]) => entry(`--${n}`, valueKind(o))),
+    ...commands.flatMap((c) => Object.entries(c.options ?? {}).map(([n, o]) => entry(`${id(c)} --${n}`, valueKind(o)))),
   ];
   const subcommands = [...subs].map(([key, list]) => entry(key, list.join(' ')));
   return `# bash completion for kss and kvm-snapshot-sync; generated from the command table (lib/command-table.ts)
@@ -121,7 +119,7 @@ const zshDescription = (text: string) => zshQuoted(text.replace(/\\/gu, '\\\\').
 const zshName = (command: CommandSpec) => ['_kss', ...command.words].join('_');
 
 function zshOption(name: string, option: OptionSpec): string {
-  const kind = valueKind(name, option);
+  const kind = valueKind(option);
   const value =
     kind === 'flag' ? '' : kind === 'dir' ? ':directory:_files -/' : kind === 'file' ? ':file:_files' : kind.startsWith('choices:') ? `:${name}:(${kind.slice(8)})` : `:${name}: `;
   const names = option.alias === undefined ? `--${name}` : `(--${name} -${option.alias})'{--${name},-${option.alias}}'`;

@@ -24,6 +24,7 @@ function roff(text: string): string {
   return marked.replace(/^([.'])/u, '\\&$1');
 }
 
+/** An option in a synopsis, e.g. `[--dir DIR]`: in brackets unless required. */
 function optionUsage(name: string, option: OptionSpec): string {
   const value = option.type === 'boolean' ? '' : ` \\fI${option.choices ? option.choices.join('|') : name.toUpperCase()}\\fR`;
   const usage = `\\fB\\-\\-${roff(name)}\\fR${value}`;
@@ -55,7 +56,7 @@ export function manPage(version: string): string {
     '.SH NAME',
     `kss, kvm\\-snapshot\\-sync \\- ${roff(SUMMARY)}`,
     '.SH SYNOPSIS',
-    `\\fBkss\\fR [${optionUsage('config', GLOBAL_OPTIONS.config as OptionSpec).slice(1, -1)}] \\fIcommand\\fR [\\fIoptions\\fR]`,
+    ['\\fBkss\\fR', ...Object.entries(GLOBAL_OPTIONS).map(([name, option]) => optionUsage(name, option)), '\\fIcommand\\fR [\\fIoptions\\fR]'].join(' '),
     '.br',
     '\\fBkss \\-\\-help\\fR | \\fBkss \\-\\-version\\fR',
     '.SH DESCRIPTION',

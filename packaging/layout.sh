@@ -31,6 +31,11 @@ layout_under() {
   BASH_COMPLETION_DIR="$prefix/share/bash-completion/completions"
   # Debian's zsh looks in vendor-completions for packages and site-functions for the rest.
   if [[ $prefix == /usr ]]; then ZSH_COMPLETION_DIR="$prefix/share/zsh/vendor-completions"; else ZSH_COMPLETION_DIR="$prefix/share/zsh/site-functions"; fi
+  # The files the build writes into dist/ beside the executable → where each goes. The
+  # package stores a man page compressed, as TARGET.gz (Debian policy).
+  DOC_FILES=("kss.1:$MAN1_DIR/kss.1" "completion/kss:$BASH_COMPLETION_DIR/kss" "completion/_kss:$ZSH_COMPLETION_DIR/_kss")
+  # Second names, for the long command: link → the file it names, in the same directory.
+  DOC_LINKS=("$MAN1_DIR/kvm-snapshot-sync.1:$MAN1_DIR/kss.1" "$BASH_COMPLETION_DIR/kvm-snapshot-sync:$BASH_COMPLETION_DIR/kss")
 }
 
 say() { echo "${SAY_AS:-kvm-snapshot-sync}: $*" >&2; }

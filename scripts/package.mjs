@@ -29,13 +29,9 @@ function fail(message) {
   process.exit(1);
 }
 
-for (const file of [executable, join(dist, 'kss.1'), join(dist, 'completion', 'kss'), join(dist, 'completion', '_kss')]) {
-  if (!existsSync(file)) fail(`${file} is missing: run npm run build first`);
-}
-
-/** The layout under /usr, as packaging/layout.sh says. */
+/** The layout under /usr, as packaging/layout.sh says: each variable's value, an array's items joined by spaces. */
 const layout = Object.fromEntries(
-  execFileSync('bash', ['-c', 'source packaging/layout.sh; layout_under /usr; for v in KSS BIN_DIR MAN1_DIR BASH_COMPLETION_DIR ZSH_COMPLETION_DIR; do echo "$v=${!v}"; done; echo "PACKAGES=${PACKAGES[*]}"; echo "COMMANDS=${COMMANDS[*]}"'], {
+  execFileSync('bash', ['-c', 'source packaging/layout.sh; layout_under /usr; for v in KSS BIN_DIR MAN1_DIR; do echo "$v=${!v}"; done; for a in PACKAGES COMMANDS DOC_FILES DOC_LINKS; do declare -n items=$a; echo "$a=${items[*]}"; done'], {
     cwd: root,
     encoding: 'utf8',
   })
@@ -43,6 +39,14 @@ const layout = Object.fromEntries(
     .split('\n')
     .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
 );
+/** An array of `a:b` items as [a, b] pairs. */
+const pairs = (items) => items.split(' ').map((item) => [item.slice(0, item.indexOf(':')), item.slice(item.indexOf(':') + 1)]);
+const docFiles = pairs(layout.DOC_FILES);
+const docLinks = pairs(layout.DOC_LINKS);
+
+for (const file of [executable, ...docFiles.map(([source]) => join(dist, source))]) {
+  if (!existsSync(file)) fail(`${file} is missing: run npm run build first`);
+}
 
 /**
  * The shared libraries the pinned Node binary needs, and the packages that give them at
@@ -82,11 +86,16 @@ try {
   copyFileSync(executable, inStage(layout.KSS));
   chmodSync(inStage(layout.KSS), 0o755);
   for (const name of layout.COMMANDS.split(' ')) link(`${layout.BIN_DIR}/${name}`, layout.KSS);
-  put(`${layout.MAN1_DIR}/kss.1.gz`, gzip(readFileSync(join(dist, 'kss.1'))));
-  link(`${layout.MAN1_DIR}/kvm-snapshot-sync.1.gz`, `${layout.MAN1_DIR}/kss.1.gz`);
-  put(`${layout.BASH_COMPLETION_DIR}/kss`, readFileSync(join(dist, 'completion', 'kss')));
-  link(`${layout.BASH_COMPLETION_DIR}/kvm-snapshot-sync`, `${layout.BASH_COMPLETION_DIR}/kss`);
-  put(`${layout.ZSH_COMPLETION_DIR}/_kss`, readFileSync(join(dist, 'completion', '_kss')));
+  const isManPage = (path) => dirname(path) === layout.MAN1_DIR;
+  for (const [source, target] of docFiles) {
+    const data = readFileSync(join(dist, source));
+    if (isManPage(target)) put(`${target}.gz`, gzip(data));
+    else put(target, data);
+  }
+  for (const [path, target] of docLinks) {
+    if (isManPage(target)) link(`${path}.gz`, `${target}.gz`);
+    else link(path, target);
+  }
   const doc = '/usr/share/doc/kvm-snapshot-sync';
   put(`${doc}/README.md.gz`, gzip(readFileSync(join(root, 'README.md'))));
   put(`${doc}/copyright`, readFileSync(join(root, 'packaging', 'copyright')));

@@ -59,6 +59,7 @@ async function startCallsOurHook(h: LibvirtHost, domain: string): Promise<boolea
 const HOOK_DIRS = ['/etc/libvirt/hooks', '/etc/libvirt/hooks/qemu.d'];
 const DOCS = [
   '/usr/local/share/man/man1/kss.1',
+  '/usr/local/share/man/man1/kvm-snapshot-sync.1',
   '/usr/local/share/bash-completion/completions/kss',
   '/usr/local/share/bash-completion/completions/kvm-snapshot-sync',
   '/usr/local/share/zsh/site-functions/_kss',
@@ -96,9 +97,11 @@ describe('install.sh in a simulated host', () => {
     assert.equal(statSync(h.outside('/var/log/kvm-snapshot-sync')).mode & 0o777, 0o750);
     assert.match(h.inside(['kss', '--version']).stdout, /^\d+\.\d+\.\d+\n$/u);
     // The man page and completion, where man, bash-completion and zsh look under /usr/local.
-    const page = h.inside(['man', 'kss'], undefined, { MANPAGER: 'cat' });
-    assert.equal(page.status, 0, page.stderr);
-    assert.match(page.stdout, /^EXIT STATUS$/mu);
+    for (const name of ['kss', 'kvm-snapshot-sync']) {
+      const page = h.inside(['man', name], undefined, { MANPAGER: 'cat' });
+      assert.equal(page.status, 0, page.stderr);
+      assert.match(page.stdout, /^EXIT STATUS$/mu, name);
+    }
     for (const file of DOCS) assert.ok(existsSync(h.outside(file)), file);
     const bash = h.inside(['bash', '--norc', '-c', 'source /usr/share/bash-completion/bash_completion; _completion_loader kss; complete -p kss']);
     assert.equal(bash.stdout, 'complete -F _kss kss\n', bash.stderr);

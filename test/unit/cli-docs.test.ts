@@ -47,6 +47,10 @@ describe('the command table', () => {
     assert.match(await help(['snapshot', 'list', '--help']), /--remote\s+only the NAS/u);
   });
 
+  it('asks for a subcommand by name when a group is given alone', async () => {
+    await assert.rejects(help(['snapshot']), /^UsageError: name a snapshot command: list, create, delete or merge$/u);
+  });
+
   it('has every exit code explained', () => {
     assert.deepEqual(Object.keys(EXIT_CODE_MEANINGS).map(Number).sort((a, b) => a - b), Object.values(ExitCode).sort((a, b) => a - b));
   });

@@ -7,6 +7,7 @@ import { openRepository } from '../lib/nas/open.js';
 import { prepareStart } from '../lib/sync/start.js';
 import { stateSourcesOf } from '../lib/sync/state-volumes.js';
 import { DefinitionChangedError } from '../lib/errors.js';
+import { desktopNotifier } from '../lib/desktop/notifier.js';
 import { startInBackground } from './background.js';
 import { APPLY_DEFINITION_OP, type HookContext } from './dispatch.js';
 
@@ -15,7 +16,8 @@ export async function prepareBegin({ domain, xml, config, log }: HookContext): P
   const disks = Object.fromEntries(syncedDisks(domain).map((disk) => [disk.target, disk.path as string]));
   try {
     // The XML a start gets is the definition it starts (with the running domain's id): the one to compare with the NAS's.
-    await prepareStart(domain.name, disks, { config, log, openRepository: () => openRepository(config, log) }, stateSourcesOf(domain, config.swtpmDir), xml);
+    const notifier = config.notify ? desktopNotifier(log) : undefined;
+    await prepareStart(domain.name, disks, { config, log, openRepository: () => openRepository(config, log), notifier }, stateSourcesOf(domain, config.swtpmDir), xml);
   } catch (error) {
     if (error instanceof DefinitionChangedError) {
       const worker = startInBackground(domain.name, APPLY_DEFINITION_OP, '-', log);

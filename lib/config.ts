@@ -47,6 +47,8 @@ export interface Config {
   stallSeconds: number;
   /** The domains' <cpu> is this host's own, not part of the definition that travels (lib/definition.ts). */
   cpuPerHost: boolean;
+  /** Tell the person at this machine's desktop, if one is logged in, when a start waits and when a stop's work is on the NAS (lib/desktop/). */
+  notify: boolean;
 }
 
 export const DEFAULTS = {
@@ -62,6 +64,7 @@ export const DEFAULTS = {
   retentionBranchDays: 90,
   stallSeconds: 30,
   cpuPerHost: false,
+  notify: true,
 } as const;
 
 /** Every key a configuration file may hold (the README's Configuration table lists each). */
@@ -82,6 +85,7 @@ export const CONFIG_KEYS = [
   'retentionBranchDays',
   'stallSeconds',
   'cpuPerHost',
+  'notify',
 ] as const;
 type Key = (typeof CONFIG_KEYS)[number];
 
@@ -139,7 +143,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     return value as number;
   };
 
-  const flag = (key: 'cpuPerHost'): boolean => {
+  const flag = (key: 'cpuPerHost' | 'notify'): boolean => {
     const value = obj[key] ?? DEFAULTS[key];
     if (typeof value !== 'boolean') fail(key, `must be true or false, got ${JSON.stringify(value)}`);
     return value as boolean;
@@ -164,6 +168,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     // Below 5 s a busy NAS or a loaded 2-core host would be taken for a dead one.
     stallSeconds: wholeNumber('stallSeconds', 5, 3600),
     cpuPerHost: flag('cpuPerHost'),
+    notify: flag('notify'),
   };
 }
 

@@ -4,6 +4,7 @@
 // stdout-to-stdin by file descriptor, so that bulk bytes never pass through Node.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { ToolError } from './errors.js';
@@ -68,6 +69,54 @@ export const runCommand: Runner = async (command, options = {}) => {
       : `failed with exit status ${result.exitCode}`;
   throw new ToolError(`${command.file} ${how}: ${display}`, display, result.exitCode, stderrTail);
 };
+
+/** How a command that was not waited for ended (runUnwaited). */
+export interface UnwaitedResult {
+  /** Its stdout, up to 64 KiB. */
+  stdout: string;
+  exitCode: number | null;
+  /** It could not be started, or was stopped at its deadline. */
+  error?: string;
+}
+
+/**
+ * Starts a command that this process never waits for: its own session, stdin and
+ * stderr on /dev/null, neither the process nor its stdout holding this one's event loop,
+ * so that this process may end while it runs (it then runs on, its stdout unread).
+ * `done` is told how it ended; it is killed after `timeoutMs`. `env` is its whole
+ * environment.
+ */
+export function runUnwaited(command: Command, { env, timeoutMs }: { env: NodeJS.ProcessEnv; timeoutMs: number }, done: (result: UnwaitedResult) => void = () => undefined): void {
+  let child: ChildProcess;
+  try {
+    child = spawn(command.file, command.args, { detached: true, stdio: ['ignore', 'pipe', 'ignore'], env });
+  } catch (cause) {
+    // Some failures (E2BIG, a NUL in an argument) are thrown, not emitted.
+    return done({ stdout: '', exitCode: null, error: (cause as Error).message });
+  }
+  let stdout = '';
+  let error: string | undefined;
+  let ended = false;
+  const end = (exitCode: number | null) => {
+    if (ended) return;
+    ended = true;
+    clearTimeout(timer);
+    done({ stdout, exitCode, ...(error === undefined ? {} : { error }) });
+  };
+  const timer = setTimeout(() => {
+    error = `did not finish within ${timeoutMs} ms and was stopped`;
+    child.kill('SIGKILL');
+  }, timeoutMs);
+  timer.unref();
+  child.on('error', (cause) => {
+    error = cause.message;
+    if (child.pid === undefined) end(null); // never started: no close follows
+  });
+  child.stdout?.setEncoding('utf8').on('data', (text: string) => (stdout = (stdout + text).slice(0, 65_536)));
+  (child.stdout as Socket | null)?.unref();
+  child.unref();
+  child.on('close', end);
+}
 
 /** How one process of a pipeline ended. */
 export interface StageResult {

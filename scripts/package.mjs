@@ -116,7 +116,7 @@ try {
       `Maintainer: ${maintainer()}`,
       `Installed-Size: ${installedKiB}`,
       `Depends: ${depends.join(', ')}`,
-      'Recommends: libvirt-daemon-system',
+      'Recommends: libvirt-daemon-system, libnotify-bin',
       'Section: admin',
       'Priority: optional',
       'Description: keeps KVM virtual machines in sync between hosts through a NAS',

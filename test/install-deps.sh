@@ -24,6 +24,9 @@ packages=(
   man-db                 # man: the man page, as a person reads it
   bash-completion        # bash's completion loader, which finds ours by the command's name
   zsh                    # zsh and its compinit, for our zsh completion
+  libnotify-bin          # notify-send: the desktop notifications
+  dbus-daemon            # a real session bus for them (dbus-daemon --session)
+  python3-gi             # GDBus, for the notification server on that bus (test/fixtures)
 )
 
 missing=()

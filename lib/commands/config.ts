@@ -32,12 +32,24 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['retentionGenerations', String(config.retentionGenerations)],
     ['retentionBranchDays', String(config.retentionBranchDays)],
     ['stallSeconds', String(config.stallSeconds)],
+    ['swtpmDir', config.swtpmDir],
+    ['cpuPerHost', String(config.cpuPerHost)],
+    ['notify', String(config.notify)],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
 }
 
-/** Keys whose values are whole numbers in the file: those whose default is one. */
-const NUMERIC = new Set(Object.entries(DEFAULTS).flatMap(([key, value]) => (typeof value === 'number' ? [key] : [])));
+/** Keys whose values are whole numbers in the file, and those that are true or false: by the type of their default. */
+const keysWhoseDefaultIs = (type: 'number' | 'boolean') => new Set(Object.entries(DEFAULTS).flatMap(([key, value]) => (typeof value === type ? [key] : [])));
+const NUMERIC = keysWhoseDefaultIs('number');
+const BOOLEAN = keysWhoseDefaultIs('boolean');
+
+/** A setting's value as the file holds it: a number or true/false where the key takes one, else the text. */
+function settingValue(key: string, value: string): unknown {
+  if (NUMERIC.has(key) && /^\d+$/u.test(value)) return Number(value);
+  if (BOOLEAN.has(key) && (value === 'true' || value === 'false')) return value === 'true';
+  return value;
+}
 
 /**
  * `kss config set KEY=VALUE…`: changes only the keys named, creating the file when it
@@ -57,7 +69,7 @@ export async function setConfig(options: { file: string; settings: string[] }, o
     const match = /^([A-Za-z]+)=(.*)$/su.exec(setting);
     if (!match) throw new UsageError(`"${setting}" is not KEY=VALUE`, { remedy: 'for example: kss config set nas=/mnt/nas/kss' });
     const [, key, value] = match as unknown as [string, string, string];
-    next[key] = NUMERIC.has(key) && /^\d+$/u.test(value) ? Number(value) : value;
+    next[key] = settingValue(key, value);
   }
   validateConfig(next, options.file, hostname()); // throws, naming the key, before anything is written
   const changed = Object.keys(next).filter((key) => current?.[key] !== next[key]);

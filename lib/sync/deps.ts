@@ -1,6 +1,7 @@
 // What every lifecycle operation is given: the configuration, the log, the NAS, and the
 // side effects tests replace (the clock, the runner, a hook told each step's name).
 import type { Config } from '../config.js';
+import type { Notifier } from '../desktop/notifier.js';
 import type { EngineDeps } from '../layers.js';
 import type { HeldLock } from '../lock.js';
 import type { Logger } from '../log.js';
@@ -24,6 +25,10 @@ export interface SyncDeps {
   onStep?: (step: string) => void;
   /** How transfers show progress (default: log lines). */
   progressFor?: ProgressFor;
+  /** Told, in words, what the work waits for now (a start tells the desktop: lib/desktop/notices.ts). */
+  tell?: (what: string) => void;
+  /** The person at this machine's desktop (the hook's start and stop work; lib/desktop/notifier.ts). */
+  notifier?: Notifier;
   /**
    * libvirt, for the work that may ask it (never the hook): the stop work captures the
    * definition with it. Absent: the definition is not captured (the local head's stands).

@@ -12,11 +12,13 @@ import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
-import { adoptPublished, mergePending, missingLayers, publishPending, pullGeneration, pushPending, rotateTops, sealDisks } from './disks.js';
+import { adoptPublished, logProgress, mergePending, missingLayers, publishPending, pullGeneration, pushPending, rotateTops, sealDisks, type ProgressFor } from './disks.js';
 import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, type LocalState } from './local-state.js';
 import { managedSaveIdentity } from './managed-save.js';
 import { recordDefinition, splitHere } from './definitions.js';
 import { attachStateVolumes, captureStateVolumes, placeStateVolumes, type StateSource } from './state-volumes.js';
+import { startNotices, type StartNotices } from '../desktop/notices.js';
+import { createProgressMeter } from '../progress.js';
 import { lookAtNas, withDomainLock } from './session.js';
 
 /** How long a start waits for the background work of the last stop (a large push). */
@@ -45,6 +47,9 @@ export async function prepareStart(domain: string, disks: Record<string, string>
   deps.onStep?.('start:read-nas');
   let looking = repository ? quietly(lookAtNas(repository, domain)) : undefined;
   let waited = false;
+  // The person at the machine, told when this start waits longer than a moment.
+  const notices = deps.notifier ? startNotices(domain, deps.notifier) : undefined;
+  const told: SyncDeps = notices ? { ...deps, progressFor: noticedProgress(deps.progressFor ?? logProgress(log), notices), tell: (what) => notices.waitingFor(what) } : deps;
   try {
     await withDomainLock(
       config.stateDir,
@@ -54,7 +59,7 @@ export async function prepareStart(domain: string, disks: Record<string, string>
       async (lock) => {
         // From here on, the work of any earlier stop is this start's (lib/sync/stop.ts).
         await recordEvent(config.stateDir, domain, 'start', now());
-        const guarded = underLock(deps, lock);
+        const guarded = underLock(told, lock);
         const engine = engineDeps(guarded);
         const save = stateSaver(config.stateDir, lock);
         const state = await readLocalState(config.stateDir, domain);
@@ -93,12 +98,33 @@ export async function prepareStart(domain: string, disks: Record<string, string>
           await makePrivate(top, (path, error) => log.warn('could not make a disk file private', { path, error: error.message }));
         }
       },
-      () => (waited = true),
+      () => {
+        waited = true;
+        notices?.waitingFor(`waiting for the work of its last stop to finish (kss status ${domain} shows it)`);
+      },
     );
+    notices?.finish();
+  } catch (error) {
+    notices?.finish(error);
+    throw error;
   } finally {
     await repository?.close();
     await looking?.catch(() => undefined);
   }
+}
+
+/** Progress as `shown` shows it (log lines), and, with rate and time left, to the start's notices. */
+function noticedProgress(shown: ProgressFor, notices: StartNotices): ProgressFor {
+  return (label) => {
+    const show = shown(label);
+    let meter: ReturnType<typeof createProgressMeter> | undefined;
+    return (done, total) => {
+      show(done, total);
+      meter ??= createProgressMeter(total, (report) => notices.progress(label, report), { intervalMs: 1000 });
+      meter.update(done);
+      if (done === total) meter.finish();
+    };
+  };
 }
 
 /** The same promise, marked as handled: it is awaited later, and may fail before that. */
@@ -156,7 +182,7 @@ async function sync(
   manifest: Manifest | undefined,
   decision: Extract<StartDecision, { action: 'sync' }>,
   repository: NasRepository,
-  { config, log, onStep }: SyncDeps,
+  { config, log, onStep, progressFor, tell }: SyncDeps,
   save: (state: LocalState) => Promise<void>,
   now: () => Date,
   engine: EngineDeps,
@@ -168,7 +194,8 @@ async function sync(
     onStep?.('start:merge');
     if (await mergePending(state, config.host, engine)) await save(state);
     onStep?.('start:push');
-    await pushPending(state, config.stateDir, repository, log);
+    tell?.("pushing this machine's last session to the NAS first");
+    await pushPending(state, config.stateDir, repository, log, progressFor);
     onStep?.('start:publish');
     const published = await publishPending(state, repository, 'take');
     onStep?.('start:record');
@@ -179,7 +206,8 @@ async function sync(
     await requireDefinitionHere(domain, state, head, starting, { config, repository, save });
     if (decision.pull) {
       onStep?.('start:pull');
-      await pullGeneration(state, manifest as Manifest, head, repository, log);
+      tell?.('fetching the newest state from the NAS');
+      await pullGeneration(state, manifest as Manifest, head, repository, log, progressFor);
       onStep?.('start:rotate');
       await rotateTops(state, head, engine);
       state.synced = head;
@@ -189,7 +217,7 @@ async function sync(
     } else {
       // In step: the fresh top (local) and the lease (the NAS) do not wait for each other.
       // A state volume new to this host's definition may still lack its layers.
-      if (manifest && (await missingLayers(state, manifest, state.synced!)).length > 0) await pullGeneration(state, manifest, state.synced!, repository, log);
+      if (manifest && (await missingLayers(state, manifest, state.synced!)).length > 0) await pullGeneration(state, manifest, state.synced!, repository, log, progressFor);
       onStep?.('start:rotate');
       const rotating = rotateTops(state, state.synced!, engine);
       onStep?.('start:take-lease');

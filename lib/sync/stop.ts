@@ -22,6 +22,7 @@ import { captureDefinition } from './definitions.js';
 import { captureStateVolumes } from './state-volumes.js';
 import { localHead, readFlag, readLocalState, takeFlag, type LocalState } from './local-state.js';
 import { upkeepNas } from './nas-upkeep.js';
+import { stopNotice } from '../desktop/notices.js';
 import { lookAtNas, movedOnSince, withDomainLock } from './session.js';
 
 /** Waits this long for the lock: a start or a `kss` command may hold it. */
@@ -64,6 +65,10 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
       log.info('stop finished', { outcome });
       return { superseded: false, outcome, kept };
     });
+    if (!result.superseded) {
+      const notice = stopNotice(domain, result.outcome, result.kept);
+      if (notice) deps.notifier?.show(notice, { final: true });
+    }
     // Outside the lock: a start must not wait for it (lib/sync/nas-upkeep.ts).
     if (!result.superseded) await upkeepNas(domain, deps, result.kept === 'offline' || result.kept === 'no-push' ? result.kept : undefined);
     return result;

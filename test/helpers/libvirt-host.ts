@@ -162,6 +162,13 @@ export class LibvirtHost {
     return this.inside(['/etc/kvm-snapshot-sync/kss', ...args], undefined, env);
   }
 
+  /** A long-running process inside the host (a daemon of a test), with a clean environment and `env`; it ends with the host. */
+  spawnInside(command: string[], env: Record<string, string> = {}) {
+    return spawn('nsenter', [`--mount=${this.mntns}`, `--uts=${this.utsns}`, '--wd=/', 'env', '-i', `PATH=${CLEAN_PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...command], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  }
+
   /** kss inside the host, not waited for: for two hosts doing something at the same moment. */
   kssAsync(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
     const child = spawn('nsenter', [`--mount=${this.mntns}`, `--uts=${this.utsns}`, '--wd=/', 'env', '-i', `PATH=${CLEAN_PATH}`, '/etc/kvm-snapshot-sync/kss', ...args], {

@@ -19,9 +19,9 @@ export interface LibvirtPair {
 /**
  * Starts both hosts and the NAS in a new directory named from `prefix`. `pool`: each
  * host gets the storage pool virt-manager makes (kss clone puts disks only in a pool's
- * directory, or --dir), at /var/lib/libvirt/images.
+ * directory, or --dir), at /var/lib/libvirt/images. `rate`: the NAS link's (ssh-nas.ts).
  */
-export async function startLibvirtPair(prefix: string, { pool = false }: { pool?: boolean } = {}): Promise<LibvirtPair> {
+export async function startLibvirtPair(prefix: string, { pool = false, rate }: { pool?: boolean; rate?: string } = {}): Promise<LibvirtPair> {
   const work = mkdtempSync(join(tmpdir(), prefix));
   const started: Array<{ stop: () => void }> = [];
   const stop = () => {
@@ -29,7 +29,7 @@ export async function startLibvirtPair(prefix: string, { pool = false }: { pool?
     rmSync(work, { recursive: true, force: true });
   };
   try {
-    const nas = await startSshNas();
+    const nas = await startSshNas({ rate });
     started.push(nas);
     const desk = await LibvirtHost.startWithSshNas('desk', join(work, 'desk'), nas);
     started.push(desk);

@@ -62,8 +62,11 @@ function sh(command: string, args: string[]): string {
   return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-/** Starts the NAS; `root` may be given (a small tmpfs, a path with odd characters). */
-export async function startSshNas(options: { root?: string; shape?: boolean } = {}): Promise<SshNas> {
+/**
+ * Starts the NAS; `root` may be given (a small tmpfs, a path with odd characters), and
+ * the link's `rate` in tc's words (default 1gbit; a slower one makes a start wait).
+ */
+export async function startSshNas(options: { root?: string; shape?: boolean; rate?: string } = {}): Promise<SshNas> {
   counter += 1;
   const id = `${process.pid % 10000}${counter}`;
   const subnet = 1 + ((process.pid * 7 + counter) % 250);
@@ -102,7 +105,7 @@ export async function startSshNas(options: { root?: string; shape?: boolean } = 
     sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', nasIf, 'up']);
     sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
     if (options.shape !== false) {
-      const tbf = ['qdisc', 'add', 'dev', '', 'root', 'tbf', 'rate', '1gbit', 'burst', '256kb', 'latency', '10ms'];
+      const tbf = ['qdisc', 'add', 'dev', '', 'root', 'tbf', 'rate', options.rate ?? '1gbit', 'burst', '256kb', 'latency', '10ms'];
       sh('tc', tbf.map((word) => (word === '' ? hostIf : word)));
       sh('ip', ['netns', 'exec', ns, 'tc', ...tbf.map((word) => (word === '' ? nasIf : word))]);
     }

@@ -33,6 +33,14 @@ describe('kss config set', () => {
     assert.match(said(), /updated .*\(nas\)/u);
   });
 
+  it('writes true and false of a key that takes them as JSON booleans, and refuses other words', async () => {
+    const file = join(dir, 'flags.json');
+    writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas' }));
+    await setConfig({ file, settings: ['notify=false', 'cpuPerHost=true'] }, output().out as never);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { host: 'desk', nas: '/srv/nas', notify: false, cpuPerHost: true });
+    await assert.rejects(setConfig({ file, settings: ['notify=yes'] }, output().out as never), (error: unknown) => error instanceof ConfigError && /"notify".*true or false/u.test(error.message));
+  });
+
   it('does not rewrite a file that would not change', async () => {
     const file = join(dir, 'same.json');
     writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas' }));

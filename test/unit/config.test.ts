@@ -52,6 +52,7 @@ describe('validateConfig', () => {
       retentionBranchDays: 90,
       stallSeconds: 30,
       cpuPerHost: false,
+      notify: true,
     });
   });
 
@@ -101,6 +102,7 @@ describe('validateConfig', () => {
     ['retention of no generations', { nas: '/n', retentionGenerations: -1 }, /"retentionGenerations"/],
     ['a stall deadline too short to tell a busy NAS from a dead one', { nas: '/n', stallSeconds: 2 }, /"stallSeconds" in .*5 to 3600/],
     ['a stall deadline in text', { nas: '/n', stallSeconds: '30' }, /"stallSeconds"/],
+    ['notify as a word, not a boolean', { nas: '/n', notify: 'yes' }, /"notify" in .*true or false/],
   ];
   for (const [name, raw, message] of bad) {
     it(`rejects ${name}, naming the key and the file`, () => {

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { ToolError } from '../../lib/errors.js';
-import { formatCommand, runCommand } from '../../lib/runner.js';
+import { formatCommand, runCommand, runUnwaited, type UnwaitedResult } from '../../lib/runner.js';
 
 describe('runCommand', () => {
   it('returns the output of a successful command, in the C locale', async () => {
@@ -50,6 +51,29 @@ describe('runCommand', () => {
 
   it('formats commands as a shell would read them', () => {
     assert.equal(formatCommand({ file: 'qemu-img', args: ['info', "/a b/it's"] }), `qemu-img info '/a b/it'\\''s'`);
+  });
+});
+
+describe('runUnwaited', () => {
+  /** Its result; a timer of the test's own keeps the loop alive, as the command does not. */
+  const unwaited = (file: string, args: string[], timeoutMs = 5000) => {
+    const alive = setInterval(() => undefined, 1000);
+    return new Promise<UnwaitedResult>((resolve) => runUnwaited({ file, args }, { env: { PATH: '/usr/bin:/bin' }, timeoutMs }, resolve)).finally(() => clearInterval(alive));
+  };
+
+  it('tells what the command printed and how it ended', async () => {
+    assert.deepEqual(await unwaited('sh', ['-c', 'echo 42; exit 3']), { stdout: '42\n', exitCode: 3 });
+  });
+
+  it('does not keep this process from ending while it runs', () => {
+    const child = spawnSync(process.execPath, ['--import', 'tsx', '-e', "import('./lib/runner.ts').then((r) => r.runUnwaited({ file: 'sleep', args: ['5'] }, { env: { PATH: '/usr/bin:/bin' }, timeoutMs: 10000 }))"], { timeout: 4000 });
+    assert.equal(child.status, 0, String(child.stderr));
+  });
+
+  it('tells, never throws, when the command cannot start or takes too long', async () => {
+    assert.match((await unwaited('no-such-tool-kss', [])).error ?? '', /ENOENT/u);
+    assert.match((await unwaited('echo', ['a\0b'])).error ?? '', /null bytes/u); // thrown by spawn itself
+    assert.match((await unwaited('sleep', ['5'], 200)).error ?? '', /did not finish within 200 ms/u);
   });
 });
 

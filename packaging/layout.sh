@@ -100,6 +100,8 @@ reload_libvirt() {
   for daemon in libvirtd virtqemud; do
     pid=$(cat "/run/$daemon.pid" 2>/dev/null || true)
     [[ $pid =~ ^[0-9]+$ ]] || continue
+    # A pid file left by a daemon that died may name another process now: SIGHUP would end it.
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$daemon" ]] || continue
     until_reloaded "$pid" "$daemon"
     if kill -HUP "$pid" 2>/dev/null; then
       say "told $daemon to look for hooks again"
@@ -125,6 +127,7 @@ install_hook() {
     hook=$HOOK
   fi
   hook_changed=false
+  remove_leftovers
   if place "$KSS" "$hook" "$HOOKS_DIR"; then
     hook_changed=true
     say "installed the libvirt hook $hook"
@@ -138,9 +141,15 @@ install_hook() {
   done
 }
 
+# Removes the temporary copies a place() that was cut left in hooks/, for either target.
+remove_leftovers() {
+  rm -f -- "$HOOKS_DIR/.$(basename "$HOOK").kss-new."* "$HOOKS_DIR/.$(basename "$BESIDE").kss-new."*
+}
+
 # Removes every copy of our hook (never another program's).
 remove_hooks() {
   local hook
+  remove_leftovers
   for hook in "$HOOK" "$BESIDE" "$HOOK.kss-new" "$BESIDE.kss-new"; do
     if ours "$hook"; then
       rm -f -- "$hook"
@@ -149,7 +158,8 @@ remove_hooks() {
   done
 }
 
-# The configuration, state and log directories; state and logs are root's.
+# The configuration, state and log directories; state and logs are root's. Their modes
+# are set on every run, an upgrade's too: the state holds guest data (the local NAS too).
 make_dirs() {
   install -d -m 0755 "$CONFIG_DIR"
   install -d -m 0700 "$STATE_DIR"

@@ -67,6 +67,7 @@ const unknown = needed.filter((library) => !(library in LIBRARY_PACKAGES));
 if (unknown.length > 0) fail(`the executable needs ${unknown.join(', ')}: add the package that gives it to LIBRARY_PACKAGES`);
 const depends = [...new Set([...needed.map((library) => LIBRARY_PACKAGES[library]), ...layout.PACKAGES.split(' ')])];
 
+process.umask(0o022); // the directories mkdirSync makes are 0755 whatever the builder's umask
 const stage = mkdtempSync(join(tmpdir(), 'kss-package-'));
 chmodSync(stage, 0o755); // the package's ./, which dpkg compares with / itself
 const inStage = (path) => join(stage, path);

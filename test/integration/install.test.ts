@@ -292,4 +292,21 @@ describe('install.sh in a simulated host', () => {
     assert.deepEqual(copiesOfOurHook(h), []);
     assert.deepEqual(leftovers(h), []);
   });
+
+  it('removes the temporary copy a cut left for either place, and signals only the daemon its pid file names', async (t) => {
+    const h = ready(t);
+    if (!h) return;
+    install(h);
+    // Left by a cut while the copy beside a foreign hook was being made; this run places hooks/qemu.
+    writeFileSync(h.outside('/etc/libvirt/hooks/.kvm-snapshot-sync.kss-new.AbC123'), 'half a copy');
+    rmSync(h.outside(HOOK));
+    install(h);
+    assert.deepEqual(leftovers(h), []);
+
+    // A pid file of a daemon that died, naming another process now: it must live on.
+    const reload = h.inside(['bash', '-c', `sleep 30 & echo $! > /run/virtqemud.pid; source ${resolve('packaging/layout.sh')}; reload_libvirt; sleep 0.3; kill -0 $! && echo alive; kill $!; rm /run/virtqemud.pid`]);
+    assert.equal(reload.stdout, 'alive\n', reload.stderr);
+    assert.match(reload.stderr, /told libvirtd to look for hooks again/u, 'libvirtd itself is told');
+    assert.doesNotMatch(reload.stderr, /virtqemud/u);
+  });
 });

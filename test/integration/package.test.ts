@@ -152,6 +152,17 @@ describe('the Debian package', () => {
     assert.equal(Object.keys(manifest.generations).length, 3);
   });
 
+  it('puts the hook back when dpkg undoes a remove that prerm had begun (abort-remove)', (t) => {
+    const h = ready(t);
+    if (!h) return;
+    must(h, ['/var/lib/dpkg/info/kvm-snapshot-sync.prerm', 'remove']);
+    assert.ok(!exists(h, BESIDE), 'prerm took the hook away');
+    const undone = must(h, ['/var/lib/dpkg/info/kvm-snapshot-sync.postinst', 'abort-remove']);
+    assert.ok(sameBytes(h, BESIDE, newerBuild), 'the hook is back');
+    assert.match(undone.stderr, /told libvirtd to look for hooks again/u);
+    assert.equal(readFileSync(h.outside(HOOK), 'utf8'), FOREIGN);
+  });
+
   it('apt remove takes the program and our hook away, and keeps the configuration, the state, the logs and the local NAS', (t) => {
     const h = ready(t);
     if (!h) return;

@@ -492,7 +492,8 @@ export function barProgress(stream: Parameters<typeof progressBarReporter>[1]): 
   return (label) => meterProgress((total) => createProgressMeter(total, progressBarReporter(label, stream)));
 }
 
-function meterProgress(make: (total: number) => ReturnType<typeof createProgressMeter>): TransferProgress {
+/** A transfer's progress through a meter made at its first report, when its total is known. */
+export function meterProgress(make: (total: number) => ReturnType<typeof createProgressMeter>): TransferProgress {
   let meter: ReturnType<typeof createProgressMeter> | undefined;
   return (done, total) => {
     meter ??= make(total);

@@ -12,7 +12,7 @@ import type { NasRepository } from '../nas/repository.js';
 import { readClientEnvironment } from './client-env.js';
 import { decideStart, type NasView, type StartDecision } from './decide.js';
 import { engineDeps, stateSaver, underLock, type SyncDeps } from './deps.js';
-import { adoptPublished, logProgress, mergePending, missingLayers, publishPending, pullGeneration, pushPending, rotateTops, sealDisks, type ProgressFor } from './disks.js';
+import { adoptPublished, logProgress, meterProgress, mergePending, missingLayers, publishPending, pullGeneration, pushPending, rotateTops, sealDisks, type ProgressFor } from './disks.js';
 import { hasFlag, localHead, readFlag, readLocalState, recordEvent, takeFlag, type LocalState } from './local-state.js';
 import { managedSaveIdentity } from './managed-save.js';
 import { recordDefinition, splitHere } from './definitions.js';
@@ -117,12 +117,10 @@ export async function prepareStart(domain: string, disks: Record<string, string>
 function noticedProgress(shown: ProgressFor, notices: StartNotices): ProgressFor {
   return (label) => {
     const show = shown(label);
-    let meter: ReturnType<typeof createProgressMeter> | undefined;
+    const notice = meterProgress((total) => createProgressMeter(total, (report) => notices.progress(label, report), { intervalMs: 1000 }));
     return (done, total) => {
       show(done, total);
-      meter ??= createProgressMeter(total, (report) => notices.progress(label, report), { intervalMs: 1000 });
-      meter.update(done);
-      if (done === total) meter.finish();
+      notice(done, total);
     };
   };
 }

@@ -68,9 +68,9 @@ export async function finishStop(domain: string, deps: SyncDeps, after: string |
     if (!result.superseded) {
       const notice = stopNotice(domain, result.outcome, result.kept);
       if (notice) deps.notifier?.show(notice, { final: true });
+      // Outside the lock: a start must not wait for it (lib/sync/nas-upkeep.ts).
+      await upkeepNas(domain, deps, result.kept === 'offline' || result.kept === 'no-push' ? result.kept : undefined);
     }
-    // Outside the lock: a start must not wait for it (lib/sync/nas-upkeep.ts).
-    if (!result.superseded) await upkeepNas(domain, deps, result.kept === 'offline' || result.kept === 'no-push' ? result.kept : undefined);
     return result;
   } finally {
     await takeOwnFlag(false);

@@ -34,12 +34,21 @@ export interface HookEntry {
 /** The background work after a stop: the release handler starts it with this operation. */
 export const FINISH_STOP_OP = 'kss-finish-stop';
 
+/** The checkpoints of a running session: the started handler starts them with this operation. */
+export const CHECKPOINTS_OP = 'kss-checkpoints';
+
 /** The background work after a start refused for a newer definition (hooks/prepare.ts). */
 export const APPLY_DEFINITION_OP = 'kss-apply-definition';
 
 const TABLE: Record<string, HookEntry> = {
   'prepare/begin': { failureAbortsStart: true, load: async () => (await import('./prepare.js')).prepareBegin },
   'release/end': { failureAbortsStart: false, load: async () => (await import('./release.js')).releaseEnd },
+  'started/begin': { failureAbortsStart: false, load: async () => (await import('./started.js')).startedBegin },
+  [`${CHECKPOINTS_OP}/begin`]: {
+    failureAbortsStart: false,
+    internal: true,
+    load: async () => (await import('./checkpoints.js')).checkpointsBegin,
+  },
   'restore/begin': { failureAbortsStart: false, load: async () => (await import('./restore.js')).restoreBegin },
   [`${FINISH_STOP_OP}/begin`]: {
     failureAbortsStart: false,

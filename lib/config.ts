@@ -47,6 +47,13 @@ export interface Config {
   stallSeconds: number;
   /** The domains' <cpu> is this host's own, not part of the definition that travels (lib/definition.ts). */
   cpuPerHost: boolean;
+  /**
+   * While a managed VM runs, its writes are frozen into a checkpoint and pushed every this
+   * many seconds (0: never; lib/checkpoint/).
+   */
+  checkpointSeconds: number;
+  /** ...and sooner when its top has grown by more than this many bytes since the last one (0: only by time). */
+  checkpointBytes: number;
   /** Tell the person at this machine's desktop, if one is logged in, when a start waits and when a stop's work is on the NAS (lib/desktop/). */
   notify: boolean;
 }
@@ -65,6 +72,8 @@ export const DEFAULTS = {
   stallSeconds: 30,
   cpuPerHost: false,
   notify: true,
+  checkpointSeconds: 300,
+  checkpointBytes: 2 ** 30,
 } as const;
 
 /** Every key a configuration file may hold (the README's Configuration table lists each). */
@@ -86,6 +95,8 @@ export const CONFIG_KEYS = [
   'stallSeconds',
   'cpuPerHost',
   'notify',
+  'checkpointSeconds',
+  'checkpointBytes',
 ] as const;
 type Key = (typeof CONFIG_KEYS)[number];
 
@@ -169,6 +180,8 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     stallSeconds: wholeNumber('stallSeconds', 5, 3600),
     cpuPerHost: flag('cpuPerHost'),
     notify: flag('notify'),
+    checkpointSeconds: wholeNumber('checkpointSeconds', 0, 86_400),
+    checkpointBytes: wholeNumber('checkpointBytes', 0, 2 ** 50),
   };
 }
 

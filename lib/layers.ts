@@ -245,13 +245,7 @@ async function finishSeal(topPath: string, deps: EngineDeps): Promise<SealResult
   }
 
   deps.onStep?.('seal:hash');
-  const hash = await sha256File(incoming, deps.onProgress);
-
-  deps.onStep?.('seal:publish');
-  await chmod(incoming, LAYER_MODE);
-  await fsyncFile(incoming);
-  await linkIfAbsent(incoming, join(layersDir, layerFileName(hash)));
-  await fsyncDir(layersDir);
+  const hash = await publishAsLayer(incoming, layersDir, { onProgress: deps.onProgress, onStep: () => deps.onStep?.('seal:publish') });
 
   deps.onStep?.('seal:new-top');
   await createTop(topPath, hash, deps);
@@ -346,16 +340,26 @@ export async function mergeLayers(
     deps.onStep?.('merge:copy');
     if (onto === undefined) await deps.run(flattenCommand(topFile, temp));
     else await copyOnto(temp, top, onto, deps);
-    const hash = await sha256File(temp, deps.onProgress);
-    deps.onStep?.('merge:publish');
-    await chmod(temp, LAYER_MODE);
-    await fsyncFile(temp);
-    await linkIfAbsent(temp, join(layersDir, layerFileName(hash)));
-    await fsyncDir(layersDir);
-    return hash;
+    return await publishAsLayer(temp, layersDir, { ...deps, onStep: () => deps.onStep?.('merge:publish') });
   } finally {
     await rm(temp, { force: true });
   }
+}
+
+/**
+ * Publishes the finished image `temp` (in `layersDir`, its backing named by bare layer
+ * file name) as a layer: hashed, read-only, hard-linked under its hash, durable.
+ * Returns the hash; `temp` stays for the caller to remove. `onStep` is told once, after
+ * the hash, before anything changes.
+ */
+export async function publishAsLayer(temp: string, layersDir: string, deps: Pick<EngineDeps, 'onStep' | 'onProgress'>): Promise<string> {
+  const hash = await sha256File(temp, deps.onProgress);
+  deps.onStep?.('publish');
+  await chmod(temp, LAYER_MODE);
+  await fsyncFile(temp);
+  await linkIfAbsent(temp, join(layersDir, layerFileName(hash)));
+  await fsyncDir(layersDir);
+  return hash;
 }
 
 /** A temporary file in a layers directory for a merge (removeMergeLeftovers knows it). */

@@ -72,6 +72,19 @@ export function rebaseSafeCommand(path: string, backingRef: string): Command {
   };
 }
 
+/**
+ * Adds a persistent dirty bitmap to an image no process has open: QEMU loads it with the
+ * image and marks every cluster the guest writes from then on (lib/checkpoint/).
+ */
+export function addBitmapCommand(path: string, name: string): Command {
+  return { file: QEMU_IMG, args: ['bitmap', '--add', '-f', 'qcow2', requireAbsolute(path), name] };
+}
+
+/** Removes a persistent dirty bitmap from an image no process has open. */
+export function removeBitmapCommand(path: string, name: string): Command {
+  return { file: QEMU_IMG, args: ['bitmap', '--remove', '-f', 'qcow2', requireAbsolute(path), name] };
+}
+
 /** Copies the guest content of a whole chain (or of a raw image) into one standalone qcow2 image. */
 export function flattenCommand(source: string, target: string, sourceFormat: 'qcow2' | 'raw' = 'qcow2'): Command {
   return {

@@ -15,6 +15,7 @@ packages=(
   btrfs-progs    # mkfs.btrfs: a loop-mounted btrfs for the NOCOW tests
   e2fsprogs      # chattr, lsattr
   qemu-system-x86        # the VMs of the end-to-end tests
+  qemu-system-common     # qemu-storage-daemon: the cut of a session after its last checkpoint
   libvirt-daemon-system  # libvirtd and virtlogd, one pair per simulated host
   libvirt-clients        # virsh
   ovmf                   # UEFI firmware and its variable store template: the whole-VM tests

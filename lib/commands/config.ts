@@ -35,6 +35,8 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['swtpmDir', config.swtpmDir],
     ['cpuPerHost', String(config.cpuPerHost)],
     ['notify', String(config.notify)],
+    ['checkpointSeconds', String(config.checkpointSeconds)],
+    ['checkpointBytes', String(config.checkpointBytes)],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
 }

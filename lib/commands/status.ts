@@ -30,6 +30,14 @@ export function describeStatus(s: DomainStatus, host: string): string {
   return parts.join('; ');
 }
 
+/** What the NAS head is when it is a checkpoint: whose, and how old. */
+export function checkpointLine(checkpoint: { host: string; at: string }, host: string, now = Date.now()): string {
+  const minutes = Math.max(0, Math.round((now - Date.parse(checkpoint.at)) / 60_000));
+  const age = minutes < 1 ? 'less than a minute' : minutes === 1 ? '1 minute' : minutes < 120 ? `${minutes} minutes` : `${Math.round(minutes / 60)} hours`;
+  const whose = checkpoint.host === host ? 'here' : `on ${checkpoint.host}`;
+  return `the NAS has a checkpoint of the VM running ${whose}, ${age} old (${checkpoint.at}): what a power cut then would have left`;
+}
+
 /** `kss status [VM] [--json]` */
 export async function statusCommand(o: { domain: string | undefined; json: boolean }, context: CommandContext): Promise<void> {
   const config = await readConfig(context.configFile);
@@ -50,6 +58,7 @@ export async function statusCommand(o: { domain: string | undefined; json: boole
         `${s.domain}: ${describeStatus(s, config.host)}\n  here ${short(s.localHead)}${s.pending > 0 ? ` (${s.pending} not on the NAS)` : ''}, NAS ${s.state === 'offline' ? '?' : short(s.nasHead)}; layers: ${layers}${s.lastSync ? `; last: ${s.lastSync.outcome} at ${s.lastSync.at}` : ''}\n` +
           `  to push ${formatBytes(s.delta.push.bytes)}${s.delta.tops.bytes > 0 ? ` (+ ${formatBytes(s.delta.tops.bytes)} in the tops)` : ''}, to pull ${s.state === 'offline' ? '?' : formatBytes(s.delta.pull.bytes)}\n` +
           `  uses ${formatBytes(s.bytes.here)} here, ${s.bytes.nas === null ? '?' : formatBytes(s.bytes.nas)} on the NAS\n` +
+          (s.checkpoint ? `  ${checkpointLine(s.checkpoint, config.host)}\n` : '') +
           (s.progress ? `  now: ${s.progress}\n` : ''),
       );
     }

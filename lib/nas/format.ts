@@ -66,6 +66,12 @@ export interface Generation {
    * lib/definition.ts splits it). Absent in generations made before definitions travelled.
    */
   definition?: string;
+  /**
+   * A checkpoint (lib/checkpoint/): the disks as they were at one instant while the VM
+   * ran, what a power cut then would have left. Not part of the id: a host of an older
+   * version reads such a generation as any other, and so may this one.
+   */
+  checkpoint?: true;
 }
 
 /** The `definition` field of a generation: absent when not known. */
@@ -276,6 +282,7 @@ function generationProblem(id: string, generation: unknown, provided: Set<string
     if (typeof layer !== 'string' || !provided.has(layer)) return `disk ${target} names an unlisted layer`;
   }
   if (generation.definition !== undefined && !(typeof generation.definition === 'string' && isSha256(generation.definition))) return 'bad definition';
+  if (generation.checkpoint !== undefined && generation.checkpoint !== true) return 'bad checkpoint mark';
   const made = {
     parent: generation.parent,
     host: generation.host,

@@ -8,7 +8,7 @@ import { fsyncDir, mkdirShared } from '../durable-fs.js';
 import { hashOfLayerFileName, layerFileName } from '../file-names.js';
 import { LAYER_MODE } from '../layers.js';
 import { sha256Of } from '../hash.js';
-import { ConflictError, DiskStateError, IntegrityError, LockedError, UsageError } from '../errors.js';
+import { ConflictError, DiskStateError, IntegrityError, LeaseHeldError, LockedError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { layerHeaderProblem, parseQcow2Header, readLayerHeader } from '../qcow2-header.js';
 import {
@@ -51,6 +51,8 @@ export interface NewGeneration {
   definition?: string;
   /** The layers it adds, all already pushed. */
   layers: Record<string, LayerInfo>;
+  /** A checkpoint of a running VM (lib/checkpoint/). */
+  checkpoint?: true;
 }
 
 /** What a manifest update does with the lease. */
@@ -256,9 +258,15 @@ export class NasRepository {
       disks: generation.disks,
       ...withDefinition(generation.definition),
     };
-    const full: Generation = { id: generationId(made), ...made };
+    const full: Generation = { id: generationId(made), ...made, ...(generation.checkpoint ? { checkpoint: true } : {}) };
     await this.updateManifest(domain, (manifest) => {
       if (manifest.head !== generation.parent) throw conflict(domain, manifest, generation.parent);
+      // Only the host that runs the VM checkpoints it: one whose lease was taken runs on, cut off.
+      if (generation.checkpoint && manifest.lease?.host !== this.options.host) {
+        throw new LeaseHeldError(`${domain}: ${manifest.lease ? `host ${manifest.lease.host} took the VM (since ${manifest.lease.since})` : 'nobody holds the VM'}; this host's checkpoint was not published`, {
+          remedy: 'the checkpoints stay here; the stop of the VM here keeps its session as a conflict to resolve (kss resolve)',
+        });
+      }
       manifest.layers = { ...manifest.layers, ...generation.layers };
       manifest.generations[full.id] = full;
       manifest.head = full.id;

@@ -13,6 +13,8 @@ import { ancestry, generationId, withDefinition, type Generation, type LayerInfo
 import { isPullPartName, pullPartPath, type LeaseChange, type NasRepository } from '../nas/repository.js';
 import type { TransferProgress } from '../nas/transport.js';
 import { createProgressMeter, formatBytes, progressBarReporter, progressLogReporter } from '../progress.js';
+import { settleSession } from '../checkpoint/session.js';
+import { runCommand } from '../runner.js';
 import { publishedPending } from './decide.js';
 import { readLocalDefinition } from './definitions.js';
 import { localHead, type LocalState, type PendingGeneration } from './local-state.js';
@@ -50,6 +52,8 @@ export interface SealOptions {
  * seal.
  */
 export async function sealDisks(state: LocalState, host: string, now: Date, options: SealOptions): Promise<PendingGeneration | undefined> {
+  // After checkpoints, only what came since the last one is left to seal.
+  await settleSession(state, options.save, options.deps ?? { run: runCommand });
   const previous = localHead(state);
   const onto = previous?.id ?? null;
   const resumed = state.sealing?.onto === onto ? state.sealing : undefined;
@@ -474,9 +478,9 @@ export function adoptPublished(state: LocalState, manifest: Manifest | undefined
 /** Makes the pending generation the NAS head (a compare-and-swap on the synced one). */
 export async function publishPending(state: LocalState, repository: NasRepository, lease: LeaseChange): Promise<Generation> {
   const pending = state.pending.at(-1) as PendingGeneration;
-  const { parent, created, disks, definition } = pending.generation;
+  const { parent, created, disks, definition, checkpoint } = pending.generation;
   const layers = Object.assign({}, ...state.pending.map((p) => p.layers)) as Record<string, LayerInfo>;
-  return repository.publishGeneration(state.domain, { parent, created, disks, ...withDefinition(definition), layers }, lease);
+  return repository.publishGeneration(state.domain, { parent, created, disks, ...withDefinition(definition), layers, ...(checkpoint ? { checkpoint } : {}) }, lease);
 }
 
 /** Makes the progress callback of one transfer, given its label ("push vda 3f2a…"). */

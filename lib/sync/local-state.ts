@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import { pathExists, writeFileAtomic } from '../durable-fs.js';
 import { DiskStateError } from '../errors.js';
 import { escapeFileName } from '../file-names.js';
+import type { CheckpointSession } from '../checkpoint/session.js';
 import type { Generation, LayerInfo } from '../nas/format.js';
 
 export const LOCAL_FORMAT = 1;
@@ -71,6 +72,8 @@ export interface LocalState {
    * it for no change of this host's (lib/sync/definitions.ts captureDefinition).
    */
   definitionRefused?: string;
+  /** The running (or last unsettled) session's checkpoints (lib/checkpoint/session.ts). */
+  checkpoints?: CheckpointSession;
   /**
    * A seal of the tops under way on the generation `onto` (lib/sync/disks.ts
    * sealDisks): saved before the first disk is touched, cleared in the write that

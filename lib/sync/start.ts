@@ -4,6 +4,8 @@
 // generation, and take the lease. A refusal is a typed error whose message libvirt
 // shows to the person who pressed Start: what happened, since when, and the command
 // that resolves it.
+import { randomBytes } from 'node:crypto';
+import { beginSession } from '../checkpoint/session.js';
 import { ConflictError, DefinitionChangedError, DiskStateError, LeaseHeldError, NasUnreachableError } from '../errors.js';
 import { makePrivate, type EngineDeps } from '../layers.js';
 import type { Config } from '../config.js';
@@ -92,6 +94,11 @@ export async function prepareStart(domain: string, disks: Record<string, string>
         }
         await save(state); // the disks as this start's XML names them, whatever follows
         await decideAndSync(domain, state, flags, useNas ? repository : undefined, useNas ? looking : undefined, guarded, save, now, definitionXml || undefined);
+        if (!flags.restoring) {
+          // Bitmaps on the fresh tops, before QEMU opens them: the checkpoints know every write (lib/checkpoint/).
+          await beginSession(state, config.checkpointSeconds > 0, randomBytes(6).toString('hex'), now(), engine);
+          await save(state);
+        }
         // A restore resumes the VM on the state it was saved with, files and all.
         if (!flags.restoring) await placeStateVolumes(state, engine, save, log, now());
         for (const top of Object.values(state.disks)) {

@@ -53,6 +53,11 @@ export interface DomainStatus {
   delta: Pick<Delta, 'push' | 'pull' | 'tops'>;
   /** While busy: the last progress the work logged ("push vda 3f2a…: 1.2 GiB of 2.0 GiB (60%), …"). */
   progress?: string;
+  /**
+   * The NAS head is a checkpoint of a VM running (or cut off) on `host`, frozen at `at`:
+   * what a power cut there would have left (lib/checkpoint/).
+   */
+  checkpoint?: { host: string; at: string };
   /** Why the NAS could not be asked. */
   problem?: string;
   lastSync?: { at: string; outcome: string };
@@ -81,6 +86,7 @@ export async function domainStatus(domain: string, config: Config, repository: N
   }
   const { push, pull, tops } = await measureDelta(state, manifest);
   const progress = busy ? lastProgress(domainLogPath(config.logDir, domain)) : undefined;
+  const head = manifest?.head ? manifest.generations[manifest.head] : undefined;
   return {
     domain,
     state: judgeSync({ synced: state.synced?.id ?? null, pending: state.pending.length }, nas),
@@ -93,6 +99,7 @@ export async function domainStatus(domain: string, config: Config, repository: N
     bytes: { here: await bytesHere(state), nas: nas.reachable ? bytesOnNas(manifest) : null },
     delta: { push, pull, tops },
     ...(progress ? { progress } : {}),
+    ...(head?.checkpoint ? { checkpoint: { host: head.host, at: head.created } } : {}),
     ...(nas.reachable ? {} : { problem: nas.problem }),
     ...(state.lastSync ? { lastSync: state.lastSync } : {}),
   };

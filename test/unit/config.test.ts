@@ -53,6 +53,8 @@ describe('validateConfig', () => {
       stallSeconds: 30,
       cpuPerHost: false,
       notify: true,
+      checkpointSeconds: 300,
+      checkpointBytes: 2 ** 30,
     });
   });
 

@@ -1,0 +1,15 @@
+// started begin: the VM runs. With checkpoints on, the session's checkpoint process is
+// started in the background (lib/checkpoint/daemon.ts): it calls virsh, which the hook
+// must never do, and it lives as long as the VM.
+import { readLocalState } from '../lib/sync/local-state.js';
+import { startInBackground } from './background.js';
+import { CHECKPOINTS_OP, type HookContext } from './dispatch.js';
+
+/** Handles `started begin` for a managed domain. */
+export async function startedBegin({ domain, config, log }: HookContext): Promise<void> {
+  if (config.checkpointSeconds === 0) return;
+  const session = (await readLocalState(config.stateDir, domain.name)).checkpoints;
+  if (session === undefined) return; // a restore, or tops without bitmaps: nothing to checkpoint
+  const worker = startInBackground(domain.name, CHECKPOINTS_OP, session.id, log);
+  log.info('checkpoints in the background', { worker, session: session.id });
+}

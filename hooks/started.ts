@@ -9,7 +9,8 @@ import { CHECKPOINTS_OP, type HookContext } from './dispatch.js';
 export async function startedBegin({ domain, config, log }: HookContext): Promise<void> {
   if (config.checkpointSeconds === 0) return;
   const session = (await readLocalState(config.stateDir, domain.name)).checkpoints;
-  if (session === undefined) return; // a restore, or tops without bitmaps: nothing to checkpoint
+  // A restore goes on with the session it saved (its bitmaps are in the tops).
+  if (session === undefined) return;
   const worker = startInBackground(domain.name, CHECKPOINTS_OP, session.id, log);
   log.info('checkpoints in the background', { worker, session: session.id });
 }

@@ -25,19 +25,27 @@ import { hasOwnData, layersDirOf, publishAsLayer, removeLeftovers } from '../lay
 import { generationId, withDefinition, type LayerInfo } from '../nas/format.js';
 import { runCommand } from '../runner.js';
 import { virshCommand } from '../virsh.js';
-import { engineDeps, type SyncDeps } from '../sync/deps.js';
+import { engineDeps, stateSaver, type SyncDeps } from '../sync/deps.js';
 import { logProgress, pushPending } from '../sync/disks.js';
-import { localHead, readLocalState, writeLocalState, type LocalState, type PendingGeneration } from '../sync/local-state.js';
+import { domainStateDir, localHead, readLocalState, type LocalState, type PendingGeneration } from '../sync/local-state.js';
+import { withLock } from '../lock.js';
 import { withDomainLock } from '../sync/session.js';
 import { LiveCheckpoints, type FreezeDisk } from './freeze.js';
-import { checkpointName, checkpointedDisks, isOfSession, type CheckpointSession } from './session.js';
+import { CHECKPOINTING_PREFIX, checkpointName, checkpointedDisks, isOfSession, type CheckpointSession } from './session.js';
 
 /** Where libvirt keeps a running domain's QEMU pid. */
 const QEMU_PID_DIR = '/run/libvirt/qemu';
 const POLL_MS = 1000;
 /** How long to wait for the domain lock to record a checkpoint (a kss command may hold it). */
 const RECORD_LOCK_MS = 60_000;
-const CHECKPOINTING_PREFIX = 'checkpointing-';
+/**
+ * The most checkpoints of one session: each adds a layer to the chain that another host
+ * (or this one after a crash) starts on, and libvirt refuses a chain deeper than 200.
+ * The rest of a longer session goes at its stop.
+ */
+export const MAX_CHECKPOINTS = 48;
+/** How long a checkpoint process waits for the one before it to end. */
+const ONE_AT_A_TIME_WAIT_MS = 120_000;
 
 export interface CheckpointDeps extends SyncDeps {
   /** libvirt's connection for virsh. */
@@ -51,43 +59,58 @@ export async function runCheckpoints(domain: string, sessionId: string, deps: Ch
   const { config, log } = deps;
   try {
     lowerPriority(log);
-    const qemu = await waitForQemu(join(deps.qemuPidDir ?? QEMU_PID_DIR, `${domain}.pid`));
-    if (qemu === undefined) return log.warn('no checkpoints: the VM is not running');
-    const running = () => isAlive(qemu);
-    const live = new LiveCheckpoints(domain, { uri: deps.uri, run: deps.run });
-    const state = await readLocalState(config.stateDir, domain);
-    const session = state.checkpoints;
-    if (session?.id !== sessionId) return log.info('no checkpoints: the session is not this one', { session: sessionId });
-    const targets = await domainDisks(domain, deps);
-    const covered = new Set(checkpointedDisks(state).map(([target]) => target));
-    for (const [, top] of checkpointedDisks(state)) await removeLeftovers(layersDirOf(top), CHECKPOINTING_PREFIX);
-    // Our checkpoints of earlier sessions name bitmaps these tops do not have; one of this
-    // session past the one that marks was made by a run killed before it recorded it.
-    for (const name of await live.list()) {
-      if (!isOfSession(name, sessionId)) await live.drop(name, { metadataOnly: true });
-      else if (name !== session.marking) await live.drop(name);
-    }
-    if (!(await live.list()).includes(session.marking)) {
-      await live.redefine(session.marking, Math.floor(Date.parse(session.began) / 1000), targets.map((target) => ({ target, file: covered.has(target) ? target : undefined })));
-    }
-    log.info('checkpoints begin', { everySeconds: config.checkpointSeconds, orBytes: config.checkpointBytes });
-    let last = { at: Date.now(), bytes: await allocated(state) };
-    for (;;) {
-      if (!(await waitUntilDue(state, last, config, running))) break;
-      const made = await checkpointOnce(domain, sessionId, live, targets, covered, running, deps);
-      if (made === 'over') break;
-      last = { at: Date.now(), bytes: await allocated(await readLocalState(config.stateDir, domain)) };
-      if ((await pushCheckpoints(domain, sessionId, running, deps)) === 'taken') {
-        log.warn('another host took the VM: no more checkpoints here; its stop keeps this session for kss resolve');
-        break;
-      }
-    }
-    // libvirt keeps checkpoint metadata after the VM stops (virsh undefine would refuse it).
-    await dropSession(live, sessionId);
-    log.info('checkpoints end: the VM stopped');
+    // One process per domain: after a restore the session goes on, and the one before may still be finishing.
+    await withLock(join(domainStateDir(config.stateDir, domain), 'checkpoints-lock'), { waitMs: ONE_AT_A_TIME_WAIT_MS }, () => checkpointSession(domain, sessionId, deps));
   } catch (error) {
     log.warn('checkpoints stopped', { error: (error as Error).message });
   }
+}
+
+/** The checkpoints of the session, with the process's own lock held. */
+async function checkpointSession(domain: string, sessionId: string, deps: CheckpointDeps): Promise<void> {
+  const { config, log } = deps;
+  const qemu = await waitForQemu(join(deps.qemuPidDir ?? QEMU_PID_DIR, `${domain}.pid`));
+  if (qemu === undefined) return log.warn('no checkpoints: the VM is not running');
+  const running = () => isAlive(qemu);
+  const live = new LiveCheckpoints(domain, { uri: deps.uri, run: deps.run });
+  const state = await readLocalState(config.stateDir, domain);
+  const session = state.checkpoints;
+  if (session?.id !== sessionId) return log.info('no checkpoints: the session is not this one', { session: sessionId });
+  const targets = await domainDisks(domain, deps);
+  const covered = new Set(checkpointedDisks(state).map(([target]) => target));
+  for (const [, top] of checkpointedDisks(state)) await removeLeftovers(layersDirOf(top), CHECKPOINTING_PREFIX);
+  // Our checkpoints of earlier sessions name bitmaps these tops do not have; one of this
+  // session past the one that marks was made by a run killed before it recorded it.
+  for (const name of await live.list()) {
+    if (!isOfSession(name, sessionId)) await live.drop(name, { metadataOnly: true });
+    else if (name !== session.marking) await live.drop(name);
+  }
+  if (!(await live.list()).includes(session.marking)) {
+    await live.redefine(session.marking, Math.floor(Date.parse(session.began) / 1000), targets.map((target) => ({ target, file: covered.has(target) ? target : undefined })));
+  }
+  log.info('checkpoints begin', { everySeconds: config.checkpointSeconds, orBytes: config.checkpointBytes });
+  let last = { at: Date.now(), bytes: await allocated(state) };
+  for (;;) {
+    if (!(await waitUntilDue(state, last, config, running))) break;
+    if ((await readLocalState(config.stateDir, domain)).checkpoints?.count === MAX_CHECKPOINTS) {
+      log.warn(`this session has ${MAX_CHECKPOINTS} checkpoints, the most one may have: the rest goes at the stop`);
+      await waitUntilDue(state, { at: Infinity, bytes: Infinity }, config, running);
+      break;
+    }
+    const made = await checkpointOnce(domain, sessionId, live, targets, covered, running, deps).catch(async (error: Error) => {
+      log.warn('a checkpoint failed; the next one covers its writes', { error: error.message });
+      return 'failed' as const;
+    });
+    if (made === 'over') break;
+    last = { at: Date.now(), bytes: await allocated(await readLocalState(config.stateDir, domain)) };
+    if ((await pushCheckpoints(domain, sessionId, running, deps)) === 'taken') {
+      log.warn('another host took the VM: no more checkpoints here; its stop keeps this session for kss resolve');
+      break;
+    }
+  }
+  // libvirt keeps checkpoint metadata after the VM stops (virsh undefine would refuse it).
+  await dropSession(live, sessionId);
+  log.info('checkpoints end: the VM stopped');
 }
 
 /** Freezes, seals and records one checkpoint; 'over' when the session ended meanwhile. */
@@ -130,30 +153,37 @@ async function checkpointOnce(
     log.warn('a checkpoint failed; the next one covers its writes', { error: (error as Error).message });
     return 'failed';
   }
-  engine.onStep?.('checkpoint:seal');
   const disks = { ...head.disks };
   const layers: Record<string, LayerInfo> = {};
-  for (const [target, file] of Object.entries(files)) {
-    if (await hasOwnData(file, engine)) {
-      const hash = await publishAsLayer(file, dirname(file), engine);
-      layers[hash] = { parent: head.disks[target] ?? null, size: (await stat(file)).size };
-      disks[target] = hash;
+  let recorded: boolean;
+  try {
+    engine.onStep?.('checkpoint:seal');
+    for (const [target, file] of Object.entries(files)) {
+      if (await hasOwnData(file, engine)) {
+        const hash = await publishAsLayer(file, dirname(file), {});
+        layers[hash] = { parent: head.disks[target] ?? null, size: (await stat(file)).size };
+        disks[target] = hash;
+      }
     }
+    await removeFiles();
+    engine.onStep?.('checkpoint:record');
+    recorded = await withDomainLock(config.stateDir, domain, log, RECORD_LOCK_MS, async (lock) => {
+      const now = await readLocalState(config.stateDir, domain);
+      if (now.checkpoints?.id !== sessionId || now.checkpoints.count !== session.count || !running()) return false;
+      const on = localHead(now);
+      if (Object.keys(layers).length > 0 && on !== null) {
+        const made = { parent: on.id, host: config.host, created: frozenAt.toISOString(), disks, ...withDefinition(on.definition) };
+        now.pending.push({ generation: { id: generationId(made), ...made, checkpoint: true }, layers });
+      }
+      now.checkpoints = { ...now.checkpoints, count: n, marking: next, at: frozenAt.toISOString() } satisfies CheckpointSession;
+      await stateSaver(config.stateDir, lock)(now);
+      return true;
+    });
+  } catch (error) {
+    await removeFiles();
+    await live.drop(next).catch(() => undefined); // `since` still marks everything: the next round covers it
+    throw error;
   }
-  await removeFiles();
-  engine.onStep?.('checkpoint:record');
-  const recorded = await withDomainLock(config.stateDir, domain, log, RECORD_LOCK_MS, async () => {
-    const now = await readLocalState(config.stateDir, domain);
-    if (now.checkpoints?.id !== sessionId || now.checkpoints.count !== session.count || !running()) return false;
-    const on = localHead(now);
-    if (Object.keys(layers).length > 0 && on !== null) {
-      const made = { parent: on.id, host: config.host, created: frozenAt.toISOString(), disks, ...withDefinition(on.definition) };
-      now.pending.push({ generation: { id: generationId(made), ...made, checkpoint: true }, layers });
-    }
-    now.checkpoints = { ...now.checkpoints, count: n, marking: next, at: frozenAt.toISOString() } satisfies CheckpointSession;
-    await writeLocalState(config.stateDir, now);
-    return true;
-  });
   if (!recorded) {
     await live.drop(next).catch(() => undefined);
     return 'over';
@@ -171,7 +201,8 @@ async function checkpointOnce(
  */
 async function pushCheckpoints(domain: string, sessionId: string, running: () => boolean, deps: CheckpointDeps): Promise<'pushed' | 'taken' | 'not now'> {
   const { config, log } = deps;
-  return withDomainLock(config.stateDir, domain, log, 0, async () => {
+  return withDomainLock(config.stateDir, domain, log, 0, async (lock) => {
+    const save = stateSaver(config.stateDir, lock);
     const state = await readLocalState(config.stateDir, domain);
     if (state.checkpoints?.id !== sessionId || !state.leaseHeld || state.pending.length === 0) return 'not now';
     if (!state.pending.every((pending) => pending.generation.checkpoint)) return 'not now';
@@ -188,7 +219,7 @@ async function pushCheckpoints(domain: string, sessionId: string, running: () =>
         const published = await repository.publishGeneration(domain, { parent, created, disks, ...withDefinition(definition), layers: pending.layers, checkpoint: true }, 'keep');
         state.synced = published;
         state.pending.shift();
-        await writeLocalState(config.stateDir, state);
+        await save(state);
         log.info('checkpoint pushed', { generation: published.id });
       }
       return 'pushed';

@@ -8,13 +8,16 @@
 //           onto its newest checkpoint's layer (lib/checkpoint/remainder.ts), so that
 //           the seal holds only the rest; bitmaps never travel in a layer.
 import { DiskStateError } from '../errors.js';
-import { layerHashesOf, readChain, type EngineDeps } from '../layers.js';
+import { layerHashesOf, layersDirOf, readChain, removeLeftovers, type EngineDeps } from '../layers.js';
 import { pathExists } from '../durable-fs.js';
 import { addBitmapCommand, removeBitmapCommand } from '../qemu-img.js';
 import { localHead, type LocalState } from '../sync/local-state.js';
 import { isStateVolume } from '../sync/state-volumes.js';
 import { CHECKPOINT_PREFIX } from './freeze.js';
 import { moveTopOntoCheckpoint, readBitmaps } from './remainder.js';
+
+/** The files a checkpoint freezes into, in a layers directory, until they become layers. */
+export const CHECKPOINTING_PREFIX = 'checkpointing-';
 
 /** What the local state holds of the running session's checkpoints. */
 export interface CheckpointSession {
@@ -95,6 +98,8 @@ export async function settleSession(state: LocalState, save: (state: LocalState)
     moves.push({ target, top, onto });
   }
   for (const { top, onto } of moves) await moveTopOntoCheckpoint(top, onto, session?.marking, deps);
+  // A checkpoint killed between its freeze and its seal left its files.
+  for (const [, top] of checkpointedDisks(state)) await removeLeftovers(layersDirOf(top), CHECKPOINTING_PREFIX);
   if (session !== undefined) {
     state.checkpoints = undefined;
     await save(state);

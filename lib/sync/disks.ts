@@ -478,9 +478,10 @@ export function adoptPublished(state: LocalState, manifest: Manifest | undefined
 /** Makes the pending generation the NAS head (a compare-and-swap on the synced one). */
 export async function publishPending(state: LocalState, repository: NasRepository, lease: LeaseChange): Promise<Generation> {
   const pending = state.pending.at(-1) as PendingGeneration;
-  const { parent, created, disks, definition, checkpoint } = pending.generation;
+  // Never marked as a checkpoint: a stop or a start publishes the VM at rest (only the checkpoint process marks its own).
+  const { parent, created, disks, definition } = pending.generation;
   const layers = Object.assign({}, ...state.pending.map((p) => p.layers)) as Record<string, LayerInfo>;
-  return repository.publishGeneration(state.domain, { parent, created, disks, ...withDefinition(definition), layers, ...(checkpoint ? { checkpoint } : {}) }, lease);
+  return repository.publishGeneration(state.domain, { parent, created, disks, ...withDefinition(definition), layers }, lease);
 }
 
 /** Makes the progress callback of one transfer, given its label ("push vda 3f2a…"). */

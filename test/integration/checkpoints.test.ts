@@ -155,6 +155,9 @@ describe('checkpoints while the VM runs', () => {
     await defineWork(laptop, 'kc', false);
     desk.mustVirsh('start', 'kc');
     const session = (JSON.parse(readFileSync(desk.outside('/var/lib/kvm-snapshot-sync/domains/kc/state.json'), 'utf8')) as { checkpoints: { id: string } }).checkpoints.id;
+    // One checkpoint process per domain: the hook's goes (killed, as the test's will be: its lock is left to go stale).
+    await until("the hook's checkpoint process", () => /checkpoints begin domain=kc/u.test(desk.hookLog('kc')));
+    process.kill(Number(/checkpoints in the background domain=kc .*worker=(\d+)/u.exec(desk.hookLog('kc'))?.[1]), 'SIGKILL');
     const written: Array<{ drive: string; io: string }> = [];
     const steps = ['checkpoint:files', 'checkpoint:freeze', 'checkpoint:seal', 'checkpoint:record', 'checkpoint:drop', 'checkpoint:push', 'checkpoint:files#2'];
     for (const [i, step] of steps.entries()) {

@@ -443,6 +443,8 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     await defineWork(l, 'rot', false);
     await d.session('rot');
     await l.session('rot', ['write -P 0x81 8M 1M']);
+    // The laptop's NAS upkeep may still publish a layer (a catch-up for the desktop): the newest file is known after it.
+    for (const deadline = Date.now() + 60_000; !/NAS upkeep finished/u.test(l.hookLog('rot')) && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 200));
     const before = digests(d, disks);
     const files = readdirSync(join((nas as SshNas).root, 'domains', 'rot', 'layers')).map((name) => join((nas as SshNas).root, 'domains', 'rot', 'layers', name));
     const newest = files.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0] as string;

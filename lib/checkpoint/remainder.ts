@@ -50,6 +50,11 @@ export async function readBitmaps(image: string, deps: EngineDeps = defaultDeps)
   return parseBitmaps((await deps.run(infoCommand(image))).stdout);
 }
 
+/** Removes every persistent bitmap of an image no process has open. */
+export async function removeBitmaps(image: string, deps: EngineDeps = defaultDeps): Promise<void> {
+  for (const bitmap of await readBitmaps(image, deps)) await deps.run(removeBitmapCommand(image, bitmap.name));
+}
+
 export type RemainderOutcome = { how: 'extracted'; bytes: number } | { how: 'rebased'; why: string } | { how: 'already' };
 
 /**
@@ -95,7 +100,7 @@ export async function moveTopOntoCheckpoint(topPath: string, checkpointLayer: st
 /** The whole top pointed at the checkpoint's layer (exact: see the head of this file), its bitmaps removed. */
 async function rebaseWhole(topPath: string, checkpointLayer: string, why: string, deps: EngineDeps): Promise<RemainderOutcome> {
   // A bitmap left in the top would travel in its layer: the checkpoints are over.
-  for (const entry of await readBitmaps(topPath, deps)) await deps.run(removeBitmapCommand(topPath, entry.name));
+  await removeBitmaps(topPath, deps);
   await deps.run(rebaseUnsafeCommand(topPath, topBackingRef(topPath, checkpointLayer)));
   return { how: 'rebased', why };
 }

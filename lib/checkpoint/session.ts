@@ -10,11 +10,11 @@
 import { DiskStateError } from '../errors.js';
 import { layerHashesOf, layersDirOf, readChain, removeLeftovers, type EngineDeps } from '../layers.js';
 import { pathExists } from '../durable-fs.js';
-import { addBitmapCommand, removeBitmapCommand } from '../qemu-img.js';
+import { addBitmapCommand } from '../qemu-img.js';
 import { localHead, type LocalState } from '../sync/local-state.js';
 import { isStateVolume } from '../sync/state-volumes.js';
 import { CHECKPOINT_PREFIX } from './freeze.js';
-import { moveTopOntoCheckpoint, readBitmaps } from './remainder.js';
+import { moveTopOntoCheckpoint, removeBitmaps } from './remainder.js';
 
 /** The files a checkpoint freezes into, in a layers directory, until they become layers. */
 export const CHECKPOINTING_PREFIX = 'checkpointing-';
@@ -60,7 +60,7 @@ export async function beginSession(state: LocalState, enabled: boolean, id: stri
   const base: Record<string, string> = {};
   for (const [target, top] of checkpointedDisks(state)) {
     if (!(await pathExists(top))) return; // nothing to mark: a disk not made yet (no checkpoints this session)
-    for (const bitmap of await readBitmaps(top, deps)) await deps.run(removeBitmapCommand(top, bitmap.name));
+    await removeBitmaps(top, deps);
     const layer = layerHashesOf(top, await readChain(top, deps))[0];
     if (layer === undefined) return;
     base[target] = layer;
@@ -87,7 +87,7 @@ export async function settleSession(state: LocalState, save: (state: LocalState)
     const onto = head?.disks[target];
     const standsOn = layerHashesOf(top, await readChain(top, deps))[0];
     if (session === undefined || onto === undefined || onto === standsOn) {
-      for (const bitmap of await readBitmaps(top, deps)) await deps.run(removeBitmapCommand(top, bitmap.name));
+      await removeBitmaps(top, deps);
       continue;
     }
     if (standsOn !== session.base[target] || !head?.checkpoint) {

@@ -54,6 +54,8 @@ export interface Config {
   checkpointSeconds: number;
   /** ...and sooner when its top has grown by more than this many bytes since the last one (0: only by time). */
   checkpointBytes: number;
+  /** A checkpoint's push reads at most this many MB (10^6 bytes) a second (0: no cap; lib/nas/pace.ts). */
+  checkpointRateMBps: number;
   /** Tell the person at this machine's desktop, if one is logged in, when a start waits and when a stop's work is on the NAS (lib/desktop/). */
   notify: boolean;
 }
@@ -74,6 +76,7 @@ export const DEFAULTS = {
   notify: true,
   checkpointSeconds: 300,
   checkpointBytes: 2 ** 30,
+  checkpointRateMBps: 0,
 } as const;
 
 /** Every key a configuration file may hold (the README's Configuration table lists each). */
@@ -97,6 +100,7 @@ export const CONFIG_KEYS = [
   'notify',
   'checkpointSeconds',
   'checkpointBytes',
+  'checkpointRateMBps',
 ] as const;
 type Key = (typeof CONFIG_KEYS)[number];
 
@@ -182,6 +186,7 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     notify: flag('notify'),
     checkpointSeconds: wholeNumber('checkpointSeconds', 0, 86_400),
     checkpointBytes: wholeNumber('checkpointBytes', 0, 2 ** 50),
+    checkpointRateMBps: wholeNumber('checkpointRateMBps', 0, 100_000),
   };
 }
 

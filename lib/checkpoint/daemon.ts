@@ -23,6 +23,7 @@ import { layerFileName } from '../file-names.js';
 import { createOverlayCommand } from '../qemu-img.js';
 import { hasOwnData, layersDirOf, publishAsLayer, removeLeftovers } from '../layers.js';
 import { generationId, withDefinition, type LayerInfo } from '../nas/format.js';
+import { RATE_UNIT } from '../nas/pace.js';
 import { runCommand } from '../runner.js';
 import { virshCommand } from '../virsh.js';
 import { engineDeps, stateSaver, type SyncDeps } from '../sync/deps.js';
@@ -214,7 +215,8 @@ async function pushCheckpoints(domain: string, sessionId: string, running: () =>
     try {
       while (state.pending.length > 0 && running()) {
         const pending = state.pending[0] as PendingGeneration;
-        await pushPending({ ...state, pending: [pending] }, config.stateDir, repository, log, deps.progressFor ?? logProgress(log));
+        const cap = config.checkpointRateMBps * RATE_UNIT;
+        await pushPending({ ...state, pending: [pending] }, config.stateDir, repository, log, deps.progressFor ?? logProgress(log), cap);
         const { parent, created, disks, definition } = pending.generation;
         const published = await repository.publishGeneration(domain, { parent, created, disks, ...withDefinition(definition), layers: pending.layers, checkpoint: true }, 'keep');
         state.synced = published;

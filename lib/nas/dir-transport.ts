@@ -20,6 +20,7 @@ import { writeFileAtomic, fsyncDir } from '../durable-fs.js';
 import { sha256Of } from '../hash.js';
 import { MANIFEST_MAX_BYTES } from './format.js';
 import { IntegrityError, NasFullError, NasUnreachableError } from '../errors.js';
+import { pacedStream } from './pace.js';
 import { receiveFile } from './receive-file.js';
 import { atPlace, openPlaceDirectory, openPlaceFile, placeOf, removeAt, type Place } from './share-walk.js';
 import { stallError, type StallReport } from './stall.js';
@@ -247,7 +248,8 @@ export class DirTransport implements NasTransport {
       },
     });
     try {
-      await pipeline(createReadStream(localPath, { start: offset, highWaterMark: 2 ** 20 }), hashing, out);
+      const read = createReadStream(localPath, { start: offset, highWaterMark: 2 ** 20 });
+      await (options.maxBytesPerSecond ? pipeline(read, pacedStream(options.maxBytesPerSecond), hashing, out) : pipeline(read, hashing, out));
       await handle.sync();
     } catch (error) {
       if (!isCode(error, 'ENOSPC') && !isCode(error, 'EDQUOT')) throw error;

@@ -126,15 +126,12 @@ export class NasRepository {
     }
   }
 
-  /** Uploads a sealed local layer (resumable, verified on arrival, then published). */
-  pushLayer(domain: string, localPath: string, hash: string, onProgress?: TransferProgress): Promise<TransferResult> {
-    return this.transport.putLayer(
-      localPath,
-      hash,
-      nasPaths.upload(domain, hash, this.options.host),
-      nasPaths.layer(domain, hash),
-      { onProgress },
-    );
+  /** Uploads a sealed local layer (resumable, verified on arrival, then published); `maxBytesPerSecond`: a cap, if any. */
+  pushLayer(domain: string, localPath: string, hash: string, onProgress?: TransferProgress, maxBytesPerSecond?: number): Promise<TransferResult> {
+    return this.transport.putLayer(localPath, hash, nasPaths.upload(domain, hash, this.options.host), nasPaths.layer(domain, hash), {
+      onProgress,
+      ...(maxBytesPerSecond ? { maxBytesPerSecond } : {}),
+    });
   }
 
   /**

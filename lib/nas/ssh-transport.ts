@@ -9,13 +9,16 @@
 // too (ssh-command.ts remoteCommand, buildRemoteKillCommand). Keep-alives alone would
 // only notice a dead link, not a NAS whose commands hang while its sshd still answers.
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { open, rm, stat as localStat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { Transform, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
 import { bytesReadBy, runCommand, stageError, startPipeline, stdinOffsetOf, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
 import { shellQuote } from '../shell-quote.js';
+import { pacedStream } from './pace.js';
 import * as scripts from './remote-scripts.js';
 import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, sshFailureCause, type SshMultiplex, type SshTarget } from './ssh-command.js';
 import { busyLimitMs, stallError, streamVerdict, type StreamVerdict } from './stall.js';
@@ -80,6 +83,8 @@ interface StreamJob {
   sshStage: number;
   /** Bytes of the layer done so far (read here for a push, written here for a pull), if known now. */
   done(pids: Array<number | undefined>): number | undefined;
+  /** Writes the first process's stdin (a capped push), when the pipeline is started with input 'pipe'. */
+  feed?: (stdin: Writable) => Promise<void>;
 }
 
 export class SshTransport implements NasTransport {
@@ -200,22 +205,37 @@ export class SshTransport implements NasTransport {
   ): Promise<{ outcome: 'published' | 'mismatch'; result: TransferResult; detail: string }> {
     const token = randomBytes(6).toString('hex');
     const ssh = this.ssh(scripts.receiveUploadScript(this.options.root, { ...job, token }), 0);
+    // Capped (options.maxBytesPerSecond): Node reads the layer and feeds the first process at the cap.
+    const cap = options.maxBytesPerSecond;
     const stages: Command[] = [
-      ...(job.offset > 0 ? [{ file: 'tail', args: ['-c', `+${job.offset + 1}`, '--', localPath] }] : []),
+      ...(job.offset > 0 && !cap ? [{ file: 'tail', args: ['-c', `+${job.offset + 1}`, '--', localPath] }] : []),
       ...(job.compressed ? [{ file: 'zstd', args: ['-1', '-T0', '-cq'] }] : []),
       ssh,
     ];
+    let fed = 0;
+    const feed = (stdin: Writable) => {
+      const counted = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          fed += chunk.length;
+          callback(null, chunk);
+        },
+      });
+      return pipeline(createReadStream(localPath, { start: job.offset, highWaterMark: 2 ** 20 }), pacedStream(cap as number), counted, stdin);
+    };
     const logMark = this.logMark();
-    const results = await this.stream(stages, { input: job.offset > 0 ? 'ignore' : { file: localPath }, output: 'capture' }, options, {
+    const input = cap ? 'pipe' : job.offset > 0 ? 'ignore' : { file: localPath };
+    const results = await this.stream(stages, { input, output: 'capture' }, options, {
       direction: 'push',
       hash: job.hash,
       size: job.size,
       offset: job.offset,
       sshStage: stages.length - 1,
+      ...(cap ? { feed } : {}),
       // tail reads the file itself; otherwise it is the first process's stdin, read by
       // zstd or by the ssh master the descriptor was passed to. Once that process has
       // ended, it has read everything (had it failed, the pipeline would fail).
       done: (pids) => {
+        if (cap) return job.offset + fed;
         const read = job.offset > 0 ? bytesReadBy(pids[0]) : stdinOffsetOf(pids[0]);
         return read === undefined ? job.size : job.offset + read;
       },
@@ -356,6 +376,11 @@ export class SshTransport implements NasTransport {
   private async stream(stages: Command[], pipeOptions: PipelineOptions, options: TransferOptions, job: StreamJob): Promise<StageResult[]> {
     const nas = new NasSide();
     const pipe = this.start(stages, { ...pipeOptions, onStderrLine: nas.listen(job.sshStage) });
+    // A feed that fails here (a local read error) ends the stream short, which the NAS refuses; its cause is told after.
+    const feeding = job.feed?.(pipe.stdin as Writable).then(
+      () => undefined,
+      (error: NodeJS.ErrnoException) => (error.code === 'EPIPE' || error.code === 'ERR_STREAM_PREMATURE_CLOSE' ? undefined : error),
+    );
     const limits = { stallMs: this.options.stallTimeoutMs, busyMaxMs: busyLimitMs(this.options.stallTimeoutMs, job.size) };
     const seen = { done: job.offset, movedAt: Date.now() };
     let watch: NodeJS.Timeout | undefined;
@@ -373,7 +398,11 @@ export class SshTransport implements NasTransport {
     });
     options.onProgress?.(job.offset, job.size);
     const results = await Promise.race([pipe.done, stopped]).finally(() => clearInterval(watch));
-    if (typeof results !== 'string') return results;
+    if (typeof results !== 'string') {
+      const feedError = await feeding;
+      if (feedError) throw feedError;
+      return results;
+    }
     await this.stopBothEnds(pipe, nas);
     throw stallError({ where: this.where, direction: job.direction, hash: job.hash, verdict: results, stallMs: limits.stallMs, busyMaxMs: limits.busyMaxMs, done: Math.min(seen.done, job.size), size: job.size });
   }

@@ -49,6 +49,8 @@ export type TransferProgress = (bytesDone: number, bytesTotal: number) => void;
 
 export interface TransferOptions {
   onProgress?: TransferProgress;
+  /** An upload's cap on the layer bytes it reads, per second (lib/nas/pace.ts); none: as fast as the link goes. */
+  maxBytesPerSecond?: number;
 }
 
 export interface TransferResult {

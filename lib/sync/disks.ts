@@ -445,7 +445,14 @@ async function removeVolumeTop(top: string, deps?: EngineDeps): Promise<void> {
 }
 
 /** Pushes every layer and definition of the pending generations (resumable, verified on the NAS). */
-export async function pushPending(state: LocalState, stateDir: string, repository: NasRepository, log: Logger, progressFor: ProgressFor = logProgress(log)): Promise<void> {
+export async function pushPending(
+  state: LocalState,
+  stateDir: string,
+  repository: NasRepository,
+  log: Logger,
+  progressFor: ProgressFor = logProgress(log),
+  maxBytesPerSecond?: number,
+): Promise<void> {
   for (const pending of state.pending) {
     const { definition } = pending.generation;
     if (definition !== undefined) await repository.pushDefinition(state.domain, definition, await readLocalDefinition(stateDir, state.domain, definition));
@@ -453,7 +460,7 @@ export async function pushPending(state: LocalState, stateDir: string, repositor
       const hash = pending.generation.disks[target] as string;
       if (!Object.hasOwn(pending.layers, hash)) continue;
       log.info('pushing layer', { disk: target, layer: hash, bytes: pending.layers[hash]?.size });
-      const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, progressFor(`push ${target} ${hash.slice(0, 12)}`));
+      const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, progressFor(`push ${target} ${hash.slice(0, 12)}`), maxBytesPerSecond);
       log.info('pushed layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom, alreadyThere: result.alreadyThere });
     }
   }

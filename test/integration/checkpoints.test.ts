@@ -60,6 +60,17 @@ function pushedLayers(log: string): number[] {
   return [...log.matchAll(/ pushing layer .* bytes=(\d+)/gu)].map((match) => Number(match[1]));
 }
 
+/** The bytes of the first checkpoint pushed, and the seconds from its first layer's push to its publication (the log's times). */
+function firstCheckpointPush(log: string): { bytes: number; seconds: number } {
+  const lines = log.split('\n');
+  const done = lines.findIndex((line) => / checkpoint pushed /u.test(line));
+  const first = lines.findIndex((line, index) => index > lines.findIndex((l) => / checkpoints begin /u.test(l)) && / pushing layer /u.test(line));
+  assert.ok(first >= 0 && done > first, `a checkpoint pushed layers:\n${log}`);
+  const time = (line: string) => Date.parse(line.split(' ')[0] as string);
+  const bytes = pushedLayers(lines.slice(first, done).join('\n')).reduce((sum, size) => sum + size, 0);
+  return { bytes, seconds: (time(lines[done] as string) - time(lines[first] as string)) / 1000 };
+}
+
 /** The desktop's local state of the domain. */
 function pendingHere(host: LibvirtHost, domain: string): number {
   return (JSON.parse(readFileSync(host.outside(`/var/lib/kvm-snapshot-sync/domains/${domain}/state.json`), 'utf8')) as { pending: unknown[] }).pending.length;
@@ -72,6 +83,8 @@ describe('checkpoints while the VM runs', () => {
     const disks = await defineWork(desk, 'ck', true);
     await defineWork(laptop, 'ck', false);
 
+    setConfig(desk, { checkpointRateMBps: 4 }); // read by the checkpoint process as it starts
+    t.after(() => setConfig(desk, { checkpointRateMBps: 0 }));
     desk.mustVirsh('start', 'ck');
     desk.guestIo('ck', 'write -P 0x5a 16M 8M');
     desk.guestIo('ck', 'write -P 0x6b 1M 4M', 'virtio-disk1');
@@ -84,6 +97,8 @@ describe('checkpoints while the VM runs', () => {
     assert.equal(checkpoint.lease?.host, 'desk', 'the lease stays with the running host');
     assert.match(desk.mustVirsh('domstate', 'ck'), /running/u, 'the guest runs on');
     desk.guestIo('ck', 'read -P 0x5a 16M 8M');
+    const capped = firstCheckpointPush(desk.hookLog('ck'));
+    assert.ok(capped.bytes > 12 * MiB && capped.seconds >= (capped.bytes / 4e6) * 0.95, `the checkpoint's push kept to checkpointRateMBps: ${capped.bytes} bytes in ${capped.seconds} s`);
 
     // Once a checkpoint found nothing new and every one is pushed, the NAS has all of it; the stop pushes only what comes after.
     await until('a checkpoint with nothing new, all pushed', () => / checkpoint domain=ck .*layers=0/u.test(desk.hookLog('ck')) && pendingHere(desk, 'ck') === 0);

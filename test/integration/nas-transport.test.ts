@@ -197,6 +197,30 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       assert.ok(readFileSync(join(local, 'again.part')).equals(data));
     });
 
+    it('holds a capped upload to its cap, resumed too, and publishes it verified', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      const data = randomBytes(6 * 2 ** 20);
+      const hash = sha256(data);
+      const file = join(local, 'capped.qcow2');
+      writeFileSync(file, data);
+      const part = `domains/capped/uploads/${hash}.h.part`;
+      const target = `domains/capped/layers/${hash}.qcow2`;
+      mkdirSync(join(s.root, 'domains/capped/uploads'), { recursive: true });
+      writeFileSync(join(s.root, part), data.subarray(0, 2 * 2 ** 20));
+      const cap = 2_000_000;
+      const progress: number[] = [];
+      const began = Date.now();
+      const put = await s.transport.putLayer(file, hash, part, target, { maxBytesPerSecond: cap, onProgress: (done) => progress.push(done) });
+      const seconds = (Date.now() - began) / 1000;
+      // A lower bound only: a loaded machine makes it slower, never faster.
+      const least = (4 * 2 ** 20) / cap;
+      assert.ok(seconds >= least * 0.95, `4 MiB at ${cap} bytes/s took ${seconds.toFixed(2)} s, not at least ${least.toFixed(2)} s`);
+      assert.deepEqual(put, { bytesMoved: 4 * 2 ** 20, alreadyThere: false, resumedFrom: 2 * 2 ** 20 });
+      assert.equal(progress.at(-1), data.length);
+      assert.equal(sha256(readFileSync(join(s.root, target))), hash);
+    });
+
     it('starts over when the kept prefix of an upload is not the right one', async (t) => {
       const s = ready(t);
       if (!s) return;

@@ -55,6 +55,7 @@ describe('validateConfig', () => {
       notify: true,
       checkpointSeconds: 300,
       checkpointBytes: 2 ** 30,
+      checkpointRateMBps: 0,
     });
   });
 

@@ -14,7 +14,8 @@
 //   checkpoint:seal     each file that holds anything becomes a layer
 //   checkpoint:record   under the domain lock: the generation and the new bitmap's name
 //   checkpoint:drop     the old bitmap is dropped
-//   checkpoint:push     under the domain lock: pushed and published, as long as the VM runs
+//   checkpoint:push     under the domain lock: pushed...
+//   checkpoint:publish  ...and published, as long as the VM runs
 import { setPriority } from 'node:os';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -189,7 +190,8 @@ async function checkpointOnce(
     await live.drop(next).catch(() => undefined);
     return 'over';
   }
-  log.info('checkpoint', { n, layers: Object.keys(layers).length, bytes: Object.values(layers).reduce((sum, layer) => sum + layer.size, 0) });
+  const seconds = Number(((Date.now() - frozenAt.getTime()) / 1000).toFixed(2)); // the freeze and the seal
+  log.info('checkpoint', { n, layers: Object.keys(layers).length, bytes: Object.values(layers).reduce((sum, layer) => sum + layer.size, 0), seconds });
   engine.onStep?.('checkpoint:drop');
   await live.drop(session.marking).catch((error: Error) => log.warn('could not drop the last checkpoint’s bitmap; it costs a little on each write until the VM stops', { error: error.message }));
   return 'made';
@@ -217,6 +219,7 @@ async function pushCheckpoints(domain: string, sessionId: string, running: () =>
         const pending = state.pending[0] as PendingGeneration;
         const cap = config.checkpointRateMBps * RATE_UNIT;
         await pushPending({ ...state, pending: [pending] }, config.stateDir, repository, log, deps.progressFor ?? logProgress(log), cap);
+        deps.onStep?.('checkpoint:publish');
         const { parent, created, disks, definition } = pending.generation;
         const published = await repository.publishGeneration(domain, { parent, created, disks, ...withDefinition(definition), layers: pending.layers, checkpoint: true }, 'keep');
         state.synced = published;

@@ -201,11 +201,20 @@ async function lookAtTop(target: string, top: string, before: string | undefined
  * Merges the pending generations into one on the synced generation, so that only one
  * layer per disk travels. The old layers stay where they are (the stop work's
  * removeUnusedLayers, lib/sync/local-gc.ts, removes them once the state no longer names
- * them); the tops, empty after sealing, are put on the merged layers.
+ * them); the tops, empty after sealing, are put on the merged layers. When checkpoints
+ * are among them, only the generations are merged: their layers may be on the NAS
+ * already (pushed, not yet published when the VM stopped), and a merged layer would
+ * send their bytes again; the one generation names every pending layer.
  */
 export async function mergePending(state: LocalState, host: string, deps?: EngineDeps): Promise<boolean> {
   if (state.pending.length < 2) return false;
   const newest = (state.pending.at(-1) as PendingGeneration).generation;
+  if (state.pending.some((pending) => pending.generation.checkpoint)) {
+    const made = { parent: state.synced?.id ?? null, host, created: newest.created, disks: newest.disks, ...withDefinition(newest.definition) };
+    const layers = Object.assign({}, ...state.pending.map((pending) => pending.layers)) as Record<string, LayerInfo>;
+    state.pending = [{ generation: { id: generationId(made), ...made }, layers }];
+    return true;
+  }
   const disks: Record<string, string> = {};
   const layers: Record<string, LayerInfo> = {};
   for (const [target, top] of Object.entries(state.disks)) {
@@ -444,6 +453,15 @@ async function removeVolumeTop(top: string, deps?: EngineDeps): Promise<void> {
   await rm(top);
 }
 
+/** A disk's layers that a pending generation brings, oldest first (more than one when it holds a session's checkpoints: mergePending). */
+function pendingChain(pending: PendingGeneration, target: string): string[] {
+  const chain: string[] = [];
+  for (let hash = pending.generation.disks[target]; hash !== undefined && Object.hasOwn(pending.layers, hash) && !chain.includes(hash); hash = pending.layers[hash]?.parent ?? undefined) {
+    chain.unshift(hash);
+  }
+  return chain;
+}
+
 /** Pushes every layer and definition of the pending generations (resumable, verified on the NAS). */
 export async function pushPending(
   state: LocalState,
@@ -457,11 +475,11 @@ export async function pushPending(
     const { definition } = pending.generation;
     if (definition !== undefined) await repository.pushDefinition(state.domain, definition, await readLocalDefinition(stateDir, state.domain, definition));
     for (const [target, top] of Object.entries(state.disks)) {
-      const hash = pending.generation.disks[target] as string;
-      if (!Object.hasOwn(pending.layers, hash)) continue;
-      log.info('pushing layer', { disk: target, layer: hash, bytes: pending.layers[hash]?.size });
-      const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, progressFor(`push ${target} ${hash.slice(0, 12)}`), maxBytesPerSecond);
-      log.info('pushed layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom, alreadyThere: result.alreadyThere });
+      for (const hash of pendingChain(pending, target)) {
+        log.info('pushing layer', { disk: target, layer: hash, bytes: pending.layers[hash]?.size });
+        const result = await repository.pushLayer(state.domain, layerPathOf(top, hash), hash, progressFor(`push ${target} ${hash.slice(0, 12)}`), maxBytesPerSecond);
+        log.info('pushed layer', { disk: target, layer: hash, resumedFrom: result.resumedFrom, alreadyThere: result.alreadyThere });
+      }
     }
   }
 }

@@ -174,7 +174,7 @@ describe('checkpoints while the VM runs', () => {
     await until("the hook's checkpoint process", () => /checkpoints begin domain=kc/u.test(desk.hookLog('kc')));
     process.kill(Number(/checkpoints in the background domain=kc .*worker=(\d+)/u.exec(desk.hookLog('kc'))?.[1]), 'SIGKILL');
     const written: Array<{ drive: string; io: string }> = [];
-    const steps = ['checkpoint:files', 'checkpoint:freeze', 'checkpoint:seal', 'checkpoint:record', 'checkpoint:drop', 'checkpoint:push', 'checkpoint:files#2'];
+    const steps = ['checkpoint:files', 'checkpoint:freeze', 'checkpoint:seal', 'checkpoint:record', 'checkpoint:drop', 'checkpoint:push', 'checkpoint:files#2', 'checkpoint:publish'];
     for (const [i, step] of steps.entries()) {
       const pattern = `0x${(0x20 + i).toString(16)}`;
       desk.guestIo('kc', `write -P ${pattern} ${8 + 2 * i}M 1M`);
@@ -194,9 +194,13 @@ describe('checkpoints while the VM runs', () => {
     assert.equal(manifest('kc').generations[manifest('kc').head as string]?.checkpoint, true, 'the round that was not killed published a checkpoint');
     desk.guestIo('kc', 'write -P 0x7e 50M 1M');
     written.push({ drive: 'virtio-disk0', io: 'read -P 0x7e 50M 1M' });
+    const logBefore = desk.hookLog('kc').length;
     desk.mustVirsh('destroy', 'kc');
     await desk.waitForStop('kc');
-    assert.match(desk.hookLog('kc'), /stop finished .*outcome=pushed/u);
+    const stopLog = desk.hookLog('kc').slice(logBefore);
+    assert.match(stopLog, /stop finished .*outcome=pushed/u);
+    // Killed before it published, the last checkpoint's layers were on the NAS: the stop sends them not again.
+    assert.equal((stopLog.match(/ pushed layer .*alreadyThere=true/gu) ?? []).length, 2, `the last checkpoint's layers, one per disk, were on the NAS already:\n${stopLog}`);
 
     laptop.mustVirsh('start', 'kc');
     for (const { drive, io } of written) laptop.guestIo('kc', io, drive);

@@ -4,7 +4,10 @@
 //      start with the hook absent (moved away, libvirtd told with SIGHUP);
 //   b) `virsh destroy` with 2 GiB of random guest writes waiting to be pushed;
 //   c) a start that pulls that 2 GiB layer first, against `ssh cat` of the same file.
-// Environment: BENCH_RUNS (default 3; a) runs at least 9 times: its margin is small).
+// Environment: BENCH_RUNS (default 3; a) runs at least 9 times: its margin is small);
+// BENCH_BASHRC (seconds the NAS account's ~/.bashrc takes in every SSH session, default
+// 0.5: a NAS account that is not unusually light; 0: none); LIFECYCLE_PARTS (default
+// "abc"; "a": the start only).
 import { execFileSync } from 'node:child_process';
 import { readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,6 +24,8 @@ import { startLibvirtPair } from '../test/helpers/libvirt-pair.js';
 import { median, printTable } from './stats.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const BASHRC = Number(process.env.BENCH_BASHRC ?? 0.5);
+const PARTS = process.env.LIFECYCLE_PARTS ?? 'abc';
 const IMAGES = '/var/lib/libvirt/images';
 const CHUNK = 128 * 2 ** 20;
 
@@ -44,6 +49,7 @@ export async function benchLifecycle(): Promise<void> {
   const pair = await startLibvirtPair('kss-bench-life-');
   const { work, nas, desk, laptop } = pair;
   try {
+    if (BASHRC > 0) nas.setShellStartup(`sleep ${BASHRC}\n`);
     const disks = { vda: `${IMAGES}/bench.qcow2` };
     createImage(desk.outside(disks.vda), 4 * 2 ** 30);
     const config = { ...(await readConfig(desk.outside('/etc/kvm-snapshot-sync/config.json'))), stateDir: desk.outside('/var/lib/kvm-snapshot-sync') };
@@ -67,10 +73,12 @@ export async function benchLifecycle(): Promise<void> {
       setHook(desk, true);
     }
 
-    console.log('\nLifecycle on real libvirtd, NAS over SSH on the 1 Gbit link (medians)');
+    if (process.env.BENCH_DEBUG) console.error(desk.hookLog('bench').split('\n').slice(-40).join('\n'));
+    console.log(`\nLifecycle on real libvirtd, NAS over SSH on the 1 Gbit link, the NAS account's .bashrc ${BASHRC} s (medians)`);
     console.log(`a) virsh start, NAS in step, ${withHook.length} runs: with the hook ${median(withHook).toFixed(3)} s, hook absent ${median(without).toFixed(3)} s: prepare adds ${(median(withHook) - median(without)).toFixed(3)} s`);
     console.log(`   each run, with / without: ${withHook.map((w, i) => `${w.toFixed(2)}/${(without[i] as number).toFixed(2)}`).join(' ')}`);
 
+    if (!PARTS.includes('b')) return;
     // b) and c): 2 GiB of random guest writes; destroy; then the other host pulls them.
     const random = desk.outside(`${IMAGES}/random.bin`);
     const destroys: number[] = [];

@@ -2,7 +2,8 @@
 // in the same session on the same files: raw `ssh 'cat > f'` with aes128-gcm,
 // `rsync -a --sparse -e ssh`, and `scp`. Two layers: 2 GiB of random data, and mixed
 // data (half random, half compressible text, some zero clusters).
-// Environment: BENCH_RUNS (default 3), BENCH_GIB (default 2).
+// Environment: BENCH_RUNS (default 3), BENCH_GIB (default 2), BENCH_BASHRC (seconds the NAS
+// account's ~/.bashrc takes in every SSH session, default 0.5; 0: none).
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -136,6 +137,8 @@ export async function benchTransfer(): Promise<void> {
   try {
     nas = await startSshNas();
     const n = nas;
+    const bashrc = Number(process.env.BENCH_BASHRC ?? 0.5);
+    if (bashrc > 0) n.setShellStartup(`sleep ${bashrc}\n`);
     const ssh = shellJoin(['ssh', ...n.sshArgs]);
     const sshGcm = shellJoin(['ssh', '-c', 'aes128-gcm@openssh.com', ...n.sshArgs]);
     const remote = (path: string) => shellJoin([path]);
@@ -233,7 +236,7 @@ export async function benchTransfer(): Promise<void> {
       await fresh.close();
     }
 
-    console.log(`\nTransfers over the 1 Gbit link (tbf), ${RUNS} runs each, interleaved; ratio to raw ssh cat in the same run.`);
+    console.log(`\nTransfers over the 1 Gbit link (tbf), ${RUNS} runs each, interleaved; ratio to raw ssh cat in the same run; the NAS account's .bashrc ${bashrc} s.`);
     console.log('Every case is timed around its whole process; kss runs the production code bundled on the pinned Node.');
     printTable(['layer', 'dir', 'method', 'median s', 'MB/s', '× raw ssh', 'peak RSS (process + children)'], rows);
     console.log(`\n"Anything new?" (read the manifest over a new SSH connection), 20 runs: median ${median(checks).toFixed(3)} s, max ${Math.max(...checks).toFixed(3)} s`);

@@ -10,6 +10,7 @@ import { layersDirOf } from '../layers.js';
 import { MARKER_MAX_BYTES, nasPaths } from '../nas/format.js';
 import { openTransport } from '../nas/open.js';
 import { missingRemoteTimeout } from '../nas/ssh-command.js';
+import { SshTransport } from '../nas/ssh-transport.js';
 import { NAMESPACE_URI } from '../namespace.js';
 import { BTRFS_MAGIC, hasNoCow } from '../nocow.js';
 import { DEFAULT_QEMU_USERS, QEMU_CONF, ancestorsOf, parseQemuConf, qemuIdentity, traversalCheckCommand, traversalFix } from '../qemu-access.js';
@@ -56,9 +57,20 @@ async function checkNas(config: Config): Promise<Verdict[]> {
   const overSsh = config.nas.kind === 'ssh';
   try {
     const marker = await transport.readFile(nasPaths.marker, MARKER_MAX_BYTES);
+    const answers: Verdict = { level: 'ok', what: 'nas', detail: `${transport.where} answers${marker ? '' : ' (nothing published yet)'}` };
+    if (!(transport instanceof SshTransport)) return [answers];
+    const { sftp } = await transport.probe();
     return [
-      { level: 'ok', what: 'nas', detail: `${transport.where} answers${marker ? '' : ' (nothing published yet)'}` },
-      ...(overSsh ? [{ level: 'ok' as const, what: 'timeout', detail: 'the NAS runs our commands under coreutils timeout' }] : []),
+      answers,
+      { level: 'ok', what: 'timeout', detail: 'the NAS runs our commands under coreutils timeout' },
+      sftp
+        ? { level: 'ok', what: 'sftp', detail: 'the NAS serves SFTP: a start with the NAS in step runs no shell there' }
+        : {
+            level: 'warn',
+            what: 'sftp',
+            detail: "the NAS's sshd serves no SFTP: every step there runs the account's login shell (slower starts and stops)",
+            fix: 'add `Subsystem sftp internal-sftp` to the NAS’s sshd_config and reload sshd',
+          },
     ];
   } catch (error) {
     if (overSsh && error instanceof ToolError && missingRemoteTimeout(error.status, error.stderrTail)) {

@@ -4,12 +4,18 @@
 // sha256sum) and zstd are used when present.
 //
 // Exit statuses the transport reads: 0 done, 3 "no such file", 4 "the NAS root is
-// missing"; anything else is a failure whose stderr is shown.
+// missing", 5 "no zstd" (a compressed download); anything else is a failure whose stderr is shown.
 import { shellQuote as q } from '../shell-quote.js';
 import { OWNER_MAX_BYTES } from './transport.js';
 
 export const MISSING = 3;
 export const NO_ROOT = 4;
+/** A download asked to be compressed, and the NAS has no zstd. */
+export const NO_ZSTD = 5;
+/** What an upload's receiving end answers, reading nothing, when asked to decompress without zstd. */
+export const NO_ZSTD_REPLY = 'no-zstd';
+/** The first line of a script that needs zstd on the NAS: without it, `refusal`. */
+const needZstd = (refusal: string) => `command -v zstd >/dev/null 2>&1 || { ${refusal}; }`;
 
 /**
  * The line a script writes on stderr every second while it works on a stream without
@@ -200,6 +206,7 @@ export function receiveUploadScript(
   return inRoot(
     root,
     [
+      ...(opts.compressed ? [needZstd(`echo ${NO_ZSTD_REPLY}; exit 0`)] : []),
       ...HEARTBEAT,
       claim,
       'if command -v openssl >/dev/null 2>&1; then hasher="openssl dgst -sha256 -r"; else hasher=sha256sum; fi',
@@ -240,5 +247,6 @@ export function prepareDownloadScript(root: string, source: string): string {
 /** Sends a file from `offset` on, compressed with zstd when asked. */
 export function sendDownloadScript(root: string, source: string, offset: number, compressed: boolean): string {
   const compress = compressed ? ' | zstd -1 -T0 -cq' : '';
-  return inRoot(root, `[ -f ${q(source)} ] || exit ${MISSING}\ntail -c +${offset + 1} -- ${q(source)}${compress}`);
+  const zstd = compressed ? `${needZstd(`exit ${NO_ZSTD}`)}\n` : '';
+  return inRoot(root, `[ -f ${q(source)} ] || exit ${MISSING}\n${zstd}tail -c +${offset + 1} -- ${q(source)}${compress}`);
 }

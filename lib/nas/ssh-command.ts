@@ -51,6 +51,23 @@ export function buildSshCommand(target: SshTarget, script: string, options: { mu
   return { file: 'ssh', args: [...sshOptions(target, options.multiplex), '--', target.host, remoteCommand(script, options.wallClockSec)] };
 }
 
+/** ssh opening the NAS's SFTP subsystem (lib/nas/sftp-session.ts speaks it on its stdio). */
+export function buildSftpCommand(target: SshTarget, multiplex: SshMultiplex): Command {
+  return { file: 'ssh', args: [...sshOptions(target, multiplex), '-s', '--', target.host, 'sftp'] };
+}
+
+/**
+ * Pure: does ssh's failure (its stderr and log) say the NAS's sshd serves no SFTP (then
+ * the scripts do its work)? On its own connection ssh says "subsystem request failed";
+ * over a shared one it exits 255 without a word. A failure that names a cause (the
+ * connection, the key) is not a refusal.
+ */
+export function sftpRefused(exitCode: number | null | undefined, said: string): boolean {
+  if (exitCode !== 255) return false;
+  if (/subsystem request failed/u.test(said)) return true;
+  return !said.split('\n').some((line) => TELLING.test(line) || /REMOTE HOST IDENTIFICATION HAS CHANGED|No .* host key is known/iu.test(line));
+}
+
 /** The note the NAS side writes first on stderr: `kss-pgid N`, N its process group. */
 export const PGID_NOTE = 'kss-pgid';
 

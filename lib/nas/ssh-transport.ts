@@ -13,14 +13,16 @@ import { closeSync, createReadStream, existsSync, mkdtempSync, openSync, readSyn
 import { open, rm, stat as localStat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Transform, type Writable } from 'node:stream';
+import { Transform, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { IntegrityError, NasFullError, NasUnreachableError, ToolError } from '../errors.js';
 import { bytesReadBy, runCommand, stageError, startPipeline, stdinOffsetOf, type Command, type Pipeline, type PipelineOptions, type StageResult } from '../runner.js';
 import { shellQuote } from '../shell-quote.js';
 import { pacedStream } from './pace.js';
 import * as scripts from './remote-scripts.js';
-import { buildRemoteKillCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, sshFailureCause, type SshMultiplex, type SshTarget } from './ssh-command.js';
+import { SftpOps } from './sftp-ops.js';
+import { FSYNC, POSIX_RENAME, SftpSession, SftpStatusError } from './sftp-session.js';
+import { buildRemoteKillCommand, buildSftpCommand, buildSshCommand, buildSshExitCommand, classifySshFailure, remoteNote, sftpRefused, sshFailureCause, type SshMultiplex, type SshTarget } from './ssh-command.js';
 import { busyLimitMs, stallError, streamVerdict, type StreamVerdict } from './stall.js';
 import { tooLargeError, type ExclusiveResult, type LockBusy, type LockClaim, type NasEntry, type NasTransport, type ReplaceResult, type TransferOptions, type TransferResult } from './transport.js';
 
@@ -34,6 +36,8 @@ export interface SshTransportOptions {
   stallTimeoutMs: number;
   /** Compress layer streams with zstd when both ends have it. */
   compress: boolean;
+  /** false: the small operations run as scripts even where the NAS serves SFTP (default true: sftp-ops.ts). */
+  sftp?: boolean;
 }
 
 /** How long an idle shared connection stays open when its transport was not closed. */
@@ -73,6 +77,22 @@ class NasSide {
   }
 }
 
+/** A download's script found no zstd on the NAS to compress with: it is asked again for the plain bytes. */
+const NO_NAS_ZSTD = new Error('the NAS has no zstd');
+
+/** The SFTP session of a transport's small operations, and the ssh that carries it. */
+interface SftpChannel {
+  session: SftpSession;
+  ops: SftpOps;
+  pipe: Pipeline;
+  /** How that ssh ended, once it has... */
+  ended: Promise<StageResult>;
+  /** ...and whether it has. */
+  closed: boolean;
+  /** Where ssh's log stood when it began. */
+  logMark: number;
+}
+
 /** A layer stream for the stall watch: which way, which layer, and how far it got. */
 interface StreamJob {
   direction: 'push' | 'pull';
@@ -90,11 +110,15 @@ interface StreamJob {
 export class SshTransport implements NasTransport {
   readonly where: string;
   private localZstd: Promise<boolean> | undefined;
+  /** Whether the NAS has zstd: what its scripts last said; assumed until one says (a script refuses a stream it cannot read). */
+  private nasZstd = true;
   private hasher: Promise<Command> | undefined;
   /** The shared connection's socket lives in a private directory made on first use. */
   private multiplex: SshMultiplex | undefined;
   /** Operations under way: close() stops them. */
   private readonly running = new Set<Pipeline>();
+  /** The small operations' SFTP session, opened on first use; undefined: the NAS serves no SFTP, scripts do them. */
+  private sftp: Promise<SftpChannel | undefined> | undefined;
 
   constructor(private readonly options: SshTransportOptions) {
     const { user, host, port } = options.target;
@@ -102,6 +126,8 @@ export class SshTransport implements NasTransport {
   }
 
   async readFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.readFile(path, maxBytes));
     const result = await this.run(scripts.readFileScript(this.options.root, path, maxBytes), { maxOutput: maxBytes + 1 });
     if (result.exitCode === scripts.MISSING) return undefined;
     if (result.stdoutBuffer.length > maxBytes) throw tooLargeError(this.where, path, maxBytes);
@@ -109,28 +135,40 @@ export class SshTransport implements NasTransport {
   }
 
   async writeFileAtomic(path: string, data: Buffer): Promise<void> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.writeFileAtomic(path, data));
     const temp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
     await this.run(scripts.writeFileScript(this.options.root, path, temp), { input: data });
   }
 
   async stat(path: string): Promise<NasEntry | undefined> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.stat(path));
     const result = await this.run(scripts.statScript(this.options.root, path));
     return result.exitCode === scripts.MISSING ? undefined : parseEntries(result.stdout)[0];
   }
 
   async list(dir: string): Promise<NasEntry[]> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.list(dir));
     return parseEntries((await this.run(scripts.listScript(this.options.root, dir))).stdout);
   }
 
   async remove(path: string): Promise<void> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.remove(path));
     await this.run(scripts.removeScript(this.options.root, path));
   }
 
   async rename(from: string, to: string): Promise<boolean> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.rename(from, to));
     return (await this.run(scripts.renameScript(this.options.root, from, to))).exitCode !== scripts.MISSING;
   }
 
   async mkdirExclusive(path: string, ownerName: string, ownerData: Buffer): Promise<ExclusiveResult> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.mkdirExclusive(path, ownerName, ownerData));
     const result = await this.run(scripts.mkdirExclusiveScript(this.options.root, path, ownerName), { input: ownerData });
     if (result.stdout.startsWith('created')) return { created: true };
     return { created: false, ...this.parseBusy('mkdirExclusive', result.stdoutBuffer) };
@@ -141,6 +179,8 @@ export class SshTransport implements NasTransport {
     data: Buffer,
     guard: { expectedSha256: string | null; required: string[]; remove?: string[]; lock: LockClaim },
   ): Promise<ReplaceResult> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.replaceIfUnchanged(path, data, guard));
     const temp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
     const { lock } = guard;
     const script = scripts.replaceIfUnchangedScript(this.options.root, path, temp, {
@@ -170,17 +210,17 @@ export class SshTransport implements NasTransport {
 
   async putLayer(localPath: string, hash: string, partPath: string, target: string, options: TransferOptions = {}): Promise<TransferResult> {
     const size = (await localStat(localPath)).size;
-    const prepared = (await this.run(scripts.prepareUploadScript(this.options.root, partPath, target))).stdout.trim();
+    const prepared = await this.prepareUpload(partPath, target);
     if (prepared === 'published') return { bytesMoved: 0, alreadyThere: true, resumedFrom: 0 };
-    const match = /^part (\d+) (.+) zstd=([01])$/u.exec(prepared);
-    if (!match) throw this.protocolError('prepare upload', prepared);
-    const compressed = this.options.compress && match[3] === '1' && (await this.hasLocalZstd());
-    const partSize = Number(match[1]);
-    const claim = match[2] === '-' ? undefined : (match[2] as string);
+    const { partSize, claim } = prepared;
     const offset = claim !== undefined && partSize <= size ? partSize : 0;
 
-    const job = { hash, partPrefix: partPath, target, size, compressed };
-    const first = await this.sendLayer(localPath, { ...job, claim, offset }, options);
+    const job = { hash, partPrefix: partPath, target, size, compressed: await this.compressing() };
+    let first = await this.sendLayer(localPath, { ...job, claim, offset }, options);
+    if (first.outcome === 'no zstd') {
+      this.nasZstd = false;
+      first = await this.sendLayer(localPath, { ...job, compressed: false, claim, offset }, options);
+    }
     if (first.outcome === 'published') return first.result;
     if (first.outcome === 'mismatch' && offset > 0) {
       // The kept prefix may have been the bad part: start over once.
@@ -190,6 +230,23 @@ export class SshTransport implements NasTransport {
     throw new IntegrityError(`the upload of layer ${hash} to ${this.where} did not verify (${first.detail})`, {
       remedy: `check the local layer with \`kss check\`; ${localPath} may be damaged`,
     });
+  }
+
+  /** Where an upload stands: published already, or the partial upload to continue (over SFTP where the NAS serves it). */
+  private async prepareUpload(partPath: string, target: string): Promise<'published' | { partSize: number; claim: string | undefined }> {
+    const sftp = await this.sftpChannel();
+    if (sftp) return this.overSftp(sftp, (ops) => ops.prepareUpload(partPath, target));
+    const prepared = (await this.run(scripts.prepareUploadScript(this.options.root, partPath, target))).stdout.trim();
+    if (prepared === 'published') return 'published';
+    const match = /^part (\d+) (.+) zstd=([01])$/u.exec(prepared);
+    if (!match) throw this.protocolError('prepare upload', prepared);
+    this.nasZstd = match[3] === '1';
+    return { partSize: Number(match[1]), claim: match[2] === '-' ? undefined : (match[2] as string) };
+  }
+
+  /** Whether a layer stream is compressed: both ends have zstd (the NAS's is assumed until a script of it says it has none). */
+  private async compressing(): Promise<boolean> {
+    return this.options.compress && this.nasZstd && (await this.hasLocalZstd());
   }
 
   /**
@@ -202,7 +259,7 @@ export class SshTransport implements NasTransport {
     localPath: string,
     job: { hash: string; partPrefix: string; claim: string | undefined; target: string; size: number; offset: number; compressed: boolean },
     options: TransferOptions,
-  ): Promise<{ outcome: 'published' | 'mismatch'; result: TransferResult; detail: string }> {
+  ): Promise<{ outcome: 'published' | 'mismatch' | 'no zstd'; result: TransferResult; detail: string }> {
     const token = randomBytes(6).toString('hex');
     const ssh = this.ssh(scripts.receiveUploadScript(this.options.root, { ...job, token }), 0);
     // Capped (options.maxBytesPerSecond): Node reads the layer and feeds the first process at the cap.
@@ -242,11 +299,13 @@ export class SshTransport implements NasTransport {
     });
     const sshResult = results[results.length - 1] as StageResult;
     this.throwIfSshFailed(sshResult, logMark);
+    const result: TransferResult = { bytesMoved: job.size - job.offset, alreadyThere: false, resumedFrom: job.offset };
+    // It read nothing: the zstd sending to it broke its pipe, which tells nothing.
+    if (sshResult.exitCode === 0 && sshResult.stdout.trim() === scripts.NO_ZSTD_REPLY) return { outcome: 'no zstd', result, detail: 'the NAS has no zstd' };
     // The receiving end's failure is the cause; the senders' broken pipes only follow from it.
     for (const stage of [...results].reverse()) if (stage.exitCode !== 0) throw stageError(stage, this.where);
 
     const reply = sshResult.stdout.trim();
-    const result: TransferResult = { bytesMoved: job.size - job.offset, alreadyThere: false, resumedFrom: job.offset };
     if (reply === 'published') {
       options.onProgress?.(job.size, job.size);
       return { outcome: 'published', result, detail: reply };
@@ -276,28 +335,51 @@ export class SshTransport implements NasTransport {
    * wrong, so it starts over once from nothing.
    */
   async getLayer(source: string, hash: string, size: number, localPart: string, options: TransferOptions = {}): Promise<TransferResult> {
-    const prepared = await this.run(scripts.prepareDownloadScript(this.options.root, source));
-    if (prepared.exitCode === scripts.MISSING) {
+    const found = await this.sizeOnNas(source);
+    if (found === undefined) {
       throw new IntegrityError(`layer ${hash} is missing on ${this.where} (${source})`, {
         remedy: 'the NAS lacks a layer its manifest names: check the NAS directory; the host that made it may still have it',
       });
     }
-    const match = /^size (\d+) zstd=([01])$/u.exec(prepared.stdout.trim());
-    if (!match) throw this.protocolError('prepare download', prepared.stdout);
-    if (Number(match[1]) !== size) {
-      throw new IntegrityError(`layer ${hash} on ${this.where} is ${match[1]} bytes, but its manifest says ${size}; nothing was read`, {
+    if (found !== size) {
+      throw new IntegrityError(`layer ${hash} on ${this.where} is ${found} bytes, but its manifest says ${size}; nothing was read`, {
         remedy: 'nothing local was changed; the copy on the NAS is damaged or was replaced: push it again from the host that made it',
       });
     }
-    const compressed = this.options.compress && match[2] === '1' && (await this.hasLocalZstd());
+    let compressed = await this.compressing();
     const kept = (await localStat(localPart).catch(() => undefined))?.size ?? 0;
     const offset = kept <= size ? kept : 0;
+    const receive = async (from: number) => {
+      try {
+        return await this.receiveLayer(source, hash, localPart, { size, offset: from, compressed }, options);
+      } catch (error) {
+        if (error !== NO_NAS_ZSTD) throw error;
+        this.nasZstd = false;
+        compressed = false;
+        return this.receiveLayer(source, hash, localPart, { size, offset: from, compressed }, options);
+      }
+    };
     try {
-      return await this.receiveLayer(source, hash, localPart, { size, offset, compressed }, options);
+      return await receive(offset);
     } catch (error) {
       if (!(error instanceof IntegrityError) || offset === 0) throw error;
-      return this.receiveLayer(source, hash, localPart, { size, offset: 0, compressed }, options);
+      return receive(0);
     }
+  }
+
+  /** The size of a regular file on the NAS, or undefined when there is none (over SFTP where the NAS serves it). */
+  private async sizeOnNas(source: string): Promise<number | undefined> {
+    const sftp = await this.sftpChannel();
+    if (sftp) {
+      const entry = await this.overSftp(sftp, (ops) => ops.stat(source));
+      return entry?.isFile ? entry.size : undefined;
+    }
+    const prepared = await this.run(scripts.prepareDownloadScript(this.options.root, source));
+    if (prepared.exitCode === scripts.MISSING) return undefined;
+    const match = /^size (\d+) zstd=([01])$/u.exec(prepared.stdout.trim());
+    if (!match) throw this.protocolError('prepare download', prepared.stdout);
+    this.nasZstd = match[2] === '1';
+    return Number(match[1]);
   }
 
   private async receiveLayer(
@@ -337,6 +419,7 @@ export class SshTransport implements NasTransport {
       },
     });
     const got = (await localStat(localPart)).size;
+    if (job.compressed && got === job.offset && results[0]?.exitCode === scripts.NO_ZSTD) throw NO_NAS_ZSTD;
     // With every byte here, what fed head does not matter (it is cut off when it sends more): the hash decides.
     const complete = got === job.size;
     if (!complete) this.throwIfSshFailed(results[0] as StageResult, logMark);
@@ -421,8 +504,107 @@ export class SshTransport implements NasTransport {
     await kill.done.finally(() => clearTimeout(timer));
   }
 
+  /**
+   * For kss doctor: runs a script on the NAS (as every layer transfer does: its login
+   * shell, coreutils `timeout`), and tells whether the small operations go over SFTP.
+   */
+  async probe(): Promise<{ sftp: boolean }> {
+    await this.run(scripts.statScript(this.options.root, '.'));
+    return { sftp: (await this.sftpChannel()) !== undefined };
+  }
+
+  /**
+   * The SFTP session of the small operations, over the shared connection: opened once
+   * and kept until close() or until it breaks (the next operation opens a new one).
+   * undefined when the NAS serves no SFTP, or not OpenSSH's posix-rename and fsync.
+   */
+  private async sftpChannel(): Promise<SftpChannel | undefined> {
+    if (this.options.sftp === false) return undefined;
+    const opening = this.sftp;
+    if (opening !== undefined) {
+      const current = await opening;
+      // One whose ssh ended meanwhile (a dropped link) is opened anew; a NAS without SFTP stays without.
+      if (current === undefined || !current.closed) return current;
+      if (this.sftp !== opening) return this.sftpChannel(); // another caller reopened it already
+    }
+    const opened = this.openSftp().catch((error: unknown) => {
+      if (this.sftp === opened) this.sftp = undefined;
+      throw error;
+    });
+    this.sftp = opened;
+    return opened;
+  }
+
+  private async openSftp(): Promise<SftpChannel | undefined> {
+    const logMark = this.logMark();
+    const pipe = this.start([buildSftpCommand(this.options.target, this.sharing())], { input: 'pipe', output: 'pipe' });
+    pipe.stdin?.on('error', () => undefined);
+    const ended = pipe.done.then(([result]) => result as StageResult);
+    // A session that could not begin: how ssh ended tells why.
+    const started = SftpSession.start(pipe.stdin as Writable, pipe.stdout as Readable).catch(() => ended);
+    const outcome = await this.withinDeadline(started, () => pipe.kill());
+    if (!(outcome instanceof SftpSession)) {
+      if (sftpRefused(outcome.exitCode, `${outcome.stderrTail}\n${this.loggedSince(logMark)}`)) return undefined;
+      this.throwIfSshFailed(outcome, logMark);
+      return undefined; // a server that ended at once: the scripts work without it
+    }
+    const channel: SftpChannel = { session: outcome, ops: new SftpOps(outcome, this.options.root, this.where), pipe, ended, closed: false, logMark };
+    void ended.then(() => {
+      channel.closed = true;
+      outcome.fail(new Error('SFTP: the ssh session ended'));
+    });
+    if (!outcome.extensions.has(POSIX_RENAME) || !outcome.extensions.has(FSYNC)) {
+      pipe.kill();
+      return undefined;
+    }
+    const root = await this.overSftp(channel, (ops) => ops.stat('.'));
+    if (!root?.isDirectory) {
+      pipe.kill();
+      throw new NasUnreachableError(`the NAS directory ${this.options.root} does not exist (${this.where})`, {
+        remedy: 'create it on the NAS, or correct "nas" in the configuration',
+      });
+    }
+    return channel;
+  }
+
+  /** One small operation over SFTP, within the deadline of small operations; a session that broke is told as ssh tells it. */
+  private async overSftp<T>(channel: SftpChannel, work: (ops: SftpOps) => Promise<T>): Promise<T> {
+    const drop = () => {
+      channel.pipe.kill();
+      if (this.sftp !== undefined) void this.sftp.then((current) => current === channel && (this.sftp = undefined), () => undefined);
+    };
+    try {
+      return await this.withinDeadline(work(channel.ops), drop);
+    } catch (error) {
+      if (error instanceof IntegrityError || error instanceof NasUnreachableError) throw error;
+      if (error instanceof SftpStatusError) throw new Error(`${error.message} (${this.where})`, { cause: error });
+      drop(); // the session broke: what ssh says is the cause
+      const result = await this.withinDeadline(channel.ended, () => undefined).catch(() => undefined);
+      if (result) this.throwIfSshFailed(result, channel.logMark);
+      throw error;
+    }
+  }
+
+  /** `work`, or a NasUnreachableError after the deadline of small operations (`stop` ends what it waits for). */
+  private async withinDeadline<T>(work: Promise<T>, stop: () => void): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => {
+        stop();
+        reject(
+          new NasUnreachableError(`the NAS did not answer within ${this.options.opTimeoutMs / 1000} s (${this.where}); the command was stopped`, {
+            remedy: 'check the network and the NAS (kss doctor)',
+          }),
+        );
+      }, this.options.opTimeoutMs);
+    });
+    work.catch(() => undefined); // it may fail after the deadline: nobody waits for it then
+    return Promise.race([work, late]).finally(() => clearTimeout(timer));
+  }
+
   /** Stops what is under way and closes the shared connection (the next operation opens a new one). */
   async close(): Promise<void> {
+    this.sftp = undefined;
     for (const pipe of this.running) pipe.kill();
     const multiplex = this.multiplex;
     if (multiplex === undefined) return;

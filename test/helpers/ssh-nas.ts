@@ -26,6 +26,8 @@ export interface SshNas {
    * that has ended but is not reaped yet is left out. PIDs are shared with the namespace.
    */
   commands(): number[];
+  /** The sshd processes that serve connections (all but the listener): an SFTP session served in-process runs in them. */
+  sessions(): number[];
   /**
    * Sets what the NAS account's shell runs first in every SSH session (its ~/.bashrc,
    * in the NAS's own private home); undefined: nothing.
@@ -35,11 +37,11 @@ export interface SshNas {
 }
 
 /**
- * The live processes in the network namespace of process `inside` whose name is not
- * `except`. Orphans count too: a NAS-side command whose parent died is still in the
+ * The live processes in the network namespace of process `inside` that are `wanted`
+ * (by name and PID). Orphans count too: a NAS-side command whose parent died is still in the
  * namespace sshd runs in, though no longer under sshd.
  */
-function processesInNetns(inside: number, except: string): number[] {
+function processesInNetns(inside: number, wanted: (name: string, pid: number) => boolean): number[] {
   const netns = readlinkSync(`/proc/${inside}/ns/net`);
   const found: number[] = [];
   for (const entry of readdirSync('/proc')) {
@@ -48,7 +50,7 @@ function processesInNetns(inside: number, except: string): number[] {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-      if (name !== except && state !== 'Z' && state !== 'X' && readlinkSync(`/proc/${entry}/ns/net`) === netns) found.push(Number(entry));
+      if (wanted(name, Number(entry)) && state !== 'Z' && state !== 'X' && readlinkSync(`/proc/${entry}/ns/net`) === netns) found.push(Number(entry));
     } catch {
       /* it ended meanwhile */
     }
@@ -64,9 +66,10 @@ function sh(command: string, args: string[]): string {
 
 /**
  * Starts the NAS; `root` may be given (a small tmpfs, a path with odd characters), and
- * the link's `rate` in tc's words (default 1gbit; a slower one makes a start wait).
+ * the link's `rate` in tc's words (default 1gbit; a slower one makes a start wait);
+ * `sftp`: whether sshd serves SFTP (in-process, as `internal-sftp`; default) or not.
  */
-export async function startSshNas(options: { root?: string; shape?: boolean; rate?: string } = {}): Promise<SshNas> {
+export async function startSshNas(options: { root?: string; shape?: boolean; rate?: string; sftp?: 'internal' | 'none' } = {}): Promise<SshNas> {
   counter += 1;
   const id = `${process.pid % 10000}${counter}`;
   const subnet = 1 + ((process.pid * 7 + counter) % 250);
@@ -127,7 +130,7 @@ export async function startSshNas(options: { root?: string; shape?: boolean; rat
         'PermitRootLogin prohibit-password',
         'PasswordAuthentication no',
         'StrictModes no',
-        'Subsystem sftp internal-sftp',
+        ...(options.sftp === 'none' ? [] : ['Subsystem sftp internal-sftp']),
         'MaxStartups 100',
         'MaxSessions 100',
         'ClientAliveInterval 2',
@@ -175,7 +178,8 @@ export async function startSshNas(options: { root?: string; shape?: boolean; rat
     hostInterface: hostIf,
     setLink: (up) => sh('ip', ['link', 'set', hostIf, up ? 'up' : 'down']),
     // `ip netns exec` and the sh in front of sshd both exec: the spawned pid is sshd's.
-    commands: () => processesInNetns(sshd?.pid as number, 'sshd'),
+    commands: () => processesInNetns(sshd?.pid as number, (name) => name !== 'sshd'),
+    sessions: () => processesInNetns(sshd?.pid as number, (name, pid) => name === 'sshd' && pid !== sshd?.pid),
     // The home is a tmpfs in sshd's mount namespace, reached through /proc/PID/root.
     setShellStartup: (text) => {
       const bashrc = `/proc/${sshd?.pid as number}/root/root/.bashrc`;

@@ -48,6 +48,7 @@ describe('kss doctor and an SSH NAS', () => {
     const healthy = doctor();
     assert.match(healthy.stdout, /^OK    nas       ssh root@.* answers/mu, healthy.stdout + healthy.stderr);
     assert.match(healthy.stdout, /^OK    timeout   the NAS runs our commands under coreutils timeout$/mu);
+    assert.match(healthy.stdout, /^OK    sftp      the NAS serves SFTP: a start with the NAS in step runs no shell there$/mu);
 
     nas.setShellStartup('PATH=/nonexistent\n'); // the account's shell finds no timeout
     try {

@@ -26,8 +26,29 @@ interface Setup {
   transport: NasTransport;
   /** The NAS root as a local path (both NAS kinds keep their files on this machine). */
   root: string;
+  /** An SSH NAS. */
+  nas?: SshNas;
   stop(): void;
 }
+
+/** An SSH NAS whose sshd serves SFTP in-process (the transport's small operations then use it), or none (they run as scripts). */
+const sshKind =
+  (sftp: 'internal' | 'none') =>
+  async (t: TestContext): Promise<Setup | undefined> => {
+    if (!requireTools(t, ...SSH_NAS_TOOLS)) return undefined;
+    const base = mkdtempSync(join(tmpdir(), 'kss-sshroot-'));
+    const root = join(base, `nas ${ODD}`);
+    const nas: SshNas = await startSshNas({ root, sftp });
+    return {
+      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true }),
+      root,
+      nas,
+      stop: () => {
+        nas.stop();
+        rmSync(base, { recursive: true, force: true });
+      },
+    };
+  };
 
 const kinds: Record<string, (t: TestContext) => Promise<Setup | undefined>> = {
   dir: async () => {
@@ -40,20 +61,8 @@ const kinds: Record<string, (t: TestContext) => Promise<Setup | undefined>> = {
       stop: () => rmSync(base, { recursive: true, force: true }),
     };
   },
-  ssh: async (t) => {
-    if (!requireTools(t, ...SSH_NAS_TOOLS)) return undefined;
-    const base = mkdtempSync(join(tmpdir(), 'kss-sshroot-'));
-    const root = join(base, `nas ${ODD}`);
-    const nas: SshNas = await startSshNas({ root });
-    return {
-      transport: new SshTransport({ root, target: nas.target, opTimeoutMs: 10_000, stallTimeoutMs: 10_000, compress: true }),
-      root,
-      stop: () => {
-        nas.stop();
-        rmSync(base, { recursive: true, force: true });
-      },
-    };
-  },
+  ssh: sshKind('internal'),
+  'ssh without SFTP': sshKind('none'),
 };
 
 for (const [kind, setUp] of Object.entries(kinds)) {
@@ -257,6 +266,60 @@ for (const [kind, setUp] of Object.entries(kinds)) {
       const other = sha256(Buffer.from('something else'));
       await assert.rejects(s.transport.putLayer(file, other, `domains/c/uploads/${other}.h.part`, `domains/c/layers/${other}.qcow2`), IntegrityError);
       assert.equal(existsSync(join(s.root, `domains/c/layers/${other}.qcow2`)), false);
+    });
+
+    it('moves a layer both ways, compressed or not, where the NAS has no zstd', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      if (!s.nas) return t.skip('a NAS over SSH only');
+      // The NAS account's PATH: every program there is but zstd.
+      const bin = join(local, 'bin without zstd');
+      mkdirSync(bin);
+      for (const name of readdirSync('/usr/bin')) if (!name.startsWith('zstd')) symlinkSync(join('/usr/bin', name), join(bin, name));
+      s.nas.setShellStartup(`PATH=${shellQuote(bin)}\n`);
+      const data = randomBytes(3 * 2 ** 20);
+      const hash = sha256(data);
+      const file = join(local, 'plain.qcow2');
+      writeFileSync(file, data);
+      const target = `domains/plain/layers/${hash}.qcow2`;
+      // New transports, each: one that has not heard from the NAS yet assumes zstd (over SFTP no script tells it first).
+      const fresh = () => new SshTransport({ ...(s.transport as unknown as { options: ConstructorParameters<typeof SshTransport>[0] }).options });
+      const [up, down] = [fresh(), fresh()];
+      try {
+        assert.equal((await up.putLayer(file, hash, `domains/plain/uploads/${hash}.h.part`, target)).alreadyThere, false);
+        assert.equal(sha256(readFileSync(join(s.root, target))), hash);
+        await down.getLayer(target, hash, data.length, join(local, 'plain.part'));
+        assert.ok(readFileSync(join(local, 'plain.part')).equals(data));
+      } finally {
+        s.nas.setShellStartup(undefined);
+        await up.close();
+        await down.close();
+      }
+    });
+
+    it('runs the NAS account’s shell for none of its small operations where sshd serves SFTP, and for each where not', async (t) => {
+      const s = ready(t);
+      if (!s) return;
+      if (!s.nas) return t.skip('a NAS over SSH only');
+      const runs = join(s.root, '..', 'shell runs');
+      s.nas.setShellStartup(`echo run >> ${shellQuote(runs)}\n`);
+      const lock = { path: 'shells/manifest.lock', ownerName: 'owner', ownerData: Buffer.from('me') };
+      try {
+        await s.transport.writeFileAtomic('shells/a', Buffer.from('one'));
+        assert.equal((await s.transport.readFile('shells/a', 16))?.toString(), 'one');
+        assert.equal((await s.transport.stat('shells/a'))?.size, 3);
+        assert.deepEqual((await s.transport.list('shells')).map((entry) => entry.name), ['a']);
+        assert.equal(await s.transport.rename('shells/a', 'shells/b'), true);
+        assert.deepEqual(await s.transport.replaceIfUnchanged('shells/b', Buffer.from('two'), { expectedSha256: sha256(Buffer.from('one')), required: [], lock }), { outcome: 'replaced' });
+        assert.deepEqual(await s.transport.mkdirExclusive('shells/held', 'owner', Buffer.from('me')), { created: true });
+        await s.transport.remove('shells');
+      } finally {
+        s.nas.setShellStartup(undefined);
+      }
+      const shells = existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((line) => line === 'run').length : 0;
+      if (kind === 'ssh') assert.equal(shells, 0, 'every small operation went over SFTP, which runs no shell');
+      else assert.equal(shells, 8, 'without SFTP, each small operation is a script the login shell runs');
+      rmSync(runs, { force: true });
     });
 
     // Runs last: no operation above, nor the one below, ran a command hidden in a name.
@@ -525,7 +588,7 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     const s = nas as SshNas;
     // A "small" file that takes seconds to read: its head runs long enough to be caught.
     execFileSync('truncate', ['-s', '1G', join(root, 'huge')]);
-    const quick = new SshTransport({ root, target: s.target, opTimeoutMs: 3000, stallTimeoutMs: STALL_MS, compress: true });
+    const quick = new SshTransport({ root, target: s.target, opTimeoutMs: 3000, stallTimeoutMs: STALL_MS, compress: true, sftp: false });
     const stop = { at: 0, pids: [] as number[] };
     const catching = setInterval(() => {
       if (stop.at !== 0) return;
@@ -607,6 +670,8 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     const s = nas as SshNas;
     writeFileSync(join(root, 'kss-nas.json'), '{"format": 1}\n');
     s.setShellStartup('head -c 64M /dev/zero\n');
+    // Over SFTP no shell runs (the test above): the scripts are what a NAS without SFTP runs.
+    const transport = new SshTransport({ root, target: s.target, opTimeoutMs: 10_000, stallTimeoutMs: STALL_MS, compress: true, sftp: false });
     try {
       await assert.rejects(transport.readFile('kss-nas.json', 4096), (error: unknown) => {
         assert.ok(error instanceof IntegrityError, String(error));
@@ -619,6 +684,31 @@ describe('ssh transport, a NAS that stops answering mid-stream', () => {
     }
     assert.deepEqual(await nasCommandsLeft(), [], 'the NAS side was ended');
     assert.ok(await transport.readFile('kss-nas.json', 4096), 'it answers again');
+    await transport.close();
+  });
+
+  it('stops a small operation over SFTP that the NAS does not answer, and opens a new session for the next', async (t) => {
+    if (!nas && !requireTools(t, ...SSH_NAS_TOOLS)) return;
+    const s = nas as SshNas;
+    writeFileSync(join(root, 'small'), 'small');
+    const quick = new SshTransport({ root, target: s.target, opTimeoutMs: 3000, stallTimeoutMs: STALL_MS, compress: true });
+    assert.equal((await quick.readFile('small', 64))?.toString(), 'small', 'the session is open');
+    const stopped = s.sessions();
+    for (const pid of stopped) process.kill(pid, 'SIGSTOP'); // sshd serves SFTP in-process: the NAS hangs
+    const began = Date.now();
+    try {
+      await assert.rejects(quick.readFile('small', 64), (error: unknown) => {
+        assert.ok(error instanceof NasUnreachableError, String(error));
+        assert.ok(error.message.includes(`did not answer within 3 s (${quick.where})`), error.message);
+        return true;
+      });
+      assert.ok(Date.now() - began < 3000 + MARGIN_MS, `refused ${Date.now() - began} ms after it began`);
+    } finally {
+      cont(stopped);
+    }
+    assert.equal((await quick.readFile('small', 64))?.toString(), 'small', 'it answers again');
+    await quick.close();
+    rmSync(join(root, 'small'));
   });
 
   it('cuts a download at the size the manifest names: a stream that decompresses to far more fills nothing here', async (t) => {

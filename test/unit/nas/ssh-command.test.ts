@@ -8,6 +8,7 @@ import {
   buildSshCommand,
   classifySshFailure,
   missingRemoteTimeout,
+  sftpRefused,
   remoteCommand,
   remoteNote,
   sshConfigPath,
@@ -167,6 +168,22 @@ describe('classifySshFailure', () => {
   ];
   for (const [code, stderr, expected] of cases) {
     it(`${code} "${stderr}" -> ${expected}`, () => assert.equal(classifySshFailure(code, stderr), expected));
+  }
+});
+
+describe('sftpRefused', () => {
+  const cases: Array<[number | null, string, boolean]> = [
+    [255, 'subsystem request failed on channel 0\r', true], // ssh on its own connection
+    [255, '', true], // over a shared connection: no word
+    [255, 'mux_client_request_session: read from master failed: Broken pipe', false],
+    [255, 'ssh: connect to host nas port 22: Connection refused', false],
+    [255, 'Host key verification failed.', false],
+    [255, 'root@nas: Permission denied (publickey).', false],
+    [0, '', false],
+    [1, 'subsystem request failed on channel 0', false],
+  ];
+  for (const [code, said, expected] of cases) {
+    it(`${code} "${said.trim()}" -> ${expected}`, () => assert.equal(sftpRefused(code, said), expected));
   }
 });
 

@@ -17,6 +17,9 @@ import { MANIFEST_MAX_BYTES } from './format.js';
 import { FX, IO_CHUNK, isDirectoryMode, isRegularMode, OPEN_FLAGS, SftpStatusError, type SftpAttrs, type SftpSession } from './sftp-session.js';
 import { notRegularError, OWNER_MAX_BYTES, tooLargeError, type ExclusiveResult, type LockClaim, type NasEntry, type ReplaceResult } from './transport.js';
 
+/** The most entries a listing reads (a year of layers is a few thousand): nothing read from the NAS is unbounded. */
+const MAX_ENTRIES = 200_000;
+
 const isMissing = (error: unknown) => error instanceof SftpStatusError && error.code === FX.NO_SUCH_FILE;
 
 function parentOf(path: string): string {
@@ -121,6 +124,11 @@ export class SftpOps {
     try {
       for (let batch = await this.session.readdir(handle); batch !== undefined; batch = await this.session.readdir(handle)) {
         for (const { filename, attrs: entry } of batch) if (filename !== '.' && filename !== '..') entries.push(entryOf(filename, entry));
+        if (entries.length > MAX_ENTRIES) {
+          throw new IntegrityError(`${this.where}/${dir} lists more than ${MAX_ENTRIES} entries, more than kvm-snapshot-sync ever makes; it was not read`, {
+            remedy: 'something else fills that directory on the NAS: move what is not ours aside',
+          });
+        }
       }
     } finally {
       await this.session.close(handle).catch(() => undefined);

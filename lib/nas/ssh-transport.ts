@@ -557,12 +557,10 @@ export class SshTransport implements NasTransport {
       pipe.kill();
       return undefined;
     }
-    const root = await this.overSftp(channel, (ops) => ops.stat('.'));
-    if (!root?.isDirectory) {
+    // Not there over SFTP: missing, or the SFTP view is another tree (a ChrootDirectory); the scripts tell which.
+    if (!(await this.overSftp(channel, (ops) => ops.stat('.')))?.isDirectory) {
       pipe.kill();
-      throw new NasUnreachableError(`the NAS directory ${this.options.root} does not exist (${this.where})`, {
-        remedy: 'create it on the NAS, or correct "nas" in the configuration',
-      });
+      return undefined;
     }
     return channel;
   }

@@ -20,26 +20,32 @@ before(async () => {
   if (SSH_NAS_TOOLS.some((tool) => spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool]).status !== 0)) return;
   work = mkdtempSync(join(tmpdir(), 'kss-doctor-'));
   nas = await startSshNas({ root: join(work, 'nas'), shape: false });
-  config = join(work, 'config.json');
+  config = configFor(nas, 'config.json');
+});
+
+/** A configuration file for `nas`, named `name`. */
+function configFor(on: SshNas, name: string): string {
+  const file = join(work, name);
   writeFileSync(
-    config,
+    file,
     JSON.stringify({
       host: 'doc',
-      nas: `ssh://root@${nas.target.host}:${nas.target.port}${nas.root}`,
-      sshIdentity: nas.target.identity,
-      sshKnownHosts: nas.target.knownHosts,
+      nas: `ssh://root@${on.target.host}:${on.target.port}${on.root}`,
+      sshIdentity: on.target.identity,
+      sshKnownHosts: on.target.knownHosts,
       stateDir: join(work, 'state'),
       logDir: join(work, 'log'),
     }),
   );
-});
+  return file;
+}
 after(() => {
   nas?.stop();
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
-function doctor() {
-  return spawnSync(BINARY, ['--config', config, 'doctor'], { encoding: 'utf8', timeout: 120_000 });
+function doctor(file = config) {
+  return spawnSync(BINARY, ['--config', file, 'doctor'], { encoding: 'utf8', timeout: 120_000 });
 }
 
 describe('kss doctor and an SSH NAS', () => {
@@ -62,6 +68,23 @@ describe('kss doctor and an SSH NAS', () => {
       assert.match(without.stderr, /kss: error: the NAS \(ssh root@.*\) has no `timeout` command/u);
     } finally {
       nas.setShellStartup(undefined);
+    }
+  });
+});
+
+describe('kss doctor and an SSH NAS without SFTP', () => {
+  it('says that every step there runs the login shell, and how to serve SFTP', async (t: TestContext) => {
+    if (!requireTools(t, ...SSH_NAS_TOOLS) || !nas) return;
+    const bare = await startSshNas({ root: join(work, 'bare nas'), shape: false, sftp: 'none' });
+    try {
+      const said = doctor(configFor(bare, 'bare.json'));
+      assert.match(said.stdout, /^OK    timeout   the NAS runs our commands under coreutils timeout$/mu, said.stdout + said.stderr);
+      assert.match(
+        said.stdout,
+        /^WARN  sftp      the NAS's sshd serves no SFTP: every step there runs the account's login shell \(slower starts and stops\)\n      fix: add `Subsystem sftp internal-sftp` to the NAS’s sshd_config/mu,
+      );
+    } finally {
+      bare.stop();
     }
   });
 });

@@ -11,7 +11,8 @@
 //   - the link's speed: `ssh cat` of 512 MiB of random data into a NAS file, in each run.
 // Environment: BENCH_RUNS (3), PRECOPY_SECONDS (how long the writes take, 120),
 // PRECOPY_INTERVAL (checkpointSeconds, 20), PRECOPY_BASHRC (seconds the NAS account's
-// ~/.bashrc takes in every SSH session, 0.5; 0: a plain account).
+// ~/.bashrc takes in every SSH session, 0.5; 0: a plain account), PRECOPY_MODES (which
+// sessions, "checkpoints,none"), BENCH_DEBUG (prints each stop's hook log).
 import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -37,6 +37,7 @@ const HANDLERS: Record<string, Handler> = {
   disable: async (a, c) => (await import('./commands/domain.js')).disableCommand({ domain: text(a, 'domain') }, c),
   doctor: async (_a, c) => (await import('./commands/doctor.js')).doctorCommand(c),
   status: async (a, c) => (await import('./commands/status.js')).statusCommand({ domain: maybeText(a, 'domain'), json: flag(a, 'json') }, c),
+  view: async (a, c) => (await import('./commands/view.js')).viewCommand({ domain: text(a, 'domain') }, c),
   wait: async (a, c) => (await import('./commands/status.js')).waitCommand({ domain: text(a, 'domain'), timeoutSeconds: count(a, 'timeout') }, c),
   push: async (a, c) => (await import('./commands/lifecycle.js')).pushCommand({ domain: text(a, 'domain') }, c),
   definition: async (a, c) => (await import('./commands/definition.js')).definitionCommand({ domain: text(a, 'domain'), json: flag(a, 'json') }, c),

@@ -89,6 +89,11 @@ export const COMMANDS: readonly CommandSpec[] = [
     options: json,
   },
   {
+    words: ['view'],
+    describe: "open the VM's screen where it runs now: here, or on the host that has it checked out (virt-viewer over libvirt's URI of that host: the peers key)",
+    positionals: [domain],
+  },
+  {
     words: ['wait'],
     describe: 'wait until no sync work runs for the domain; exit 0 when the NAS has everything of this host and the VM is not checked out here',
     positionals: [domain],

@@ -58,6 +58,8 @@ export interface Config {
   checkpointRateMBps: number;
   /** Tell the person at this machine's desktop, if one is logged in, when a start waits and when a stop's work is on the NAS (lib/desktop/). */
   notify: boolean;
+  /** The libvirt URI of each other host, by its `host` name (peerUri gives the default). */
+  peers: Record<string, string>;
 }
 
 export const DEFAULTS = {
@@ -101,6 +103,7 @@ export const CONFIG_KEYS = [
   'checkpointSeconds',
   'checkpointBytes',
   'checkpointRateMBps',
+  'peers',
 ] as const;
 type Key = (typeof CONFIG_KEYS)[number];
 
@@ -187,7 +190,45 @@ export function validateConfig(raw: unknown, file: string, defaultHost: string):
     checkpointSeconds: wholeNumber('checkpointSeconds', 0, 86_400),
     checkpointBytes: wholeNumber('checkpointBytes', 0, 2 ** 50),
     checkpointRateMBps: wholeNumber('checkpointRateMBps', 0, 100_000),
+    peers: validPeers(obj.peers, (problem) => fail('peers', problem)),
   };
+}
+
+/** `peers`: host names to libvirt URIs of the system daemon there. */
+function validPeers(value: unknown, fail: (problem: string) => never): Record<string, string> {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return fail('must be an object of host names to libvirt URIs, like {"laptop": "qemu+ssh://root@laptop/system"}');
+  const peers: Record<string, string> = {};
+  for (const [host, uri] of Object.entries(value)) {
+    if (!HOST_NAME.test(host)) fail(`"${host}" is not a host name`);
+    if (typeof uri !== 'string') return fail(`the URI of "${host}" must be a string`);
+    const problem = libvirtUriProblem(uri);
+    if (problem !== undefined) fail(`the URI of "${host}": ${problem}`);
+    peers[host] = uri;
+  }
+  return peers;
+}
+
+/** Why `uri` is not a libvirt URI of a host's system QEMU daemon, or undefined. */
+export function libvirtUriProblem(uri: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return `"${uri}" is not a URI (like qemu+ssh://root@laptop/system)`;
+  }
+  if (!/^qemu(\+[a-z0-9]+)?:$/u.test(url.protocol)) return `"${uri}" is not a libvirt QEMU URI (qemu+ssh://…, qemu+tls://…, qemu:///…)`;
+  // The VMs are the system daemon's; a session URI would find none of them.
+  if (url.pathname !== '/system') return `"${uri}" must name the system daemon (…/system)`;
+  return undefined;
+}
+
+/**
+ * The libvirt URI that reaches the VMs of another host: `peers` in the configuration,
+ * else qemu+ssh to the host by its name (as ssh resolves it; ~/.ssh/config may say more).
+ */
+export function peerUri(config: Pick<Config, 'peers'>, host: string): string {
+  return config.peers[host] ?? `qemu+ssh://${host}/system`;
 }
 
 /** Parses `/abs/dir`, `file:///abs/dir` or `ssh://[user@]host[:port]/abs/path`. */

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import type { Readable, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { ToolError } from './errors.js';
@@ -116,6 +117,19 @@ export function runUnwaited(command: Command, { env, timeoutMs }: { env: NodeJS.
   (child.stdout as Socket | null)?.unref();
   child.unref();
   child.on('close', end);
+}
+
+/**
+ * Runs a program on this terminal (a viewer: its window, its messages on our stdout and
+ * stderr), with `env` as its whole environment, and returns how it exited (128 + the
+ * signal's number when a signal ended it, as a shell says).
+ */
+export function runAttached(command: Command, env: NodeJS.ProcessEnv): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command.file, command.args, { stdio: 'inherit', env });
+    child.on('error', (cause) => reject(new ToolError(`${command.file} could not be started: ${cause.message}`, formatCommand(command), undefined, '')));
+    child.on('close', (code, signal) => resolve(code ?? 128 + (signal === null ? 0 : (osConstants.signals[signal] ?? 0))));
+  });
 }
 
 /** How one process of a pipeline ended. */

@@ -37,6 +37,8 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['notify', String(config.notify)],
     ['checkpointSeconds', String(config.checkpointSeconds)],
     ['checkpointBytes', String(config.checkpointBytes)],
+    ['checkpointRateMBps', String(config.checkpointRateMBps)],
+    ['peers', Object.entries(config.peers).map(([host, uri]) => `${host} ${uri}`).join(', ') || '(qemu+ssh://HOST/system for each)'],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
 }
@@ -68,13 +70,22 @@ export async function setConfig(options: { file: string; settings: string[] }, o
   );
   const next: Record<string, unknown> = { ...current };
   for (const setting of options.settings) {
-    const match = /^([A-Za-z]+)=(.*)$/su.exec(setting);
-    if (!match) throw new UsageError(`"${setting}" is not KEY=VALUE`, { remedy: 'for example: kss config set nas=/mnt/nas/kss' });
-    const [, key, value] = match as unknown as [string, string, string];
-    next[key] = settingValue(key, value);
+    // peers.HOST=URI sets one host's entry of the peers object (an empty URI removes it).
+    const match = /^([A-Za-z]+)(?:\.([^=]+))?=(.*)$/su.exec(setting);
+    if (!match || (match[2] !== undefined && match[1] !== 'peers')) {
+      throw new UsageError(`"${setting}" is not KEY=VALUE (or peers.HOST=URI)`, { remedy: 'for example: kss config set nas=/mnt/nas/kss' });
+    }
+    const [, key, host, value] = match as unknown as [string, string, string | undefined, string];
+    if (host === undefined) next[key] = settingValue(key, value);
+    else {
+      const peers = { ...(next.peers as Record<string, unknown> | undefined) };
+      if (value === '') delete peers[host];
+      else peers[host] = value;
+      next.peers = peers;
+    }
   }
   validateConfig(next, options.file, hostname()); // throws, naming the key, before anything is written
-  const changed = Object.keys(next).filter((key) => current?.[key] !== next[key]);
+  const changed = Object.keys(next).filter((key) => JSON.stringify(current?.[key]) !== JSON.stringify(next[key]));
   if (current !== undefined && changed.length === 0) {
     out.stderr.write(`kss: ${options.file} unchanged\n`);
     return;

@@ -7,6 +7,9 @@ import { formatBytes } from '../progress.js';
 import { measureDelta } from '../sync/delta.js';
 import { domainLockPath, hasFlag, readLocalState } from '../sync/local-state.js';
 import { domainStatus, knownDomains, type DomainStatus } from '../sync/status.js';
+import type { Lease } from '../nas/format.js';
+import { runCommand } from '../runner.js';
+import { libvirtUri, virshCommand } from '../virsh.js';
 import type { CommandContext } from './lifecycle.js';
 import { printJson } from './output.js';
 
@@ -30,6 +33,32 @@ export function describeStatus(s: DomainStatus, host: string): string {
   return parts.join('; ');
 }
 
+/**
+ * Which host the VM runs on: this one when libvirt here says so (`runsHere`; undefined:
+ * libvirt could not be asked), else the lease's host (the one that started it last and
+ * has not pushed its stop), or null: nowhere.
+ */
+export function runsOn(lease: Lease | null, host: string, runsHere: boolean | undefined): string | null {
+  if (runsHere === true) return host;
+  if (lease === null || (lease.host === host && runsHere === false)) return null;
+  return lease.host;
+}
+
+/** Where the VM runs, in a phrase. */
+export function runsLine(domain: string, where: string | null, lease: Lease | null, host: string): string {
+  if (where === host) return `runs here (kss view ${domain} shows its screen)`;
+  if (where !== null) return `runs on ${where}, which has it checked out (kss view ${domain} shows its screen)`;
+  if (lease?.host === host) return 'runs nowhere: shut off here, still checked out here (stopped with --no-push)';
+  return 'runs nowhere (no host has it checked out)';
+}
+
+/** Whether the domain runs here, as libvirt says; undefined when libvirt cannot say (not defined here, libvirtd down). */
+async function runsHere(domain: string, env: NodeJS.ProcessEnv): Promise<boolean | undefined> {
+  const answer = await runCommand({ ...virshCommand(libvirtUri(env), 'domstate', domain), okExitCodes: [0, 1] }, { timeoutMs: 10_000 }).catch(() => undefined);
+  if (answer?.exitCode !== 0) return undefined;
+  return ['running', 'paused', 'in shutdown', 'pmsuspended'].includes(answer.stdout.trim());
+}
+
 /** What the NAS head is when it is a checkpoint: whose, and how old. */
 export function checkpointLine(checkpoint: { host: string; at: string }, host: string, now = Date.now()): string {
   const minutes = Math.max(0, Math.round((now - Date.parse(checkpoint.at)) / 60_000));
@@ -44,8 +73,12 @@ export async function statusCommand(o: { domain: string | undefined; json: boole
   const domains = o.domain !== undefined ? [o.domain] : await knownDomains(config);
   const repository = openRepository(config);
   try {
-    const statuses: DomainStatus[] = [];
-    for (const domain of domains) statuses.push(await domainStatus(domain, config, repository));
+    const statuses: Array<DomainStatus & { runsOn: string | null }> = [];
+    for (const domain of domains) {
+      const s = await domainStatus(domain, config, repository);
+      // While a hook holds the domain lock, a virsh call about the domain would wait for it.
+      statuses.push({ ...s, runsOn: runsOn(s.lease, config.host, s.busy ? undefined : await runsHere(domain, context.env)) });
+    }
     if (o.json) return printJson(context, statuses);
     if (statuses.length === 0) {
       context.stderr.write('kss: no domain is managed on this host yet (kss enable VM)\n');
@@ -55,7 +88,7 @@ export async function statusCommand(o: { domain: string | undefined; json: boole
       const short = (id: string | null) => (id === null ? 'none' : id.slice(0, 12));
       const layers = Object.entries(s.layers).map(([disk, n]) => `${disk} ${n}`).join(', ') || '-';
       context.stdout.write(
-        `${s.domain}: ${describeStatus(s, config.host)}\n  here ${short(s.localHead)}${s.pending > 0 ? ` (${s.pending} not on the NAS)` : ''}, NAS ${s.state === 'offline' ? '?' : short(s.nasHead)}; layers: ${layers}${s.lastSync ? `; last: ${s.lastSync.outcome} at ${s.lastSync.at}` : ''}\n` +
+        `${s.domain}: ${describeStatus(s, config.host)}\n  ${runsLine(s.domain, s.runsOn, s.lease, config.host)}\n  here ${short(s.localHead)}${s.pending > 0 ? ` (${s.pending} not on the NAS)` : ''}, NAS ${s.state === 'offline' ? '?' : short(s.nasHead)}; layers: ${layers}${s.lastSync ? `; last: ${s.lastSync.outcome} at ${s.lastSync.at}` : ''}\n` +
           `  to push ${formatBytes(s.delta.push.bytes)}${s.delta.tops.bytes > 0 ? ` (+ ${formatBytes(s.delta.tops.bytes)} in the tops)` : ''}, to pull ${s.state === 'offline' ? '?' : formatBytes(s.delta.pull.bytes)}\n` +
           `  uses ${formatBytes(s.bytes.here)} here, ${s.bytes.nas === null ? '?' : formatBytes(s.bytes.nas)} on the NAS\n` +
           (s.checkpoint ? `  ${checkpointLine(s.checkpoint, config.host)}\n` : '') +

@@ -13,7 +13,7 @@ import type { SshNas } from './ssh-nas.js';
 export const LIBVIRT_TOOLS = ['unshare', 'nsenter', 'libvirtd', 'virtlogd', 'virsh', 'qemu-system-x86_64', 'qemu-img'];
 
 const LIBVIRTD_LOG = '/var/log/libvirt/libvirtd.log';
-const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /**
  * prctl(PR_SET_CHILD_SUBREAPER) (syscall 157 on x86_64, option 36), then runs the

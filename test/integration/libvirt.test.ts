@@ -10,7 +10,7 @@ import { readConfig } from '../../lib/config.js';
 import { Logger } from '../../lib/log.js';
 import { enableDisks } from '../../lib/sync/enable.js';
 import { MiB, createImage, guestDigest, guestDigestAfter, qemuIo, qemuIoAs } from '../helpers/disks.js';
-import { LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
+import { CLEAN_PATH, LIBVIRT_TOOLS, LibvirtHost, tinyDomainXml } from '../helpers/libvirt-host.js';
 import { startLibvirtPair, type LibvirtPair } from '../helpers/libvirt-pair.js';
 import { SSH_NAS_TOOLS, type SshNas } from '../helpers/ssh-nas.js';
 import { forgeHeadDefinition, headDefinition } from '../helpers/nas-definitions.js';
@@ -22,8 +22,8 @@ let nas: SshNas | undefined;
 let desk: LibvirtHost | undefined;
 let laptop: LibvirtHost | undefined;
 
-/** Defines a managed two-disk domain on a host; on the first host, also enables it. */
-async function defineWork(host: LibvirtHost, domain: string, enable: boolean): Promise<Record<string, string>> {
+/** Defines a managed two-disk domain on a host (its XML as `edit` makes it); on the first host, also enables it. */
+async function defineWork(host: LibvirtHost, domain: string, enable: boolean, edit = (xml: string) => xml): Promise<Record<string, string>> {
   const disks = { vda: `${IMAGES}/${domain}-root.qcow2`, vdb: `${IMAGES}/${domain}-home.qcow2` };
   if (enable) {
     createImage(host.outside(disks.vda), 32 * MiB);
@@ -32,7 +32,7 @@ async function defineWork(host: LibvirtHost, domain: string, enable: boolean): P
     const config = { ...(await readConfig(host.outside('/etc/kvm-snapshot-sync/config.json'))), stateDir: host.outside('/var/lib/kvm-snapshot-sync') };
     await enableDisks(domain, { vda: host.outside(disks.vda), vdb: host.outside(disks.vdb) }, { config, log: new Logger([]) });
   }
-  host.define(domain, tinyDomainXml(domain, disks, true));
+  host.define(domain, edit(tinyDomainXml(domain, disks, true)));
   return disks;
 }
 
@@ -576,6 +576,61 @@ describe('real libvirtd on two hosts, NAS over SSH', () => {
     d.mustVirsh('destroy', 'saved');
     await d.waitForStop('saved');
     await l.session('saved', ['read -P 0x91 8M 1M']);
+  });
+
+  it('shows the screen of a VM where it runs (kss view), and kss status says where that is', async (t) => {
+    if (!ready(t)) return;
+    const [d, l] = [desk as LibvirtHost, laptop as LibvirtHost];
+    const withScreen = (xml: string) => xml.replace('<memballoon', "<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/><memballoon");
+    await defineWork(d, 'seen', true, withScreen);
+    await defineWork(l, 'seen', false, withScreen);
+    // A viewer that tells what it was given, and asks libvirt at that URI what a real one would.
+    const bin = join((pair as LibvirtPair).work, 'viewer-bin');
+    const said = join((pair as LibvirtPair).work, 'viewer-said');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, 'virt-viewer'), `#!/bin/sh\nprintf '%s\\n' "$@" > ${said}\nvirsh -c "$2" domstate "$4" >> ${said} 2>&1\nvirsh -c "$2" domdisplay "$4" >> ${said} 2>&1\n`);
+    chmodSync(join(bin, 'virt-viewer'), 0o755);
+    const viewer = { PATH: `${bin}:${CLEAN_PATH}` };
+    const deskUri = `qemu+unix:///system?socket=${d.outside('/run/libvirt/libvirt-sock')}`;
+    const set = l.kss(['config', 'set', `peers.desk=${deskUri}`]);
+    assert.equal(set.status, 0, set.stderr);
+    try {
+      d.mustVirsh('start', 'seen');
+      const fromLaptop = l.kss(['view', 'seen'], viewer);
+      assert.equal(fromLaptop.status, 0, fromLaptop.stderr);
+      assert.match(fromLaptop.stderr, /seen runs on desk: virt-viewer --connect /u);
+      const seen = readFileSync(said, 'utf8').split('\n').filter((line) => line !== '');
+      assert.deepEqual(seen.slice(0, 4), ['--connect', deskUri, '--reconnect', 'seen']);
+      assert.equal(seen[4], 'running', `libvirt at that URI has the VM running: ${seen.join(' | ')}`);
+      assert.match(seen[5] ?? '', /^vnc:\/\/127\.0\.0\.1:\d+/u);
+
+      const fromDesk = d.kss(['view', 'seen'], viewer);
+      assert.equal(fromDesk.status, 0, fromDesk.stderr);
+      assert.match(fromDesk.stderr, /seen runs here: /u);
+      assert.deepEqual(readFileSync(said, 'utf8').split('\n').filter((line) => line !== '').slice(0, 5), ['--connect', 'qemu:///system', '--reconnect', 'seen', 'running']);
+
+      assert.match(l.kss(['status', 'seen']).stdout, /\n  runs on desk, which has it checked out \(kss view seen shows its screen\)\n/u);
+      assert.match(d.kss(['status', 'seen']).stdout, /\n  runs here \(kss view seen shows its screen\)\n/u);
+      assert.equal(JSON.parse(l.kss(['status', 'seen', '--json']).stdout)[0].runsOn, 'desk');
+
+      const noViewer = l.kss(['view', 'seen']);
+      assert.equal(noViewer.status, 4, noViewer.stderr);
+      assert.match(noViewer.stderr, /apt-get install virt-viewer/u);
+      const wrongPeer = l.kss(['config', 'set', `peers.desk=qemu+unix:///system?socket=${d.outside('/run/libvirt/nothing-here')}`]);
+      assert.equal(wrongPeer.status, 0, wrongPeer.stderr);
+      const unreachable = l.kss(['view', 'seen'], viewer);
+      assert.equal(unreachable.status, 4, unreachable.stderr);
+      assert.match(unreachable.stderr, /libvirt on desk did not answer at qemu\+unix:.*nothing-here/u);
+      assert.match(unreachable.stderr, /kss config set peers\.desk=URI/u);
+    } finally {
+      l.kss(['config', 'set', 'peers.desk=']);
+      d.virsh('destroy', 'seen');
+    }
+    await d.waitForStop('seen');
+    const nowhere = l.kss(['view', 'seen'], viewer);
+    assert.equal(nowhere.status, 2, nowhere.stderr);
+    assert.match(nowhere.stderr, /seen runs nowhere.*\n.*kss start seen starts it here/u);
+    assert.match(l.kss(['status', 'seen']).stdout, /\n  runs nowhere \(no host has it checked out\)\n/u);
   });
 
   it('leaves an unmanaged domain alone', async (t) => {

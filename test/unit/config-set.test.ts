@@ -52,6 +52,21 @@ describe('kss config set', () => {
     assert.match(said(), /unchanged/u);
   });
 
+  it('sets and removes one host of peers (peers.HOST=URI), keeping the others; an unchanged entry is no change', async () => {
+    const file = join(dir, 'peers.json');
+    writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas', peers: { nas: 'qemu+ssh://nas/system' } }));
+    const { out, said } = output();
+    await setConfig({ file, settings: ['peers.laptop.lan=qemu+ssh://root@laptop.lan/system'] }, out as never);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')).peers, { nas: 'qemu+ssh://nas/system', 'laptop.lan': 'qemu+ssh://root@laptop.lan/system' });
+    assert.match(said(), /updated .*\(peers\)/u);
+    await setConfig({ file, settings: ['peers.laptop.lan=qemu+ssh://root@laptop.lan/system'] }, out as never);
+    assert.match(said(), /unchanged/u);
+    await setConfig({ file, settings: ['peers.nas='] }, out as never);
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')).peers, { 'laptop.lan': 'qemu+ssh://root@laptop.lan/system' });
+    await assert.rejects(setConfig({ file, settings: ['peers.laptop=ssh://laptop'] }, out as never), (error: unknown) => error instanceof ConfigError && /"peers"/u.test(error.message));
+    await assert.rejects(setConfig({ file, settings: ['nas.x=/srv'] }, out as never), UsageError);
+  });
+
   it('writes nothing when the result would be invalid, and names the key', async () => {
     const file = join(dir, 'bad.json');
     writeFileSync(file, JSON.stringify({ host: 'desk', nas: '/srv/nas' }));

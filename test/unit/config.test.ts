@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { DEFAULTS, configPath, parseNasLocation, readConfig, validateConfig } from '../../lib/config.js';
+import { DEFAULTS, configPath, parseNasLocation, peerUri, readConfig, validateConfig } from '../../lib/config.js';
 import { ConfigError } from '../../lib/errors.js';
 
 const FILE = '/etc/kvm-snapshot-sync/config.json';
@@ -56,7 +56,15 @@ describe('validateConfig', () => {
       checkpointSeconds: 300,
       checkpointBytes: 2 ** 30,
       checkpointRateMBps: 0,
+      peers: {},
     });
+  });
+
+  it('keeps peers, and derives the URI of a host it does not list from its name', () => {
+    const config = validateConfig({ nas: '/n', peers: { laptop: 'qemu+ssh://root@laptop.lan/system', 'nas-box': 'qemu+unix:///system?socket=/tmp/s' } }, FILE, 'desk');
+    assert.equal(peerUri(config, 'laptop'), 'qemu+ssh://root@laptop.lan/system');
+    assert.equal(peerUri(config, 'nas-box'), 'qemu+unix:///system?socket=/tmp/s');
+    assert.equal(peerUri(config, 'desk2'), 'qemu+ssh://desk2/system');
   });
 
   it('keeps every key it is given', () => {
@@ -106,6 +114,12 @@ describe('validateConfig', () => {
     ['a stall deadline too short to tell a busy NAS from a dead one', { nas: '/n', stallSeconds: 2 }, /"stallSeconds" in .*5 to 3600/],
     ['a stall deadline in text', { nas: '/n', stallSeconds: '30' }, /"stallSeconds"/],
     ['notify as a word, not a boolean', { nas: '/n', notify: 'yes' }, /"notify" in .*true or false/],
+    ['peers as a list', { nas: '/n', peers: ['qemu+ssh://laptop/system'] }, /"peers" in .*object of host names/],
+    ['a peer that is no host name', { nas: '/n', peers: { 'my laptop': 'qemu+ssh://laptop/system' } }, /"peers" in .*"my laptop" is not a host name/],
+    ['a peer URI of another hypervisor', { nas: '/n', peers: { laptop: 'xen+ssh://laptop/system' } }, /"peers" in .*not a libvirt QEMU URI/],
+    ['a peer URI of a session daemon', { nas: '/n', peers: { laptop: 'qemu+ssh://laptop/session' } }, /"peers" in .*system daemon/],
+    ['a peer URI that is no URI', { nas: '/n', peers: { laptop: 'laptop' } }, /"peers" in .*is not a URI/],
+    ['a peer URI in a number', { nas: '/n', peers: { laptop: 22 } }, /"peers" in .*must be a string/],
   ];
   for (const [name, raw, message] of bad) {
     it(`rejects ${name}, naming the key and the file`, () => {

@@ -4,8 +4,10 @@
 // stdout-to-stdin by file descriptor, so that bulk bytes never pass through Node.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
+import { delimiter, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { ToolError } from './errors.js';
@@ -117,6 +119,16 @@ export function runUnwaited(command: Command, { env, timeoutMs }: { env: NodeJS.
   (child.stdout as Socket | null)?.unref();
   child.unref();
   child.on('close', end);
+}
+
+/** The first `name` on `path` (absolute directories only) that is an executable file: the one a shell would run. */
+export async function findOnPath(name: string, path: string | undefined): Promise<string | undefined> {
+  for (const dir of (path ?? '').split(delimiter).filter((d) => d.startsWith('/'))) {
+    const file = join(dir, name);
+    const found = await stat(file).catch(() => undefined);
+    if (found?.isFile() && (found.mode & 0o111) !== 0) return file;
+  }
+  return undefined;
 }
 
 /**

@@ -3,7 +3,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
-import { DEFAULTS, readConfig, validateConfig } from '../config.js';
+import { DEFAULTS, peerUri, readConfig, validateConfig } from '../config.js';
 import { writeFileAtomic } from '../durable-fs.js';
 import { UsageError } from '../errors.js';
 import { printJson, type Output } from './output.js';
@@ -38,7 +38,7 @@ export async function showConfig(options: { file: string; json: boolean }, out: 
     ['checkpointSeconds', String(config.checkpointSeconds)],
     ['checkpointBytes', String(config.checkpointBytes)],
     ['checkpointRateMBps', String(config.checkpointRateMBps)],
-    ['peers', Object.entries(config.peers).map(([host, uri]) => `${host} ${uri}`).join(', ') || '(qemu+ssh://HOST/system for each)'],
+    ['peers', Object.entries(config.peers).map(([host, uri]) => `${host} ${uri}`).join(', ') || `(${peerUri({ peers: {} }, 'HOST')} for each)`],
   ];
   for (const [key, value] of rows) out.stdout.write(`${key.padEnd(20)} ${value}\n`);
 }

@@ -16,6 +16,17 @@ export async function requireShutOff(domain: string, env: NodeJS.ProcessEnv, rem
   if (state !== 'shut off') throw new UsageError(`${domain} is ${state}: its disks are in use`, { remedy });
 }
 
+/** virsh domstate's words for a domain whose QEMU runs (its disks in use, a screen to show). */
+export function isRunningState(state: string): boolean {
+  return state === 'running' || state === 'paused' || state === 'in shutdown' || state === 'pmsuspended';
+}
+
+/** Whether the domain runs here, as libvirt says; undefined when libvirt says nothing of it (no such domain, libvirtd not answering). */
+export async function runsHere(domain: string, env: NodeJS.ProcessEnv, timeoutMs: number): Promise<boolean | undefined> {
+  const { exitCode, stdout } = await runCommand({ ...virshCommand(libvirtUri(env), 'domstate', domain), okExitCodes: [0, 1] }, { timeoutMs });
+  return exitCode === 0 ? isRunningState(stdout.trim()) : undefined;
+}
+
 /** The domain's persistent definition, as libvirt prints it. */
 export async function definitionXml(domain: string, env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<string> {
   return (await runCommand(virshCommand(libvirtUri(env), 'dumpxml', '--inactive', domain), { timeoutMs })).stdout;

@@ -8,9 +8,8 @@ import { measureDelta } from '../sync/delta.js';
 import { domainLockPath, hasFlag, readLocalState } from '../sync/local-state.js';
 import { domainStatus, knownDomains, type DomainStatus } from '../sync/status.js';
 import type { Lease } from '../nas/format.js';
-import { runCommand } from '../runner.js';
-import { libvirtUri, virshCommand } from '../virsh.js';
 import type { CommandContext } from './lifecycle.js';
+import { runsHere } from './libvirt-domain.js';
 import { printJson } from './output.js';
 
 /** How long a stop's background work may take to start before kss wait calls it lost. */
@@ -52,13 +51,6 @@ export function runsLine(domain: string, where: string | null, lease: Lease | nu
   return 'runs nowhere (no host has it checked out)';
 }
 
-/** Whether the domain runs here, as libvirt says; undefined when libvirt cannot say (not defined here, libvirtd down). */
-async function runsHere(domain: string, env: NodeJS.ProcessEnv): Promise<boolean | undefined> {
-  const answer = await runCommand({ ...virshCommand(libvirtUri(env), 'domstate', domain), okExitCodes: [0, 1] }, { timeoutMs: 10_000 }).catch(() => undefined);
-  if (answer?.exitCode !== 0) return undefined;
-  return ['running', 'paused', 'in shutdown', 'pmsuspended'].includes(answer.stdout.trim());
-}
-
 /** What the NAS head is when it is a checkpoint: whose, and how old. */
 export function checkpointLine(checkpoint: { host: string; at: string }, host: string, now = Date.now()): string {
   const minutes = Math.max(0, Math.round((now - Date.parse(checkpoint.at)) / 60_000));
@@ -77,7 +69,7 @@ export async function statusCommand(o: { domain: string | undefined; json: boole
     for (const domain of domains) {
       const s = await domainStatus(domain, config, repository);
       // While a hook holds the domain lock, a virsh call about the domain would wait for it.
-      statuses.push({ ...s, runsOn: runsOn(s.lease, config.host, s.busy ? undefined : await runsHere(domain, context.env)) });
+      statuses.push({ ...s, runsOn: runsOn(s.lease, config.host, s.busy ? undefined : await runsHere(domain, context.env, 10_000).catch(() => undefined)) });
     }
     if (o.json) return printJson(context, statuses);
     if (statuses.length === 0) {

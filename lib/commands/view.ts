@@ -1,15 +1,14 @@
 // `kss view VM`: the VM's screen, wherever it runs now: here, or on the host that holds
 // its lease (the NAS names it), through libvirt's URI of that host (`peers`). viewTarget
 // and viewerCommand decide (pure); viewCommand asks libvirt and the NAS, and starts the viewer.
-import { access, constants } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
 import { peerUri, readConfig, type Config } from '../config.js';
 import { KssError, NasUnreachableError, ToolError, UsageError } from '../errors.js';
 import type { Lease } from '../nas/format.js';
 import { openRepository } from '../nas/open.js';
-import { runAttached, runCommand, type Command } from '../runner.js';
+import { findOnPath, runAttached, runCommand, type Command } from '../runner.js';
 import { libvirtUri, virshCommand } from '../virsh.js';
 import type { CommandContext } from './lifecycle.js';
+import { isRunningState, runsHere } from './libvirt-domain.js';
 
 /** How long libvirt on the other host may take to say how the VM is (an SSH login included). */
 const PEER_DEADLINE_MS = 30_000;
@@ -49,18 +48,16 @@ export function viewTarget(domain: string, o: { config: Pick<Config, 'host' | 'p
 export function viewerCommand(domain: string, target: ViewTarget, installed: { virtViewer: boolean; remoteViewer: boolean }, display: string): Command {
   if (installed.virtViewer) return { file: 'virt-viewer', args: ['--connect', target.uri, '--reconnect', domain] };
   if (installed.remoteViewer && target.here) return { file: 'remote-viewer', args: [display] };
-  const why = installed.remoteViewer ? `remote-viewer cannot reach a screen on ${target.host} by itself` : 'neither virt-viewer nor remote-viewer is installed';
-  throw new ToolError(`${why}: kss view needs virt-viewer`, 'virt-viewer', undefined, '', {
-    remedy: `install the ${VIEWER_PACKAGE} package (apt-get install ${VIEWER_PACKAGE}; dnf install ${VIEWER_PACKAGE})`,
-  });
+  throw noViewer(installed.remoteViewer ? `remote-viewer cannot reach a screen on ${target.host} by itself` : NONE_INSTALLED);
 }
 
-/** Whether an executable of that name is on PATH. */
-async function onPath(file: string, env: NodeJS.ProcessEnv): Promise<boolean> {
-  for (const dir of (env.PATH ?? '').split(delimiter).filter((d) => d !== '')) {
-    if (await access(join(dir, file), constants.X_OK).then(() => true, () => false)) return true;
-  }
-  return false;
+const NONE_INSTALLED = 'neither virt-viewer nor remote-viewer is installed';
+
+/** The refusal when no viewer installed here can show the screen, and why not. */
+function noViewer(why: string): ToolError {
+  return new ToolError(`${why}: kss view needs virt-viewer`, 'virt-viewer', undefined, '', {
+    remedy: `install the ${VIEWER_PACKAGE} package (apt-get install ${VIEWER_PACKAGE}; dnf install ${VIEWER_PACKAGE})`,
+  });
 }
 
 /** Asks libvirt at `uri` one thing about the domain; a failure says which host did not answer and what to check. */
@@ -79,14 +76,13 @@ async function askLibvirt(target: ViewTarget, ...args: string[]): Promise<string
 /** `kss view VM` */
 export async function viewCommand(o: { domain: string }, context: CommandContext): Promise<number> {
   const config = await readConfig(context.configFile);
-  const installed = { virtViewer: await onPath('virt-viewer', context.env), remoteViewer: await onPath('remote-viewer', context.env) };
-  if (!installed.virtViewer && !installed.remoteViewer) viewerCommand(o.domain, { host: config.host, uri: '', here: true }, installed, '');
+  const installed = { virtViewer: (await findOnPath('virt-viewer', context.env.PATH)) !== undefined, remoteViewer: (await findOnPath('remote-viewer', context.env.PATH)) !== undefined };
+  if (!installed.virtViewer && !installed.remoteViewer) throw noViewer(NONE_INSTALLED);
 
   const localUri = libvirtUri(context.env);
-  const local = await runCommand({ ...virshCommand(localUri, 'domstate', o.domain), okExitCodes: [0, 1] }, { timeoutMs: PEER_DEADLINE_MS });
-  const runsHere = local.exitCode === 0 && isRunning(local.stdout.trim());
+  const here = (await runsHere(o.domain, context.env, PEER_DEADLINE_MS)) === true;
   let lease: Lease | null = null;
-  if (!runsHere) {
+  if (!here) {
     const repository = openRepository(config);
     try {
       lease = (await repository.readManifest(o.domain))?.lease ?? null;
@@ -100,10 +96,10 @@ export async function viewCommand(o: { domain: string }, context: CommandContext
       await repository.close();
     }
   }
-  const target = viewTarget(o.domain, { config, localUri, runsHere, lease });
+  const target = viewTarget(o.domain, { config, localUri, runsHere: here, lease });
   if (!target.here) {
     const state = await askLibvirt(target, 'domstate', o.domain);
-    if (!isRunning(state)) {
+    if (!isRunningState(state)) {
       throw new UsageError(`${o.domain} is ${state} on ${target.host}, which still has it checked out (stopped there with --no-push?)`, {
         remedy: `start it there, or push it there (kss push ${o.domain} on ${target.host}) and start it here`,
       });
@@ -118,7 +114,3 @@ export async function viewCommand(o: { domain: string }, context: CommandContext
   return runAttached(viewer, context.env);
 }
 
-/** A state in which the VM has a screen to show (virsh domstate's words). */
-function isRunning(state: string): boolean {
-  return state === 'running' || state === 'paused' || state === 'in shutdown' || state === 'pmsuspended';
-}

@@ -18,8 +18,8 @@
 // microseconds, which is not in its hands (the other order would only need its own
 // process to land on the pid a trusted virsh left).
 import { readdir, readFile, readlink, stat } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
 import { readGroups } from '../accounts.js';
+import { findOnPath } from '../runner.js';
 import { LIBVIRT_GROUP, chooseClient, flagsFromEnvironment, isVirshStart, judgeClient, parseProcStatus, type ClientEnvResult, type ClientVerdict } from './client-trust.js';
 
 export type { ClientEnvResult } from './client-trust.js';
@@ -75,9 +75,7 @@ export async function readClientEnvironment(domain: string, options: ClientEnvOp
 
 /** Device and inode of the first `name` on $PATH that is an executable file (the one a shell would run). */
 async function identityOnPath(name: string): Promise<{ dev: number; ino: number } | undefined> {
-  for (const dir of (process.env.PATH ?? '').split(delimiter).filter((d) => d.startsWith('/'))) {
-    const found = await stat(join(dir, name)).catch(() => undefined);
-    if (found?.isFile() && (found.mode & 0o111) !== 0) return { dev: found.dev, ino: found.ino };
-  }
-  return undefined;
+  const file = await findOnPath(name, process.env.PATH);
+  const found = file === undefined ? undefined : await stat(file).catch(() => undefined);
+  return found === undefined ? undefined : { dev: found.dev, ino: found.ino };
 }
